@@ -1,0 +1,1 @@
+"""Real-time two-way CRM <-> ERP sync by change-data-capture."""

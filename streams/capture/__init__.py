@@ -1,0 +1,1 @@
+"""Debezium capture: embedded engine -> Avro topics."""

@@ -1,0 +1,145 @@
+"""``crm-erp-sync``: one console script, subcommands. Errors are one line plus a hint."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from streams.errors import SyncError
+from streams.settings import CONFIG_ENV, ENV_PREFIX, Settings, load_settings
+
+log = logging.getLogger("crm-erp-sync")
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    """Start the embedded stack and supervise it."""
+    from streams.local.stack import up
+
+    return up(settings, args.config)
+
+
+def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
+    """Stop a running ``up``."""
+    from streams.local.stack import down
+
+    return down(settings)
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the health of each part."""
+    from streams.local.stack import format_status, status, status_json
+
+    info = status(settings)
+    print(status_json(info) if args.json else format_status(info))
+    return 0
+
+
+def cmd_capture(settings: Settings, args: argparse.Namespace) -> int:
+    """Run Debezium capture in the foreground."""
+    from streams import metrics
+    from streams.capture.runner import CaptureRunner
+
+    runner = CaptureRunner(settings, args.source or None)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        runner.stop_event.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    metrics.serve(settings.capture.metrics_port)
+    code = runner.run()
+    for error in runner.errors:
+        print(f"crm-erp-sync capture: error: {error}", file=sys.stderr)
+    return code
+
+
+def cmd_registry(settings: Settings, args: argparse.Namespace) -> int:
+    """Serve the embedded schema registry in the foreground."""
+    from urllib.parse import urlsplit
+
+    from streams.local.ports import ensure_port_free
+    from streams.registry.server import RegistryServer
+    from streams.registry.store import RegistryStore
+
+    url = urlsplit(settings.registry.url)
+    port = url.port or 80
+    ensure_port_free(port, "local.registry_port")
+    server = RegistryServer(
+        RegistryStore(settings.store.conninfo()), url.hostname or "127.0.0.1", port,
+        settings.registry.default_compatibility,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: server.httpd.shutdown())
+    log.info("schema registry serving on %s", server.url)
+    try:
+        server.start()
+        assert server._thread is not None
+        while server._thread.is_alive():
+            server._thread.join(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the effective settings with secrets masked."""
+    import yaml
+
+    print(yaml.safe_dump(settings.masked(), allow_unicode=True, sort_keys=False), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (every option names its env var)."""
+    parser = argparse.ArgumentParser(
+        prog="crm-erp-sync",
+        description="Real-time two-way CRM <-> ERP sync by change-data-capture.",
+        epilog=f"Every setting of sync.yaml can be overridden by env {ENV_PREFIX}SECTION__KEY.",
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None,
+        help=f"settings file (env {CONFIG_ENV}; default ./sync.yaml if present, else built-in defaults)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub.add_parser("up", help="start the embedded stack (demo CRM + ERP, broker, registry, capture); Ctrl-C stops"
+                   ).set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop a running `up`").set_defaults(func=cmd_down)
+    st = sub.add_parser("status", help="health of databases, replication slots, broker and registry")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.set_defaults(func=cmd_status)
+    cap = sub.add_parser("capture", help="run Debezium capture alone (sources from capture.sources)")
+    cap.add_argument("--source", action="append", choices=["crm", "erp"],
+                     help=f"capture only this source (repeatable; env {ENV_PREFIX}CAPTURE__SOURCES)")
+    cap.set_defaults(func=cmd_capture)
+    sub.add_parser("registry", help="serve the embedded schema registry alone (on registry.url)"
+                   ).set_defaults(func=cmd_registry)
+    sub.add_parser("config", help="print the effective settings, secrets masked").set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        _configure_logging(settings)
+        code = args.func(settings, args)
+    except SyncError as exc:
+        print(f"crm-erp-sync {args.command}: error: {exc.one_line()}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code)

@@ -1,0 +1,1 @@
+"""The embedded stack: local PostgreSQL, broker, registry and process supervision."""

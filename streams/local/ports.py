@@ -1,0 +1,49 @@
+"""Port checks for the embedded services."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from streams.errors import PreflightError
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing listens on ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def ensure_port_free(port: int, setting: str) -> None:
+    """Raise a one-line error naming the setting when ``port`` is taken."""
+    if not port_free(port):
+        env = "CRM_ERP_SYNC__" + setting.upper().replace(".", "__")
+        raise PreflightError(
+            f"port {port} ({setting}) is already in use by another process",
+            hint=f"stop that process, or choose another port with {setting} in sync.yaml or env {env}",
+        )
+
+
+def wait_listening(port: int, timeout: float, host: str = "127.0.0.1") -> bool:
+    """Wait until something accepts TCP connections on ``host:port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def free_port() -> int:
+    """A port the kernel just handed out (for tests and ephemeral services)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

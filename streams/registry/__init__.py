@@ -1,0 +1,1 @@
+"""Confluent-API-compatible schema registry (embedded default)."""

@@ -1,0 +1,301 @@
+"""One frozen settings object, read from ``sync.yaml`` with env overrides.
+
+Every value can be overridden by ``CRM_ERP_SYNC__SECTION__KEY`` (for example
+``CRM_ERP_SYNC__KAFKA__BOOTSTRAP_SERVERS``). Secrets are ``SecretStr`` and are masked in
+every dump. Build it once with :func:`load_settings` and pass it down.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from streams.errors import ConfigError
+
+ENV_PREFIX = "CRM_ERP_SYNC__"
+CONFIG_ENV = "CRM_ERP_SYNC_CONFIG"
+DEFAULT_CONFIG = "sync.yaml"
+LOCAL_PASSWORD_FILE = "secrets/db-password"  # relative to local.state_dir
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class DatabaseSettings(BaseModel):
+    """Where one PostgreSQL database is and how to log in."""
+
+    model_config = _FROZEN
+
+    host: str = "127.0.0.1"
+    port: int = Field(55432, ge=1, le=65535)
+    dbname: str
+    user: str = "sync"
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+
+    def resolved_password(self) -> str | None:
+        """The password from ``password`` or, failing that, from ``password_file``."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read password_file {self.password_file} for database {self.dbname}: "
+                    f"{exc.strerror}",
+                    hint="set the password or point password_file at a readable file",
+                ) from exc
+        return None
+
+    def conninfo(self) -> dict[str, Any]:
+        """Keyword arguments for ``psycopg.connect``."""
+        info: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "dbname": self.dbname,
+            "user": self.user,
+            "sslmode": self.sslmode,
+            "connect_timeout": 10,
+            "application_name": "crm-erp-sync",
+        }
+        password = self.resolved_password()
+        if password:
+            info["password"] = password
+        return info
+
+    def where(self) -> str:
+        """``user@host:port/dbname`` for messages (no password)."""
+        return f"{self.user}@{self.host}:{self.port}/{self.dbname}"
+
+
+class KafkaSettings(BaseModel):
+    """The Kafka-protocol broker."""
+
+    model_config = _FROZEN
+
+    bootstrap_servers: str = "127.0.0.1:19092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: Path | None = None
+    replication_factor: int = Field(1, ge=1)
+
+    def client_config(self) -> dict[str, Any]:
+        """Librdkafka properties shared by every producer, consumer and admin client."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = str(self.ssl_ca_location)
+        return conf
+
+
+class RegistrySettings(BaseModel):
+    """The Confluent-API schema registry (embedded or a real one)."""
+
+    model_config = _FROZEN
+
+    url: str = "http://127.0.0.1:18081"
+    basic_auth_user_info: SecretStr | None = None
+    default_compatibility: Literal[
+        "BACKWARD",
+        "BACKWARD_TRANSITIVE",
+        "FORWARD",
+        "FORWARD_TRANSITIVE",
+        "FULL",
+        "FULL_TRANSITIVE",
+        "NONE",
+    ] = "BACKWARD"
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    def client_config(self) -> dict[str, Any]:
+        """Configuration for confluent-kafka's ``SchemaRegistryClient``."""
+        conf: dict[str, Any] = {"url": self.url}
+        if self.basic_auth_user_info is not None:
+            conf["basic.auth.user.info"] = self.basic_auth_user_info.get_secret_value()
+        return conf
+
+
+class CaptureSettings(BaseModel):
+    """Debezium capture (embedded engine)."""
+
+    model_config = _FROZEN
+
+    sources: tuple[Literal["crm", "erp"], ...] = ("crm", "erp")
+    connectors_dir: Path = Path("connectors")
+    java_home: Path | None = None
+    jvm_max_heap: str = Field("768m", pattern=r"^\d+[mMgG]$")
+    offset_flush_interval_ms: int = Field(1000, ge=100)
+    metrics_port: int = Field(0, ge=0, le=65535)
+
+
+class LocalSettings(BaseModel):
+    """The embedded stack started by ``crm-erp-sync up``."""
+
+    model_config = _FROZEN
+
+    enabled: bool = True
+    state_dir: Path = Path(".state")
+    postgres_port: int = Field(55432, ge=1, le=65535)
+    broker_port: int = Field(19092, ge=1, le=65535)
+    registry_port: int = Field(18081, ge=1, le=65535)
+    pg_bin_dir: Path | None = None
+    seed: bool = True
+    seed_accounts: int = Field(300, ge=0)
+
+
+class Settings(BaseSettings):
+    """Everything configurable, frozen once built."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+    )
+
+    crm: DatabaseSettings = DatabaseSettings(dbname="crm")
+    erp: DatabaseSettings = DatabaseSettings(dbname="erp")
+    store: DatabaseSettings = DatabaseSettings(dbname="sync")
+    kafka: KafkaSettings = KafkaSettings()
+    registry: RegistrySettings = RegistrySettings()
+    capture: CaptureSettings = CaptureSettings()
+    local: LocalSettings = LocalSettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Env beats the YAML file (passed as init values) beats the defaults."""
+        return (env_settings, init_settings)
+
+    def database(self, name: str) -> DatabaseSettings:
+        """The settings of database ``crm``, ``erp`` or ``store``."""
+        db: DatabaseSettings = getattr(self, name)
+        return db
+
+    def masked(self) -> dict[str, Any]:
+        """A JSON-able dump with every secret replaced by ``********``."""
+        return _mask(self.model_dump(mode="json"), self)
+
+
+def _mask(dump: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    for section in ("crm", "erp", "store"):
+        if dump[section]["password"] is not None:
+            dump[section]["password"] = "********"
+    if dump["kafka"]["sasl_password"] is not None:
+        dump["kafka"]["sasl_password"] = "********"
+    if dump["registry"]["basic_auth_user_info"] is not None:
+        dump["registry"]["basic_auth_user_info"] = "********"
+    return dump
+
+
+def _env_name(loc: tuple[Any, ...]) -> str:
+    return ENV_PREFIX + "__".join(str(part).upper() for part in loc)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}".replace("\n", " ")) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (crm, erp, kafka, ...)")
+    return data
+
+
+def _resolve(settings: Settings, base: Path) -> Settings:
+    """Make relative paths absolute against the config file's folder; fill in local-mode addresses.
+
+    With ``local.enabled`` the embedded services listen on the ``local.*`` ports, so every address
+    the user did not set explicitly points at them.
+    """
+
+    def absolute(path: Path) -> Path:
+        return path if path.is_absolute() else (base / path).resolve()
+
+    local = settings.local.model_copy(update={"state_dir": absolute(settings.local.state_dir)})
+    capture = settings.capture.model_copy(
+        update={"connectors_dir": absolute(settings.capture.connectors_dir)}
+    )
+    update: dict[str, Any] = {"local": local, "capture": capture}
+    for name in ("crm", "erp", "store"):
+        db = settings.database(name)
+        changes: dict[str, Any] = {}
+        if db.password_file is not None:
+            changes["password_file"] = absolute(db.password_file)
+        elif db.password is None and local.enabled:
+            # The embedded stack generates this file at first start.
+            changes["password_file"] = local.state_dir / LOCAL_PASSWORD_FILE
+        if local.enabled and "port" not in db.model_fields_set:
+            changes["port"] = local.postgres_port
+        update[name] = db.model_copy(update=changes)
+    if local.enabled and "bootstrap_servers" not in settings.kafka.model_fields_set:
+        update["kafka"] = settings.kafka.model_copy(
+            update={"bootstrap_servers": f"127.0.0.1:{local.broker_port}"}
+        )
+    if local.enabled and "url" not in settings.registry.model_fields_set:
+        update["registry"] = settings.registry.model_copy(update={"url": f"http://127.0.0.1:{local.registry_port}"})
+    return settings.model_copy(update=update)
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Read ``sync.yaml`` (or ``config``), apply env overrides, validate, freeze.
+
+    Raises :class:`ConfigError` naming the key, the env var and the fix.
+    """
+    if config is None and os.environ.get(CONFIG_ENV):
+        config = Path(os.environ[CONFIG_ENV])
+    if config is None and Path(DEFAULT_CONFIG).is_file():
+        config = Path(DEFAULT_CONFIG)
+    data: dict[str, Any] = {}
+    if config is not None:
+        data = _read_yaml(config)
+    data.update(overrides)
+    source = str(config) if config is not None else "sync.yaml"
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(first["loc"])
+        key = ".".join(str(part) for part in loc)
+        got = f" (got {first['input']!r})" if "input" in first and not isinstance(first["input"], dict) else ""
+        raise ConfigError(
+            f"invalid setting {key} in {source}: {first['msg']}{got}",
+            hint=f"fix {key} in {source} or set env {_env_name(loc)}",
+        ) from exc
+    base = config.resolve().parent if config is not None else Path.cwd()
+    return _resolve(settings, base)

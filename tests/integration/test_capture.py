@@ -1,0 +1,135 @@
+"""Debezium capture into Avro topics, on real PostgreSQL, Tansu, registry and Debezium."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from streams.capture.runner import marker_topic
+from streams.local.harness import Harness, TopicReader, running, topic_names, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _start_capture(harness: Harness):  # type: ignore[no-untyped-def]
+    proc = harness.spawn("capture")
+    wait_for(lambda: proc.poll() is not None or {marker_topic("crm"), marker_topic("erp"),
+                                                  "crm.public.accounts", "erp.public.customers"}
+             <= set(topic_names(harness.bootstrap)),
+             120, 0.5, "capture to create its topics")
+    assert proc.poll() is None, f"capture exited early: see {harness.root / 'capture.log'}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def capture(harness: Harness) -> Iterator[dict[str, object]]:
+    state: dict[str, object] = {"proc": _start_capture(harness)}
+    try:
+        yield state
+    finally:
+        with running(state["proc"]):  # type: ignore[arg-type]
+            pass
+
+
+def _events(records: list[dict[str, object]], topic: str, key_field: str, key: object) -> list[dict[str, object]]:
+    return [r for r in records if r["topic"] == topic and r["key"] is not None
+            and r["key"][key_field] == key]  # type: ignore[index]
+
+
+def test_insert_update_delete_round_trip_exact(harness: Harness, capture: dict[str, object]) -> None:
+    acc_id = uuid.uuid4()
+    with harness.connect("crm") as crm:
+        crm.execute(
+            "INSERT INTO accounts (id, name, legal_name, tier, credit_limit, last_payment_at)"
+            " VALUES (%s, %s, %s, 'A', %s, %s)",
+            (acc_id, "华信测试", "深圳市华信测试科技股份有限公司", Decimal("123456789012.34"),
+             "2026-03-01 08:30:00.123456+08"),
+        )
+        crm.execute("UPDATE accounts SET credit_limit = 0.01, name = %s WHERE id = %s",
+                    ("华信（深圳）测试 Ünïcødé", acc_id))
+        crm.execute("DELETE FROM accounts WHERE id = %s", (acc_id,))
+    with harness.connect("erp") as erp:
+        erp.execute(
+            "INSERT INTO customers (cust_no, full_name, credit_limit_fen, modified_on)"
+            " VALUES ('T000001', %s, %s, '2026-03-01 16:30:00.654321')",
+            ("上海测试贸易有限公司", 9007199254740993),
+        )
+        erp.execute("UPDATE customers SET credit_limit_fen = credit_limit_fen + 1 WHERE cust_no = 'T000001'")
+
+    reader = TopicReader(harness.bootstrap, harness.registry_url, ["crm.public.accounts", "erp.public.customers"])
+    try:
+        crm_events = reader.wait(lambda rs: len(_events(rs, "crm.public.accounts", "id", str(acc_id))) >= 4, 60,
+                                 "CRM insert, update, delete and tombstone")
+        erp_events = reader.wait(lambda rs: len(_events(rs, "erp.public.customers", "cust_no", "T000001")) >= 2, 60,
+                                 "ERP insert and update")
+    finally:
+        reader.close()
+    del crm_events, erp_events
+    crm_ev = _events(reader.records, "crm.public.accounts", "id", str(acc_id))
+    ins, upd, dele, tomb = (r["value"] for r in crm_ev[:4])
+    assert [ins["op"], upd["op"], dele["op"]] == ["c", "u", "d"]  # type: ignore[index]
+    assert tomb is None, "a delete is followed by a tombstone for compaction"
+    assert ins["before"] is None  # type: ignore[index]
+    assert ins["after"]["credit_limit"] == Decimal("123456789012.34")  # type: ignore[index]
+    assert ins["after"]["legal_name"] == "深圳市华信测试科技股份有限公司"  # type: ignore[index]
+    # timestamptz arrives as ISO-8601 in UTC, to the microsecond.
+    assert ins["after"]["last_payment_at"] == "2026-03-01T00:30:00.123456Z"  # type: ignore[index]
+    assert upd["before"]["credit_limit"] == Decimal("123456789012.34")  # type: ignore[index]
+    assert upd["after"]["credit_limit"] == Decimal("0.01")  # type: ignore[index]
+    assert upd["after"]["name"] == "华信（深圳）测试 Ünïcødé"  # type: ignore[index]
+    assert dele["before"]["name"] == "华信（深圳）测试 Ünïcødé" and dele["after"] is None  # type: ignore[index]
+    assert ins["source"]["table"] == "accounts" and ins["source"]["lsn"] < dele["source"]["lsn"]  # type: ignore[index]
+
+    erp_ins, erp_upd = (r["value"] for r in _events(reader.records, "erp.public.customers", "cust_no", "T000001")[:2])
+    assert erp_ins["after"]["full_name"] == "上海测试贸易有限公司"  # type: ignore[index]
+    # bigint beyond float precision stays exact.
+    assert erp_ins["after"]["credit_limit_fen"] == 9007199254740993  # type: ignore[index]
+    assert erp_upd["after"]["credit_limit_fen"] == 9007199254740994  # type: ignore[index]
+    # timestamp WITHOUT time zone: microseconds of the wall-clock value, as Debezium's MicroTimestamp.
+    wall = datetime(2026, 3, 1, 16, 30, 0, 654321, tzinfo=UTC)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert erp_ins["after"]["modified_on"] == (wall - epoch) // timedelta(microseconds=1)  # type: ignore[index]
+    assert erp_upd["before"]["credit_limit_fen"] == 9007199254740993  # type: ignore[index]
+
+
+def test_sigkill_during_burst_loses_nothing(harness: Harness, capture: dict[str, object]) -> None:
+    with harness.connect("crm") as crm:
+        ids = [r[0] for r in crm.execute("SELECT id FROM accounts ORDER BY id LIMIT 50").fetchall()]
+    total = 5000
+    expected = {f"burst-{i:05d}" for i in range(total)}
+    done = threading.Event()
+
+    def burst() -> None:
+        with harness.connect("crm") as conn:
+            for i in range(total):
+                conn.execute("UPDATE accounts SET owner = %s WHERE id = %s", (f"burst-{i:05d}", ids[i % len(ids)]))
+        done.set()
+
+    def seen(records: list[dict[str, object]]) -> set[str]:
+        return {r["value"]["after"]["owner"] for r in records  # type: ignore[index]
+                if r["topic"] == "crm.public.accounts" and r["value"] and r["value"]["after"]  # type: ignore[index]
+                and str(r["value"]["after"]["owner"]).startswith("burst-")}  # type: ignore[index]
+
+    reader = TopicReader(harness.bootstrap, harness.registry_url, ["crm.public.accounts"])
+    writer = threading.Thread(target=burst)
+    writer.start()
+    try:
+        reader.wait(lambda rs: len(seen(rs)) >= 300, 60, "the first burst events in the topic")
+        assert not done.is_set(), "the burst finished before the kill: the test would prove nothing"
+        proc = capture["proc"]
+        proc.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
+        proc.wait(10)  # type: ignore[attr-defined]
+        capture["proc"] = _start_capture(harness)
+        writer.join(120)
+        assert done.is_set()
+        reader.wait(lambda rs: seen(rs) >= expected, 180, "every burst update in the topic after the restart")
+    finally:
+        reader.close()
+    captured = seen(reader.records)
+    assert captured == expected
