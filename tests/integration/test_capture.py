@@ -155,3 +155,22 @@ def test_resync_one_table_with_an_incremental_snapshot_signal(harness: Harness, 
         reader.wait(resnapshotted, 120, "every product row re-read by the incremental snapshot")
     finally:
         reader.close()
+
+
+def test_idle_source_does_not_pin_wal(harness: Harness, capture: dict[str, object]) -> None:
+    """Heartbeats let an idle database's slot confirm WAL written elsewhere in the cluster."""
+    with harness.connect("sync") as other:
+        other.execute("CREATE TABLE IF NOT EXISTS wal_filler (n int, pad text)")
+        other.execute("INSERT INTO wal_filler SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g")
+        target = other.execute("SELECT pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
+
+    def confirmed_past_target() -> bool:
+        with harness.connect("crm") as crm:
+            row = crm.execute(
+                "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots"
+                " WHERE slot_name = 'crm_erp_sync_crm'",
+                (target,),
+            ).fetchone()
+        return bool(row and row[0])
+
+    wait_for(confirmed_past_target, 60, 1.0, f"the idle CRM slot to confirm past {target}")
