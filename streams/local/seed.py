@@ -191,7 +191,8 @@ def generate(accounts: int = 300, seed: int = 20260105) -> SeedData:
             # Same company, typed differently: the city moved into brackets, full-width.
             city = CITIES[c.city_idx]
             bare = c.legal.removeprefix(city)
-            other = bare.replace("有限", f"（{city}）有限", 1)
+            form = next(f for f in ("股份有限公司", "有限责任公司", "有限公司") if bare.endswith(f))
+            other = f"{bare.removesuffix(form)}（{city}）{form}"
             crm, erp = crm_row(c, None, i), erp_row(c, None, i, full_name=other)
             crm_accounts.append(crm)
             erp_customers.append(erp)

@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-PURE = ["streams.registry.compat", "streams.capture.connector", "streams.settings", "streams.errors"]
+PURE = ["streams.registry.compat", "streams.capture.connector", "streams.settings", "streams.errors",
+        "streams.envelope", "streams.mapping.convert", "streams.mapping.profile", "streams.identity.match",
+        "streams.reconcile.core"]
 FORBIDDEN = ("confluent_kafka", "psycopg", "faust", "jpype")
 
 

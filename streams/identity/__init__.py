@@ -1,0 +1,1 @@
+"""Identity resolution: matching (pure) and the cross-reference."""

@@ -1,0 +1,206 @@
+"""Identity resolution: which record of the other system is the same company. Pure.
+
+Order (architecture decision 7): exact keys (tax number / USCC, ...), then the normalised company
+name, then similarity of names with the region removed above a threshold. More than one candidate
+at any step, or two fuzzy candidates within ``review_margin``, goes to the review queue: never
+linked without a person.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+from typing import Literal
+
+LEGAL_FORMS = (
+    "股份有限公司", "有限责任公司", "有限公司", "集团公司", "总公司", "分公司", "公司",
+    "co.,ltd.", "co.,ltd", "co.ltd.", "co.ltd", "company limited", "corporation", "limited", "corp.",
+    "inc.", "ltd.", "ltd", "co.",
+)
+CHINA = ("(中国)", "(中國)", "(china)")
+# Province / city names and administrative suffixes removed for the fuzzy key only.
+REGIONS = (
+    "北京", "上海", "天津", "重庆", "深圳", "广州", "杭州", "苏州", "南京", "成都", "武汉", "西安", "青岛", "宁波",
+    "厦门", "长沙", "合肥", "郑州", "东莞", "佛山", "无锡", "济南", "沈阳", "大连", "福州", "昆明", "哈尔滨",
+    "广东", "江苏", "浙江", "山东", "河南", "四川", "湖北", "湖南", "福建", "安徽", "河北", "辽宁", "陕西",
+)
+_REGION_RE = re.compile("(" + "|".join(REGIONS) + ")(省|市|区)?")
+_PUNCT_RE = re.compile(r"[\s()\[\]{}.,·、，。\-_/&'\"]+")
+
+Kind = Literal["exact", "name", "fuzzy", "review", "none"]
+
+
+def normalize_name(name: str | None) -> str:
+    """Company name for equality: width and case folded, spaces, '(中国)' and legal form removed."""
+    if not name:
+        return ""
+    text = unicodedata.normalize("NFKC", name).lower()
+    text = "".join(text.split())
+    for marker in CHINA:
+        text = text.replace(marker, "")
+    changed = True
+    while changed:
+        changed = False
+        for form in LEGAL_FORMS:
+            if text.endswith(form) and len(text) > len(form):
+                text = text[: -len(form)].rstrip(",.")
+                changed = True
+    return text
+
+
+def fuzzy_key(name: str | None) -> str:
+    """Normalised name without regions and punctuation, for similarity."""
+    text = normalize_name(name)
+    text = _REGION_RE.sub("", text)
+    return _PUNCT_RE.sub("", text)
+
+
+def normalize_key(value: str | None) -> str:
+    """An identifier (tax number, e-mail) for equality."""
+    return unicodedata.normalize("NFKC", value or "").strip().upper()
+
+
+def similarity(a: str, b: str) -> float:
+    """0..1 similarity of two fuzzy keys."""
+    if not a or not b:
+        return 0.0
+    return SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+@dataclass(frozen=True)
+class Record:
+    """What identity needs of one record: its id, exact keys (in profile order) and name."""
+
+    system: str
+    source_id: str
+    keys: tuple[str | None, ...]
+    name: str | None
+
+    @property
+    def exact(self) -> tuple[str, ...]:
+        """Normalised exact keys ('' where absent)."""
+        return tuple(normalize_key(k) for k in self.keys)
+
+
+@dataclass(frozen=True)
+class Match:
+    """The decision for one record."""
+
+    kind: Kind
+    target: Record | None = None
+    score: float = 0.0
+    candidates: tuple[Record, ...] = ()
+    reason: str = ""
+
+
+@dataclass
+class Index:
+    """Records of one system, indexed for matching (exact keys, names, name bigrams)."""
+
+    records: dict[str, Record] = field(default_factory=dict)
+    by_key: list[dict[str, set[str]]] = field(default_factory=list)
+    by_name: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    by_bigram: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    fuzzy: dict[str, str] = field(default_factory=dict)
+
+    def add(self, rec: Record) -> None:
+        """Index ``rec`` (replacing an earlier version of it)."""
+        self.remove(rec.source_id)
+        self.records[rec.source_id] = rec
+        while len(self.by_key) < len(rec.keys):
+            self.by_key.append(defaultdict(set))
+        for i, key in enumerate(rec.exact):
+            if key:
+                self.by_key[i][key].add(rec.source_id)
+        name = normalize_name(rec.name)
+        if name:
+            self.by_name[name].add(rec.source_id)
+        fkey = fuzzy_key(rec.name)
+        self.fuzzy[rec.source_id] = fkey
+        for gram in _bigrams(fkey):
+            self.by_bigram[gram].add(rec.source_id)
+
+    def remove(self, source_id: str) -> None:
+        """Forget a record (it was linked, or deleted)."""
+        rec = self.records.pop(source_id, None)
+        if rec is None:
+            return
+        for i, key in enumerate(rec.exact):
+            self.by_key[i].get(key, set()).discard(source_id)
+        self.by_name.get(normalize_name(rec.name), set()).discard(source_id)
+        for gram in _bigrams(self.fuzzy.pop(source_id, "")):
+            self.by_bigram.get(gram, set()).discard(source_id)
+
+    def _get(self, ids: Iterable[str]) -> tuple[Record, ...]:
+        return tuple(sorted((self.records[i] for i in ids), key=lambda r: r.source_id))
+
+    def match(self, rec: Record, threshold: float, margin: float) -> Match:
+        """Find ``rec``'s counterpart among the indexed records."""
+        for i, key in enumerate(rec.exact):
+            if not key or i >= len(self.by_key):
+                continue
+            hits = self.by_key[i].get(key, set())
+            if len(hits) == 1:
+                return Match("exact", self._get(hits)[0], 1.0, reason=f"exact key #{i + 1}")
+            if len(hits) > 1:
+                return Match("review", None, 1.0, self._get(hits), f"{len(hits)} records share exact key #{i + 1}")
+        name = normalize_name(rec.name)
+        hits = self.by_name.get(name, set()) if name else set()
+        if len(hits) == 1:
+            return Match("name", self._get(hits)[0], 1.0, reason="same normalised name")
+        if len(hits) > 1:
+            return Match("review", None, 1.0, self._get(hits), f"{len(hits)} records share the normalised name")
+        fkey = fuzzy_key(rec.name)
+        pool = set().union(*(self.by_bigram.get(g, set()) for g in _bigrams(fkey))) if fkey else set()
+        scored = sorted(((similarity(fkey, self.fuzzy[i]), i) for i in pool), reverse=True)
+        above = [(s, i) for s, i in scored if s >= threshold]
+        if not above:
+            best = scored[0][0] if scored else 0.0
+            return Match("none", None, best, reason=f"best similarity {best:.2f} below {threshold:.2f}")
+        if len(above) > 1 and above[0][0] - above[1][0] < margin:
+            close = [i for s, i in above if above[0][0] - s < margin]
+            return Match("review", None, above[0][0], self._get(close),
+                         f"{len(close)} names within {margin:.2f} of the best ({above[0][0]:.2f})")
+        return Match("fuzzy", self.records[above[0][1]], above[0][0], reason=f"similarity {above[0][0]:.2f}")
+
+
+def _bigrams(text: str) -> set[str]:
+    if len(text) < 2:
+        return {text} if text else set()
+    return {text[i : i + 2] for i in range(len(text) - 1)}
+
+
+def link_all(
+    left: Sequence[Record], right: Sequence[Record], threshold: float, margin: float
+) -> list[tuple[Record, Match]]:
+    """Match every ``left`` record against ``right``; a linked right record is not offered again.
+
+    Exact matches are decided first for all records, then names, then fuzzy, so a weaker match can
+    never take a record a stronger one needed.
+    """
+    index = Index()
+    for rec in right:
+        index.add(rec)
+    decided: dict[str, Match] = {}
+    for stage in ("exact", "name", "fuzzy"):
+        for rec in left:
+            if rec.source_id in decided:
+                continue
+            found = index.match(rec, threshold, margin)
+            if found.kind == stage or (found.kind == "review" and _stage_of_review(found) == stage):
+                decided[rec.source_id] = found
+                if found.target is not None:
+                    index.remove(found.target.source_id)
+    return [(rec, decided.get(rec.source_id) or index.match(rec, threshold, margin)) for rec in left]
+
+
+def _stage_of_review(found: Match) -> str:
+    if "exact key" in found.reason:
+        return "exact"
+    if "normalised name" in found.reason:
+        return "name"
+    return "fuzzy"

@@ -1,0 +1,1 @@
+"""Mapping profiles and pure field conversions (no Kafka or database imports)."""

@@ -1,0 +1,169 @@
+"""Field conversions between a system's column and the canonical value. Pure.
+
+Each converter has ``to_canonical`` (source column -> canonical) and ``from_canonical``
+(canonical -> the column value to write). Bad input raises :class:`TerminalError` (dead letter).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from streams.errors import TerminalError
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CENT = Decimal("0.01")
+
+
+@dataclass(frozen=True)
+class Converter:
+    """A pair of pure functions, ``None`` always mapping to ``None``."""
+
+    name: str
+    to_canonical: Callable[[Any], Any]
+    from_canonical: Callable[[Any], Any]
+
+    def forward(self, value: Any) -> Any:
+        """Column value -> canonical value."""
+        return None if value is None else self.to_canonical(value)
+
+    def backward(self, value: Any) -> Any:
+        """Canonical value -> column value."""
+        return None if value is None else self.from_canonical(value)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TerminalError(f"expected text, got {type(value).__name__}")
+    return value.strip()
+
+
+def _upper(value: Any) -> str:
+    return _text(value).upper()
+
+
+def _email(value: Any) -> str:
+    text = _text(value).lower()
+    if text and "@" not in text:
+        raise TerminalError(f"not an e-mail address: {text!r}")
+    return text
+
+
+def _phone(value: Any) -> str:
+    # Full-width digits and dashes (common in Chinese input) become ASCII; spaces go.
+    return "".join(unicodedata.normalize("NFKC", _text(value)).split())
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
+        raise TerminalError(f"expected an integer, got {value!r}")
+    if isinstance(value, Decimal) and value != value.to_integral_value():
+        raise TerminalError(f"expected an integer, got {value}")
+    return int(value)
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TerminalError(f"expected a boolean, got {value!r}")
+    return value
+
+
+def yuan_to_fen(value: Any) -> int:
+    """Yuan (exact decimal) -> fen (integer); a fraction of a fen is an error, never rounded."""
+    try:
+        amount = Decimal(value) if not isinstance(value, float) else None
+    except (InvalidOperation, TypeError) as exc:
+        raise TerminalError(f"not an amount: {value!r}") from exc
+    if amount is None:
+        raise TerminalError("amounts must be exact decimals, not floats")
+    fen = amount * 100
+    if fen != fen.to_integral_value():
+        raise TerminalError(f"amount {value} yuan has a fraction of a fen")
+    return int(fen)
+
+
+def fen_to_yuan(value: Any) -> Decimal:
+    """Fen (integer) -> yuan with two decimals, exact."""
+    return (Decimal(_integer(value)) / 100).quantize(CENT)
+
+
+def local_micros(zone: str) -> Converter:
+    """``timestamp without time zone`` holding ``zone`` wall-clock time <-> aware UTC datetime.
+
+    Debezium sends such a column as microseconds of the wall-clock value (``MicroTimestamp``).
+    """
+    tz = ZoneInfo(zone)
+
+    def forward(value: Any) -> datetime:
+        wall = EPOCH + timedelta(microseconds=_integer(value))
+        return wall.replace(tzinfo=tz).astimezone(UTC)
+
+    def backward(value: Any) -> datetime:
+        # psycopg writes a naive datetime to a timestamp column as is: the wall-clock time.
+        return value.astimezone(tz).replace(tzinfo=None)  # type: ignore[no-any-return]
+
+    return Converter(f"local_micros:{zone}", forward, backward)
+
+
+def _iso_utc(value: Any) -> datetime:
+    """A ``timestamptz`` as Debezium sends it (ISO-8601 string) -> aware UTC datetime."""
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError as exc:
+        raise TerminalError(f"not an ISO-8601 timestamp: {value!r}") from exc
+
+
+def enum_map(mapping: Mapping[str, Any]) -> Converter:
+    """Source values -> canonical values (one to one); anything else is invalid."""
+    reverse = {v: k for k, v in mapping.items()}
+    if len(reverse) != len(mapping):
+        raise ValueError("enum map must be one to one")
+
+    def forward(value: Any) -> Any:
+        key = str(value).strip() if isinstance(value, str) else value
+        if key not in mapping:
+            raise TerminalError(f"invalid enum value {value!r}; allowed: {', '.join(map(str, mapping))}")
+        return mapping[key]
+
+    def backward(value: Any) -> Any:
+        if value not in reverse:
+            raise TerminalError(f"no source value for canonical {value!r}")
+        return reverse[value]
+
+    return Converter("enum", forward, backward)
+
+
+SIMPLE: dict[str, Converter] = {
+    "text": Converter("text", _text, _text),
+    "upper": Converter("upper", _upper, _upper),
+    "email": Converter("email", _email, _email),
+    "phone": Converter("phone", _phone, _phone),
+    "integer": Converter("integer", _integer, _integer),
+    "boolean": Converter("boolean", _boolean, _boolean),
+    "yuan_to_fen": Converter("yuan_to_fen", yuan_to_fen, fen_to_yuan),
+    "iso_utc": Converter("iso_utc", _iso_utc, lambda v: v),
+    "identity": Converter("identity", lambda v: v, lambda v: v),
+}
+
+
+def build(spec: str | Mapping[str, Any]) -> Converter:
+    """A converter from its profile spelling: a name, ``local_micros:<zone>`` or ``{enum: {...}}``."""
+    if isinstance(spec, Mapping):
+        if set(spec) != {"enum"} or not isinstance(spec["enum"], Mapping):
+            raise ValueError("a mapping converter must be {enum: {source_value: canonical_value, ...}}")
+        return enum_map(spec["enum"])
+    if spec.startswith("local_micros:"):
+        zone = spec.split(":", 1)[1]
+        try:
+            ZoneInfo(zone)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {zone!r}") from exc
+        return local_micros(zone)
+    if spec not in SIMPLE:
+        raise ValueError(f"unknown converter {spec!r}; one of {', '.join(SIMPLE)}, local_micros:<zone>, {{enum: ...}}")
+    return SIMPLE[spec]

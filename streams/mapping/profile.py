@@ -1,0 +1,235 @@
+"""Mapping profiles: YAML that says which tables form an entity and how each field maps. Pure.
+
+Loaded and validated once at start; every error names the key in the file and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from streams.errors import ConfigError, TerminalError
+from streams.mapping.convert import Converter, build
+
+SYSTEMS = ("crm", "erp")
+System = Literal["crm", "erp"]
+_MODEL = ConfigDict(frozen=True, extra="forbid")
+
+
+class SideSpec(BaseModel):
+    """A field's column on one system and its conversion."""
+
+    model_config = _MODEL
+    column: str
+    convert: str | dict[str, Any] = "identity"
+
+    @field_validator("convert")
+    @classmethod
+    def _known(cls, value: str | dict[str, Any]) -> str | dict[str, Any]:
+        build(value)
+        return value
+
+    @cached_property
+    def converter(self) -> Converter:
+        """The built converter."""
+        return build(self.convert)
+
+
+class FieldSpec(BaseModel):
+    """One canonical field."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ignored_types=(cached_property,))
+    crm: SideSpec | None = None
+    erp: SideSpec | None = None
+    policy: Literal["source_of_truth", "latest", "manual"]
+    owner: System | None = None
+    non_owner_edit: Literal["revert", "queue"] = "revert"
+    personal: bool = False
+    required: bool = False
+    max_length: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> FieldSpec:
+        if self.crm is None and self.erp is None:
+            raise ValueError("a field needs a column on crm, erp or both")
+        if self.policy == "source_of_truth":
+            if self.owner is None:
+                raise ValueError("policy source_of_truth needs owner: crm or erp")
+            if self.side(self.owner) is None:
+                raise ValueError(f"owner {self.owner} has no column for this field")
+        elif self.owner is not None:
+            raise ValueError(f"owner only applies to policy source_of_truth, not {self.policy}")
+        return self
+
+    def side(self, system: str) -> SideSpec | None:
+        """The column spec on ``system``, if any."""
+        spec: SideSpec | None = getattr(self, system)
+        return spec
+
+    @property
+    def synced(self) -> bool:
+        """Present on both systems, so kept in agreement."""
+        return self.crm is not None and self.erp is not None
+
+
+class SourceSpec(BaseModel):
+    """The table of one system that forms the entity."""
+
+    model_config = _MODEL
+    table: str = Field(pattern=r"^[A-Za-z_][\w]*\.[A-Za-z_][\w]*$")
+    key: str
+
+
+class KeyPair(BaseModel):
+    """Columns holding the same identifier on both systems."""
+
+    model_config = _MODEL
+    crm: str
+    erp: str
+
+
+class IdentitySpec(BaseModel):
+    """How records of the two systems are linked."""
+
+    model_config = _MODEL
+    exact: tuple[KeyPair, ...] = ()
+    name: KeyPair | None = None
+    fuzzy_threshold: float = Field(0.86, gt=0, le=1)
+    review_margin: float = Field(0.04, ge=0, lt=1)
+
+
+class CreateRule(BaseModel):
+    """When a record new on one system is created on the other."""
+
+    model_config = _MODEL
+    when: dict[str, list[Any]] = {}
+
+
+class CreateSpec(BaseModel):
+    """Create rules per direction; a missing direction creates nothing."""
+
+    model_config = _MODEL
+    crm_to_erp: CreateRule | None = None
+    erp_to_crm: CreateRule | None = None
+
+
+class Profile(BaseModel):
+    """A validated mapping profile."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ignored_types=(cached_property,))
+    entity: str
+    canonical_schema: Path
+    sources: dict[System, SourceSpec]
+    identity: IdentitySpec = IdentitySpec()
+    create: CreateSpec = CreateSpec()
+    delete: Literal["deactivate", "ignore"] = "deactivate"
+    fields: dict[str, FieldSpec]
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Profile:
+        missing = [s for s in SYSTEMS if s not in self.sources]
+        if missing:
+            raise ValueError(f"sources needs both crm and erp (missing {', '.join(missing)})")
+        for rule in (self.create.crm_to_erp, self.create.erp_to_crm):
+            for name in (rule.when if rule else {}):
+                if name not in self.fields:
+                    raise ValueError(f"create rule names unknown field {name!r}")
+        return self
+
+    @cached_property
+    def canonical_fields(self) -> set[str]:
+        """Field names of the canonical Avro record."""
+        schema = json.loads(self.canonical_schema.read_text(encoding="utf-8"))
+        return {f["name"] for f in schema["fields"]}
+
+    def table_of(self, system: str) -> str:
+        """``schema.table`` of the entity on ``system``."""
+        return self.sources[system].table  # type: ignore[index]
+
+    def key_of(self, system: str) -> str:
+        """Primary-key column of the entity on ``system``."""
+        return self.sources[system].key  # type: ignore[index]
+
+    def synced_fields(self) -> list[str]:
+        """Fields present on both systems."""
+        return [name for name, spec in self.fields.items() if spec.synced]
+
+    def to_canonical(self, system: str, row: Mapping[str, Any]) -> dict[str, Any]:
+        """Canonical values of the fields ``system`` has, from a row (columns absent are skipped).
+
+        Raises :class:`TerminalError` naming the field for invalid input.
+        """
+        out: dict[str, Any] = {}
+        for name, spec in self.fields.items():
+            side = spec.side(system)
+            if side is None or side.column not in row:
+                continue
+            try:
+                value = side.converter.forward(row[side.column])
+            except TerminalError as exc:
+                raise TerminalError(f"field {name} ({system}.{side.column}): {exc.message}") from exc
+            if spec.required and value in (None, ""):
+                raise TerminalError(f"field {name} ({system}.{side.column}) is required but empty")
+            if spec.max_length and isinstance(value, str) and len(value) > spec.max_length:
+                raise TerminalError(
+                    f"field {name} ({system}.{side.column}) is {len(value)} characters, over {spec.max_length}"
+                )
+            out[name] = value
+        return out
+
+    def to_columns(self, system: str, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Column values to write on ``system`` for canonical ``values`` (fields it lacks skipped)."""
+        out: dict[str, Any] = {}
+        for name, value in values.items():
+            side = self.fields[name].side(system)
+            if side is not None:
+                out[side.column] = side.converter.backward(value)
+        return out
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if not str(p).startswith(("function-", "literal[")))
+
+
+def load_profile(path: Path) -> Profile:
+    """Read and validate a profile; :class:`ConfigError` names the key and the fix."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read mapping profile {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"mapping profile {path} is not valid YAML: {exc}".replace("\n", " ")) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"mapping profile {path} must be a mapping (entity, sources, fields, ...)")
+    schema = data.get("canonical_schema")
+    if isinstance(schema, str):
+        data["canonical_schema"] = (path.parent / schema).resolve()
+    try:
+        profile = Profile(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = _where(tuple(err["loc"]))
+        message = str(err["msg"]).removeprefix("Value error, ")
+        raise ConfigError(
+            f"mapping profile {path}: {key or 'top level'}: {message}",
+            hint=f"fix {key or 'the file'} in {path.name}; see the comments at the top of the demo profile",
+        ) from exc
+    try:
+        known = profile.canonical_fields
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(
+            f"mapping profile {path}: canonical_schema {profile.canonical_schema} unreadable: {exc}"
+        ) from exc
+    unknown = sorted(set(profile.fields) - known)
+    if unknown:
+        raise ConfigError(
+            f"mapping profile {path}: fields {', '.join(unknown)} are not in {profile.canonical_schema.name}",
+            hint="add them to the canonical .avsc (with a default, to stay compatible) or fix the name",
+        )
+    return profile

@@ -1,0 +1,1 @@
+"""Reconciliation: survivorship, conflicts, echo suppression (pure core)."""

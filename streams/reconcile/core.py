@@ -1,0 +1,290 @@
+"""Per-field survivorship, conflict detection and echo suppression for one entity. Pure.
+
+What the sync store keeps per entity: the row version last seen on each system (a column every
+write changes, e.g. ``updated_at``), and per field:
+
+* ``synced``   the value both systems last agreed on (the base of a conflict);
+* ``seen``     the last value seen from each system; ``changed_at`` when each last changed it;
+* ``inflight`` per system, the one write the sync sent there and has not seen come back
+  (value, time it was issued); ``deferred`` a newer value to send once that write is settled.
+
+Writes are compare-and-set: a command carries the value and the row version the sync last *saw*
+on the target, and the applier writes only if the row still has both. So a write can never land on
+an edit the sync has not seen (not even one that put the same value back), and a superseded write
+goes stale by itself. With at most one write in flight per field and system, every expectation is
+something the sync saw.
+
+A change from system S to value v of field f (S's events arrive in commit order):
+
+* not newer than the last change seen from S: a replay or duplicate, ignored;
+* S has a write in flight, v is its value and was committed after it was issued: the **echo**;
+  it settles the write (sending a deferred value next, or confirming ``synced``);
+* S has a write in flight, v is unchanged (another column of the row changed): that write is now
+  stale, so it is sent again against the new row version;
+* S has a write in flight and v is new: S was edited while the sync wrote to it: a **conflict**;
+* otherwise v goes to the other system, unless the other system also moved away from ``synced``
+  or changed the field after v was committed (a **conflict**), or S is not the owner of a
+  ``source_of_truth`` field (reverted or queued).
+
+Known limit: a user who writes exactly the value the sync is writing to that row at that moment is
+indistinguishable from the sync's own echo (Debezium cannot filter PostgreSQL replication origin).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from streams.mapping.profile import FieldSpec
+
+SYSTEMS = ("crm", "erp")
+MISSING: Any = "\x00missing"  # JSON-safe marker for "never agreed"; never a real field value
+Version = tuple[int, int]  # (source commit ms, LSN)
+ConflictKind = Literal["both_changed", "non_owner_edit", "initial_mismatch"]
+
+
+def other(system: str) -> str:
+    """The other system."""
+    return "erp" if system == "crm" else "crm"
+
+
+@dataclass(frozen=True)
+class Command:
+    """Set ``field`` to ``value`` on ``system`` if the row still has ``expect_row`` and ``expect``."""
+
+    system: str
+    field: str
+    value: Any
+    expect: Any
+    expect_row: Any
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Both systems changed a field (or the non-owner edited an owned one)."""
+
+    field: str
+    kind: ConflictKind
+    policy: str
+    base: Any
+    crm: Any
+    erp: Any
+    resolution: str | None  # 'crm' | 'erp' | 'reverted' | None (waits for a person)
+    value: Any = None  # the value that won, when resolved
+
+
+@dataclass
+class FieldState:
+    """What the sync knows of one field of one entity."""
+
+    synced: Any = MISSING
+    seen: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, Version] = field(default_factory=dict)
+    changed_at: dict[str, int] = field(default_factory=dict)
+    inflight: dict[str, tuple[Any, int]] = field(default_factory=dict)
+    deferred: dict[str, Any] = field(default_factory=dict)
+    open_conflict: bool = False
+
+    def intended(self, system: str) -> Any:
+        """The value ``system`` will hold once the sync's writes to it are done."""
+        if system in self.deferred:
+            return self.deferred[system]
+        if system in self.inflight:
+            return self.inflight[system][0]
+        return self.synced
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able form for the store."""
+        return {"synced": self.synced, "seen": self.seen,
+                "versions": {k: list(v) for k, v in self.versions.items()}, "changed_at": self.changed_at,
+                "inflight": {k: list(v) for k, v in self.inflight.items()}, "deferred": self.deferred,
+                "open_conflict": self.open_conflict}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FieldState:
+        """Inverse of :meth:`to_json`."""
+        return cls(
+            synced=data.get("synced", MISSING),
+            seen=dict(data.get("seen", {})),
+            versions={k: (int(v[0]), int(v[1])) for k, v in data.get("versions", {}).items()},
+            changed_at={k: int(v) for k, v in data.get("changed_at", {}).items()},
+            inflight={k: (v[0], int(v[1])) for k, v in data.get("inflight", {}).items()},
+            deferred=dict(data.get("deferred", {})),
+            open_conflict=bool(data.get("open_conflict", False)),
+        )
+
+
+@dataclass
+class EntityState:
+    """Everything the sync keeps about one entity between changes."""
+
+    fields: dict[str, FieldState] = field(default_factory=dict)
+    rows: dict[str, Any] = field(default_factory=dict)  # row version last seen per system
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able form for the store."""
+        return {"fields": {k: v.to_json() for k, v in self.fields.items()}, "rows": self.rows}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EntityState:
+        """Inverse of :meth:`to_json`."""
+        return cls({k: FieldState.from_json(v) for k, v in data.get("fields", {}).items()},
+                   dict(data.get("rows", {})))
+
+
+@dataclass
+class Outcome:
+    """What one change leads to."""
+
+    state: EntityState
+    commands: list[Command] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+    echoes: int = 0
+    replays: int = 0
+
+
+class _Step:
+    """Applying one change: the working state plus what it produced."""
+
+    def __init__(self, state: EntityState, now_ms: int) -> None:
+        self.out = Outcome(copy.deepcopy(state))
+        self.now_ms = now_ms
+
+    def send(self, fs: FieldState, system: str, name: str, value: Any) -> None:
+        """Write ``value`` to ``system`` now, or after the write already in flight there."""
+        if system in fs.inflight:
+            if fs.inflight[system][0] == value:
+                fs.deferred.pop(system, None)
+            else:
+                fs.deferred[system] = value
+            return
+        fs.deferred.pop(system, None)
+        if fs.seen.get(system, MISSING) == value:
+            return  # it holds that value already: never write an equal value
+        fs.inflight[system] = (value, self.now_ms)
+        self.out.commands.append(
+            Command(system, name, value, fs.seen.get(system), self.out.state.rows.get(system))
+        )
+
+    def resend(self, fs: FieldState, system: str, name: str) -> None:
+        """The write in flight to ``system`` went stale (its row changed): send it again."""
+        value = fs.deferred.pop(system, fs.inflight.pop(system)[0])
+        self.send(fs, system, name, value)
+
+    def resolve(self, name: str, spec: FieldSpec, fs: FieldState, kind: ConflictKind) -> None:
+        """Both systems hold different values: decide by policy, or queue for a person."""
+        crm_value, erp_value = fs.seen.get("crm"), fs.seen.get("erp")
+        fs.inflight.clear()  # stale: the row they expected has changed
+        fs.deferred.clear()
+        if crm_value == erp_value:
+            fs.synced = crm_value  # they changed to the same value: agreement, not a conflict
+            return
+        if spec.policy == "source_of_truth":
+            winner: str | None = spec.owner
+        elif spec.policy == "latest":
+            # Newest change wins; on a tie the system name decides (crm before erp).
+            winner = "erp" if fs.changed_at.get("erp", 0) > fs.changed_at.get("crm", 0) else "crm"
+        else:
+            winner = None
+        if winner is None:
+            fs.open_conflict = True
+            self.out.conflicts.append(Conflict(name, kind, spec.policy, fs.synced, crm_value, erp_value, None))
+            return
+        value = fs.seen[winner]
+        self.out.conflicts.append(Conflict(name, kind, spec.policy, fs.synced, crm_value, erp_value, winner, value))
+        self.send(fs, other(winner), name, value)
+
+    def change(self, name: str, spec: FieldSpec, system: str, value: Any, version: Version) -> None:
+        """One field of one change of ``system``."""
+        out = self.out
+        fs = out.state.fields.setdefault(name, FieldState())
+        peer = other(system)
+        if system in fs.versions and version <= fs.versions[system]:
+            out.replays += 1
+            return
+        previous = fs.seen.get(system, MISSING)
+        fs.seen[system], fs.versions[system] = value, version
+        if value != previous:
+            fs.changed_at[system] = version[0]
+        if fs.open_conflict:
+            return  # a person decides; later edits are recorded, not synced
+        if system in fs.inflight:
+            sent, issued_ms = fs.inflight[system]
+            if value == sent and version[0] >= issued_ms:
+                out.echoes += 1
+                del fs.inflight[system]
+                if system in fs.deferred:
+                    self.send(fs, system, name, fs.deferred.pop(system))
+                elif peer not in fs.inflight and fs.seen.get(peer) == value:
+                    fs.synced = value
+            elif value == previous:
+                self.resend(fs, system, name)
+            else:
+                self.resolve(name, spec, fs, "both_changed")
+            return
+        if fs.synced is MISSING:
+            if peer in fs.seen:
+                if fs.seen[peer] == value:
+                    fs.synced = value
+                else:
+                    self.resolve(name, spec, fs, "initial_mismatch")
+            return
+        if value == fs.intended(peer):
+            if peer not in fs.inflight and fs.seen.get(peer) == value:
+                fs.synced = value
+            return
+        concurrent = version[0] < fs.changed_at.get(peer, 0)  # made before the peer's last change
+        if peer not in fs.inflight and (fs.seen.get(peer, fs.synced) != fs.synced or concurrent):
+            self.resolve(name, spec, fs, "both_changed")
+        elif spec.policy == "source_of_truth" and spec.owner != system:
+            if spec.non_owner_edit == "queue":
+                fs.open_conflict = True
+                out.conflicts.append(Conflict(name, "non_owner_edit", spec.policy, fs.synced,
+                                              fs.seen.get("crm"), fs.seen.get("erp"), None))
+            else:
+                revert = fs.intended(peer)
+                out.conflicts.append(Conflict(name, "non_owner_edit", spec.policy, fs.synced,
+                                              fs.seen.get("crm"), fs.seen.get("erp"), "reverted", revert))
+                self.send(fs, system, name, revert)
+        else:
+            self.send(fs, peer, name, value)
+
+
+def apply_change(
+    fields: Mapping[str, FieldSpec],
+    state: EntityState,
+    system: str,
+    values: Mapping[str, Any],
+    version: Version,
+    row_version: Any,
+    now_ms: int,
+) -> Outcome:
+    """Reconcile one change of ``system`` (canonical ``values`` of its row) into ``state``.
+
+    ``row_version`` is the row's version column after the change; ``now_ms`` the processing time
+    (an echo is committed after its write was issued).
+    """
+    step = _Step(state, now_ms)
+    if version >= max((fs.versions.get(system, (0, 0)) for fs in step.out.state.fields.values()), default=(0, 0)):
+        step.out.state.rows[system] = row_version
+    for name, value in values.items():
+        spec = fields.get(name)
+        if spec is not None and spec.synced:
+            step.change(name, spec, system, value, version)
+    return step.out
+
+
+def resolve_manual(state: EntityState, name: str, value: Any, now_ms: int) -> Outcome:
+    """A person chose ``value`` for an open conflict: write it to both systems."""
+    step = _Step(state, now_ms)
+    fs = step.out.state.fields[name]
+    fs.open_conflict = False
+    fs.inflight.clear()
+    fs.deferred.clear()
+    for system in SYSTEMS:
+        step.send(fs, system, name, value)
+    if not fs.inflight:
+        fs.synced = value
+    return step.out

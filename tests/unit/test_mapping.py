@@ -1,0 +1,85 @@
+"""Mapping profiles and conversions (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.errors import ConfigError, TerminalError
+from streams.mapping.convert import build, fen_to_yuan, yuan_to_fen
+from streams.mapping.profile import load_profile
+
+DEMO = Path(__file__).resolve().parents[2] / "schemas" / "mappings" / "demo.yaml"
+
+
+@given(st.integers(min_value=-(10**15), max_value=10**15))
+def test_fen_yuan_round_trip_is_exact(fen: int) -> None:
+    assert yuan_to_fen(fen_to_yuan(fen)) == fen
+
+
+def test_fraction_of_a_fen_and_floats_are_rejected() -> None:
+    with pytest.raises(TerminalError, match="fraction of a fen"):
+        yuan_to_fen(Decimal("1.005"))
+    with pytest.raises(TerminalError, match="floats"):
+        yuan_to_fen(1.5)
+
+
+@given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2100, 1, 1),  # noqa: DTZ001 - bounds
+                    timezones=st.just(UTC)))
+def test_shanghai_local_time_round_trips(moment: datetime) -> None:
+    conv = build("local_micros:Asia/Shanghai")
+    wall = conv.backward(moment)  # what the ERP column holds
+    micros = (wall.replace(tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    assert conv.forward(micros) == moment
+    assert (moment - wall.replace(tzinfo=UTC)).total_seconds() == -8 * 3600
+
+
+def test_enum_map_rejects_unknown_values() -> None:
+    conv = build({"enum": {"NET30": "net30", "COD": "cod"}})
+    assert conv.forward(" NET30 ") == "net30" and conv.backward("cod") == "COD"
+    with pytest.raises(TerminalError, match="invalid enum value 'NET90'"):
+        conv.forward("NET90")
+
+
+def test_demo_profile_maps_both_ways() -> None:
+    p = load_profile(DEMO)
+    assert set(p.synced_fields()) == {"legal_name", "tax_id", "phone", "email", "address", "credit_limit_fen"}
+    crm = p.to_canonical("crm", {"legal_name": " 华信科技有限公司 ", "credit_limit": Decimal("500000.00"),
+                                 "email": "Sales@Example.com", "phone": "021 5550 1234", "status": "active"})
+    assert crm == {"legal_name": "华信科技有限公司", "credit_limit_fen": 50000000, "email": "sales@example.com",
+                   "phone": "02155501234", "status": "active"}
+    assert p.to_columns("erp", crm) == {"full_name": "华信科技有限公司", "credit_limit_fen": 50000000,
+                                        "email": "sales@example.com", "contact_phone": "02155501234"}
+    assert p.to_columns("crm", {"credit_limit_fen": 12345})["credit_limit"] == Decimal("123.45")
+
+
+def test_invalid_row_names_the_field() -> None:
+    p = load_profile(DEMO)
+    with pytest.raises(TerminalError, match=r"field tier \(crm.tier\): invalid enum value 'Z'"):
+        p.to_canonical("crm", {"tier": "Z"})
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("owner: crm, personal: true}\n  email", "personal: true}\n  email"),
+     "fields.phone: policy source_of_truth needs owner"),
+    (("convert: yuan_to_fen}", "convert: yuan_to_cents}"), "unknown converter 'yuan_to_cents'"),
+    (("  blocked:", "  unknown_field:"), "unknown_field are not in customer.avsc"),
+    (("policy: manual}", "policy: sometimes}"), "fields.tax_id.policy"),
+])
+def test_profile_errors_name_the_key(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+    text = DEMO.read_text(encoding="utf-8")
+    assert edit[0] in text
+    (tmp_path / "canonical").mkdir()
+    (tmp_path / "canonical" / "customer.avsc").write_text(
+        (DEMO.parent.parent / "canonical" / "customer.avsc").read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "mappings").mkdir()
+    bad = tmp_path / "mappings" / "demo.yaml"
+    bad.write_text(text.replace(edit[0], edit[1], 1), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_profile(bad)
+    assert message in err.value.one_line()
