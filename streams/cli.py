@@ -67,6 +67,31 @@ def cmd_capture(settings: Settings, args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the Faust processors (several workers may share the load)."""
+    import faust
+    from confluent_kafka.admin import AdminClient
+
+    from streams.app import CONFLICTS, DLQ, Processors, commands_topic
+    from streams.identity.bootstrap import bootstrap
+    from streams.mapping.profile import load_profile
+    from streams.topics import Topics
+
+    profile = load_profile(settings.processors.profile)
+    topics = Topics(AdminClient(settings.kafka.client_config()), settings.kafka.replication_factor)
+    topics.refresh()
+    for name in [f"{s}.{profile.table_of(s)}" for s in ("crm", "erp")]:
+        topics.ensure(name, 1)
+    for name in (commands_topic("crm"), commands_topic("erp"), CONFLICTS, DLQ):
+        topics.ensure(name, 1)
+    processors = Processors(settings, profile)
+    counts = bootstrap(profile, settings, processors.store)
+    log.info("identity: %s", dict(counts))
+    worker = faust.Worker(processors.app, loglevel=settings.log_level.lower(), quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
 def cmd_registry(settings: Settings, args: argparse.Namespace) -> int:
     """Serve the embedded schema registry in the foreground."""
     from urllib.parse import urlsplit
@@ -136,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--source", action="append", choices=["crm", "erp"],
                      help=f"capture only this source (repeatable; env {ENV_PREFIX}CAPTURE__SOURCES)")
     cap.set_defaults(func=cmd_capture)
+    sub.add_parser("worker", help="run the Faust processors alone (reconcile + appliers; several may share the load)"
+                   ).set_defaults(func=cmd_worker)
     sub.add_parser("registry", help="serve the embedded schema registry alone (on registry.url)"
                    ).set_defaults(func=cmd_registry)
     bench = sub.add_parser("bench", help="benchmarks on freshly started local services (not the running stack)")

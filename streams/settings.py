@@ -150,6 +150,16 @@ class CaptureSettings(BaseModel):
     metrics_port: int = Field(0, ge=0, le=65535)
 
 
+class ProcessorSettings(BaseModel):
+    """The Faust workers."""
+
+    model_config = _FROZEN
+
+    profile: Path = Path("schemas/mappings/demo.yaml")
+    session_timeout_s: float = Field(10.0, gt=1)
+    rebalance_timeout_s: float = Field(20.0, gt=1)
+
+
 class LocalSettings(BaseModel):
     """The embedded stack started by ``crm-erp-sync up``."""
 
@@ -182,6 +192,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     registry: RegistrySettings = RegistrySettings()
     capture: CaptureSettings = CaptureSettings()
+    processors: ProcessorSettings = ProcessorSettings()
     local: LocalSettings = LocalSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -252,7 +263,8 @@ def _resolve(settings: Settings, base: Path) -> Settings:
     capture = settings.capture.model_copy(
         update={"connectors_dir": absolute(settings.capture.connectors_dir)}
     )
-    update: dict[str, Any] = {"local": local, "capture": capture}
+    processors = settings.processors.model_copy(update={"profile": absolute(settings.processors.profile)})
+    update: dict[str, Any] = {"local": local, "capture": capture, "processors": processors}
     for name in ("crm", "erp", "store"):
         db = settings.database(name)
         changes: dict[str, Any] = {}

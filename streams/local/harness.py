@@ -183,6 +183,8 @@ class Harness:
             "kafka": {"bootstrap_servers": self.bootstrap},
             "registry": {"url": self.registry_url},
             "capture": {"connectors_dir": str(REPO / "connectors")},
+            "processors": {"profile": str(REPO / "schemas" / "mappings" / "demo.yaml"),
+                           "session_timeout_s": 6, "rebalance_timeout_s": 10},
             "local": {"enabled": False, "state_dir": str(self.root / "state")},
         }
         for key, value in extra.items():
@@ -260,8 +262,8 @@ class TopicReader:
         from confluent_kafka.serialization import MessageField, SerializationContext
 
         raw = msg.value() if value else msg.key()
-        if raw is None or not self.decode:
-            return raw
+        if raw is None or not self.decode or raw[:1] != b"\x00":
+            return raw  # not Confluent wire format (e.g. a plain-text key)
         field = MessageField.VALUE if value else MessageField.KEY
         return self.deserializer(raw, SerializationContext(msg.topic(), field))
 

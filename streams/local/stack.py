@@ -101,6 +101,7 @@ class Stack:
     def _build_children(self) -> None:
         s = self.settings
         capture = Child("capture", self._cli("capture"), self.logs / "capture.log", ready_timeout=10)
+        worker = Child("worker", self._cli("worker"), self.logs / "worker.log", ready_timeout=10)
         if s.local.enabled:
             broker = Child(
                 "broker",
@@ -117,7 +118,7 @@ class Stack:
                 ready=lambda: registry_ready(s.registry.url),
             )
             self.children += [broker, registry]
-        self.children.append(capture)
+        self.children += [capture, worker]
 
     def start(self) -> None:
         """Start every part in order; raise a one-line error if one does not come up."""

@@ -84,6 +84,7 @@ class SourceSpec(BaseModel):
     model_config = _MODEL
     table: str = Field(pattern=r"^[A-Za-z_][\w]*\.[A-Za-z_][\w]*$")
     key: str
+    version: SideSpec | None = None  # a column every write changes (compare-and-set of whole rows)
 
 
 class KeyPair(BaseModel):

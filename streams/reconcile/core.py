@@ -40,7 +40,7 @@ from typing import Any, Literal
 from streams.mapping.profile import FieldSpec
 
 SYSTEMS = ("crm", "erp")
-MISSING: Any = "\x00missing"  # JSON-safe marker for "never agreed"; never a real field value
+MISSING: Any = "\ue000never-synced"  # "never agreed"; left out of the stored JSON
 Version = tuple[int, int]  # (source commit ms, LSN)
 ConflictKind = Literal["both_changed", "non_owner_edit", "initial_mismatch"]
 
@@ -97,7 +97,8 @@ class FieldState:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able form for the store."""
-        return {"synced": self.synced, "seen": self.seen,
+        base = {} if self.synced is MISSING else {"synced": self.synced}
+        return {**base, "seen": self.seen,
                 "versions": {k: list(v) for k, v in self.versions.items()}, "changed_at": self.changed_at,
                 "inflight": {k: list(v) for k, v in self.inflight.items()}, "deferred": self.deferred,
                 "open_conflict": self.open_conflict}
@@ -228,6 +229,10 @@ class _Step:
             if peer in fs.seen:
                 if fs.seen[peer] == value:
                     fs.synced = value
+                elif value in (None, "") or fs.seen[peer] in (None, ""):
+                    # First sight of a linked pair, one side empty: fill it in, nothing to decide.
+                    filled = fs.seen[peer] if value in (None, "") else value
+                    self.send(fs, system if value in (None, "") else peer, name, filled)
                 else:
                     self.resolve(name, spec, fs, "initial_mismatch")
             return

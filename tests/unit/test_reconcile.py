@@ -101,6 +101,12 @@ def test_initial_mismatch_resolved_by_owner() -> None:
     assert second.conflicts[0].kind == "initial_mismatch"
 
 
+def test_initial_empty_side_is_filled_without_a_conflict() -> None:
+    first = apply_change(FIELDS, EntityState(), "crm", {"manual": None}, (1, 0), 1, 1)
+    second = apply_change(FIELDS, first.state, "erp", {"manual": "91X"}, (1, 0), 1, 2)
+    assert [(c.system, c.value) for c in second.commands] == [("crm", "91X")] and second.conflicts == []
+
+
 def test_state_round_trips_through_json() -> None:
     state = synced("a")
     state.fields["own_crm"].inflight = {"erp": ("b", 7)}

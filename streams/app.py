@@ -1,0 +1,233 @@
+"""The Faust processors: reconcile raw changes of the customer tables, apply commands to each system.
+
+Agents only decode, call the pure core and send or apply. State lives in the sync store; the
+entity's row there is locked while one change of it is reconciled, so several workers may share
+the partitions. Commands are sent (and acknowledged by the broker) before the state that issued
+them commits: a crash repeats them, and compare-and-set writes make the repeat harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import psycopg
+from faust.serializers import codecs as faust_codecs
+
+from streams import codecs, envelope
+from streams.apply.executor import Applier, Delivery
+from streams.errors import SyncError, TerminalError, TransientError
+from streams.mapping.profile import Profile
+from streams.reconcile.core import Command, Conflict, Outcome, apply_change
+from streams.settings import Settings
+from streams.store import Store
+
+log = logging.getLogger(__name__)
+
+DLQ = "sync.dlq"
+CONFLICTS = "sync.conflicts"
+
+
+def commands_topic(system: str) -> str:
+    """Where commands for ``system`` go."""
+    return f"sync.commands.{system}"
+
+
+def _ms(dt_ms: int) -> datetime:
+    return datetime.fromtimestamp(dt_ms / 1000, tz=UTC)
+
+
+class Processors:
+    """The Faust app of one mapping profile, with its store and appliers."""
+
+    def __init__(self, settings: Settings, profile: Profile) -> None:
+        self.settings = settings
+        self.profile = profile
+        self.entity = profile.entity
+        self.raw_topics = [f"{s}.{profile.table_of(s)}" for s in ("crm", "erp")]
+        codecs.register(settings, {
+            commands_topic("crm"): "sync/command.avsc",
+            commands_topic("erp"): "sync/command.avsc",
+            CONFLICTS: "sync/conflict.avsc",
+            DLQ: "sync/dead_letter.avsc",
+        })
+        self.decode = faust_codecs.get_codec(codecs.DECODE)
+        self.store = Store(settings.store.conninfo())
+        self.store.migrate()
+        self.tx = psycopg.connect(**settings.store.conninfo())
+        self.app = faust.App(
+            "crm-erp-sync",
+            broker=[f"kafka://{b}" for b in settings.kafka.bootstrap_servers.split(",")],
+            processing_guarantee="at_least_once",
+            store="memory://",
+            web_enabled=False,
+            datadir=str(settings.local.state_dir / "faust"),
+            consumer_auto_offset_reset="earliest",
+            broker_session_timeout=settings.processors.session_timeout_s,
+            broker_heartbeat_interval=max(1.0, settings.processors.session_timeout_s / 5),
+            broker_rebalance_timeout=settings.processors.rebalance_timeout_s,
+            broker_commit_interval=1.0,
+            topic_replication_factor=settings.kafka.replication_factor,
+            topic_disable_leader=True,
+        )
+        raw = self.app.topic(*self.raw_topics, key_serializer="raw", value_serializer="raw")
+        self.out = {
+            name: self.app.topic(name, key_serializer="raw", value_serializer=codecs.encoder_name(name))
+            for name in (commands_topic("crm"), commands_topic("erp"), CONFLICTS, DLQ)
+        }
+        self.app.agent(raw, name="reconcile")(self._reconcile)
+        for system in ("crm", "erp"):
+            applier = Applier(profile, system, settings.database(system).conninfo())
+            source = self.app.topic(commands_topic(system), key_serializer="raw", value_serializer="raw")
+            self.app.agent(source, name=f"apply-{system}")(self._applier(applier))
+
+    # -- helpers ----------------------------------------------------------------------------
+    async def _send(self, topic: str, key: str, value: dict[str, Any]) -> None:
+        fut = await self.out[topic].send(key=key.encode(), value=value)
+        await fut  # acknowledged by the broker
+
+    async def dead_letter(self, stage: str, reason: str, message: Any) -> None:
+        """Send the original bytes with the reason to the dead-letter topic, and index it."""
+        log.warning("dead letter (%s) %s/%s/%s: %s", stage, message.topic, message.partition, message.offset, reason)
+        await self._send(DLQ, f"{message.topic}/{message.partition}/{message.offset}", {
+            "stage": stage, "reason": reason, "topic": message.topic, "partition": message.partition,
+            "offset": message.offset, "key": message.key, "value": message.value,
+            "failed_at": datetime.now(tz=UTC),
+        })
+        await asyncio.to_thread(self.store.add_dead_letter, stage, reason, message.topic, message.partition,
+                                message.offset)
+
+    async def retrying(self, what: str, func: Any, *args: Any) -> Any:
+        """Run a blocking call in a thread, retrying transient errors with backoff (never dropping)."""
+        delay = 0.5
+        while True:
+            try:
+                return await asyncio.to_thread(func, *args)
+            except TransientError as exc:
+                log.warning("%s: %s; retrying in %.1fs", what, exc.message, delay)
+            except psycopg.OperationalError as exc:
+                log.warning("%s: database unavailable (%s); retrying in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    # -- reconcile --------------------------------------------------------------------------
+    def _global_id(self, system: str, key: str) -> str:
+        link = self.store.link_of(self.entity, system, key)
+        if link is None:
+            # A record new since the bootstrap: tracked on its own until identity links it.
+            link = self.store.add_link(self.entity, key if system == "crm" else None,
+                                       key if system == "erp" else None, "single")
+        return link.global_id
+
+    def _reconcile_locked(self, gid: str, change: envelope.ChangeEvent, values: dict[str, Any],
+                          row_version: Any) -> tuple[Outcome, list[int], psycopg.Connection[Any]]:
+        if self.tx.closed:
+            self.tx = psycopg.connect(**self.settings.store.conninfo())
+        try:
+            state = self.store.lock_state(self.tx, self.entity, gid)  # opens the transaction
+            outcome = apply_change(self.profile.fields, state, change.system, values, change.version, row_version,
+                                   int(time.time() * 1000))
+            self.store.save_state(self.tx, self.entity, gid, outcome.state)
+            ids = self.store.add_conflicts(self.tx, self.entity, gid, outcome.conflicts)
+        except BaseException:
+            if not self.tx.closed:
+                self.tx.rollback()
+            raise
+        return outcome, ids, self.tx
+
+    def _command(self, gid: str, link_key: str, cmd: Command, change: envelope.ChangeEvent) -> dict[str, Any]:
+        return {
+            "command_id": str(uuid.uuid4()), "entity": self.entity, "global_id": gid, "system": cmd.system,
+            "key": link_key, "field": cmd.field, "value_json": json.dumps(cmd.value, ensure_ascii=False),
+            "expect_json": json.dumps(cmd.expect, ensure_ascii=False),
+            "expect_row_json": json.dumps(cmd.expect_row, ensure_ascii=False, default=str),
+            "issued_at": datetime.now(tz=UTC), "cause_commit_time": _ms(change.commit_ms),
+            "cause_event": change.position.event_id,
+        }
+
+    def _conflict(self, gid: str, conflict_id: int, c: Conflict) -> dict[str, Any]:
+        def enc(v: Any) -> str:
+            return json.dumps(v, ensure_ascii=False, default=str)
+
+        return {"conflict_id": conflict_id, "entity": self.entity, "global_id": gid, "field": c.field,
+                "kind": c.kind, "policy": c.policy, "base_json": enc(c.base), "crm_json": enc(c.crm),
+                "erp_json": enc(c.erp), "resolution": c.resolution,
+                "value_json": None if c.resolution is None else enc(c.value), "detected_at": datetime.now(tz=UTC)}
+
+    async def handle(self, message: Any) -> None:
+        """Reconcile one raw change event."""
+        position = envelope.Position(message.topic, message.partition, message.offset)
+        try:
+            value = self.decode.loads(message.value) if message.value is not None else None
+            key = self.decode.loads(message.key) if message.key is not None else None
+            change = envelope.parse(value, key, position)
+        except (TerminalError, ValueError, TypeError, KeyError) as exc:
+            await self.dead_letter("decode", getattr(exc, "message", str(exc)), message)
+            return
+        except Exception as exc:  # the registry or the bytes: still a dead letter, never a stop
+            if isinstance(exc, SyncError) and not isinstance(exc, TerminalError):
+                raise
+            await self.dead_letter("decode", f"{type(exc).__name__}: {exc}", message)
+            return
+        if change.is_delete or change.op == "t":
+            return  # deletion policy: next milestone (the row's before image is kept in the topic)
+        system = change.system
+        try:
+            values = self.profile.to_canonical(system, change.row)
+        except TerminalError as exc:
+            await self.dead_letter("map", exc.message, message)
+            return
+        source_key = str(change.key[self.profile.key_of(system)])
+        version = self.profile.sources[system].version  # type: ignore[index]
+        row_version = change.row.get(version.column) if version else None
+        gid = await self.retrying("identity", self._global_id, system, source_key)
+        outcome, conflict_ids, tx = await self.retrying(
+            "reconcile", self._reconcile_locked, gid, change, values, row_version)
+        try:
+            link = self.store.link_of(self.entity, system, source_key)
+            for cmd in outcome.commands:
+                target_key = link.crm_id if cmd.system == "crm" else link.erp_id  # type: ignore[union-attr]
+                if target_key is None:
+                    continue  # not linked on that system yet
+                await self._send(commands_topic(cmd.system), gid, self._command(gid, target_key, cmd, change))
+            for conflict_id, c in zip(conflict_ids, outcome.conflicts, strict=True):
+                await self._send(CONFLICTS, gid, self._conflict(gid, conflict_id, c))
+        except BaseException:
+            tx.rollback()
+            raise
+        tx.commit()
+
+    async def _reconcile(self, stream: faust.StreamT[Any]) -> AsyncIterator[None]:
+        async for event in stream.events():
+            await self.handle(event.message)
+            yield None
+
+    # -- apply ------------------------------------------------------------------------------
+    def _applier(self, applier: Applier) -> Any:
+        async def run(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
+            async for events in stream.take_events(500, within=0.05):  # type: ignore[attr-defined]
+                batch, bad = [], []
+                for e in events:
+                    m = e.message
+                    try:
+                        batch.append(Delivery(m.topic, m.partition, m.offset, self.decode.loads(m.value)))
+                    except Exception as exc:  # undecodable command: dead letter, the batch goes on
+                        bad.append((m, f"{type(exc).__name__}: {exc}"))
+                result = await self.retrying(f"apply {applier.system}", applier.apply, batch)
+                for m, reason in bad:
+                    await self.dead_letter(f"apply-{applier.system}", reason, m)
+                by_offset = {(e.message.topic, e.message.partition, e.message.offset): e.message for e in events}
+                for d, reason in result.failed:
+                    await self.dead_letter(f"apply-{applier.system}", reason,
+                                           by_offset[(d.topic, d.partition, d.offset)])
+                yield None
+
+        run.__name__ = f"apply_{applier.system}"
+        return run

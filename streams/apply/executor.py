@@ -1,0 +1,119 @@
+"""Apply command batches to one target database: one transaction per batch, progress inside it.
+
+Replaying a topic from the start changes nothing: commands at or below the stored offset of their
+partition are skipped, and every write is a compare-and-set that never writes an equal value.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from streams.apply.sql import PROGRESS_DDL, compare_and_set, progress_select, progress_upsert
+from streams.errors import TerminalError, TransientError
+from streams.mapping.profile import Profile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One command as consumed: its position and decoded record."""
+
+    topic: str
+    partition: int
+    offset: int
+    command: dict[str, Any]
+
+
+@dataclass
+class BatchResult:
+    """What a batch did."""
+
+    written: int = 0
+    skipped: int = 0  # stale (the row changed) or already equal
+    replayed: int = 0  # at or below the stored progress
+    failed: list[tuple[Delivery, str]] = field(default_factory=list)
+
+
+class Applier:
+    """Compare-and-set writer for one system of one profile."""
+
+    def __init__(self, profile: Profile, system: str, conninfo: dict[str, Any]) -> None:
+        self.profile = profile
+        self.system = system
+        self.conninfo = conninfo
+        self.conn: psycopg.Connection[Any] | None = None
+        source = profile.sources[system]  # type: ignore[index]
+        self.table, self.key_column, self.version = source.table, source.key, source.version
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """(Re)connect; a database that is down is a transient error."""
+        if self.conn is None or self.conn.closed:
+            try:
+                self.conn = psycopg.connect(**self.conninfo)
+                with self.conn.transaction():
+                    self.conn.execute(PROGRESS_DDL)
+            except psycopg.OperationalError as exc:
+                self.conn = None
+                raise TransientError(f"{self.system} database unavailable: {exc}".strip()) from exc
+        return self.conn
+
+    def _params(self, cmd: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        name = cmd["field"]
+        spec = self.profile.fields.get(name)
+        side = spec.side(self.system) if spec else None
+        if side is None:
+            raise TerminalError(f"field {name!r} has no column on {self.system} in the profile")
+        params: dict[str, Any] = {
+            "key": cmd["key"],
+            "value": side.converter.backward(json.loads(cmd["value_json"])),
+            "expect": side.converter.backward(json.loads(cmd["expect_json"])),
+        }
+        row = json.loads(cmd["expect_row_json"])
+        version = self.version.column if self.version and row is not None else None
+        if version and self.version:
+            params["expect_row"] = self.version.converter.backward(self.version.converter.forward(row))
+        return compare_and_set(self.table, self.key_column, side.column, version), params
+
+    def apply(self, batch: Sequence[Delivery]) -> BatchResult:
+        """Apply a batch in one transaction (a failing command is reported, the rest still apply)."""
+        result = BatchResult()
+        conn = self.connect()
+        try:
+            with conn.transaction():
+                done: dict[tuple[str, int], int] = {}
+                for topic in {d.topic for d in batch}:
+                    for partition, offset in conn.execute(progress_select(), (topic,)).fetchall():
+                        done[(topic, partition)] = offset
+                last: dict[tuple[str, int], int] = {}
+                for d in batch:
+                    if d.offset <= done.get((d.topic, d.partition), -1):
+                        result.replayed += 1
+                        continue
+                    last[(d.topic, d.partition)] = max(d.offset, last.get((d.topic, d.partition), -1))
+                    try:
+                        statement, params = self._params(d.command)
+                        with conn.transaction():  # a savepoint: one bad command does not sink the batch
+                            count = conn.execute(statement, params).rowcount
+                    except TerminalError as exc:
+                        result.failed.append((d, exc.message))
+                        continue
+                    except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
+                        result.failed.append((d, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"))
+                        continue
+                    if count:
+                        result.written += 1
+                    else:
+                        result.skipped += 1
+                for (topic, partition), offset in last.items():
+                    conn.execute(progress_upsert(), (topic, partition, offset))
+        except psycopg.OperationalError as exc:
+            self.conn = None
+            raise TransientError(f"{self.system} database unavailable: {exc}".strip()) from exc
+        return result

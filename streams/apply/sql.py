@@ -1,0 +1,47 @@
+"""SQL for appliers, composed (never formatted) with ``psycopg.sql``. Pure: no connection needed."""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+PROGRESS_DDL = """
+CREATE SCHEMA IF NOT EXISTS sync_meta;
+CREATE TABLE IF NOT EXISTS sync_meta.applier_progress (
+  topic     text NOT NULL,
+  partition int  NOT NULL,
+  "offset"  bigint NOT NULL,
+  PRIMARY KEY (topic, partition)
+);
+"""
+
+
+def compare_and_set(table: str, key_column: str, column: str, version_column: str | None) -> sql.Composed:
+    """``UPDATE`` one column of one row, only if it still holds what the sync saw, and differs.
+
+    Parameters: ``value``, ``key``, ``expect`` and (with a version column) ``expect_row``.
+    """
+    schema, _, name = table.partition(".")
+    conditions = [
+        sql.SQL("{} = %(key)s").format(sql.Identifier(key_column)),
+        sql.SQL("{} IS NOT DISTINCT FROM %(expect)s").format(sql.Identifier(column)),
+        sql.SQL("{} IS DISTINCT FROM %(value)s").format(sql.Identifier(column)),
+    ]
+    if version_column:
+        conditions.append(sql.SQL("{} = %(expect_row)s").format(sql.Identifier(version_column)))
+    return sql.SQL("UPDATE {}.{} SET {} = %(value)s WHERE {}").format(
+        sql.Identifier(schema), sql.Identifier(name), sql.Identifier(column), sql.SQL(" AND ").join(conditions)
+    )
+
+
+def progress_select() -> sql.Composed:
+    """The last applied offset of each partition of a topic, locked for this transaction."""
+    return sql.SQL('SELECT partition, "offset" FROM sync_meta.applier_progress WHERE topic = %s FOR UPDATE').format()
+
+
+def progress_upsert() -> sql.Composed:
+    """Record the last applied offset of a partition (same transaction as the writes)."""
+    return sql.SQL(
+        'INSERT INTO sync_meta.applier_progress (topic, partition, "offset") VALUES (%s, %s, %s)'
+        ' ON CONFLICT (topic, partition) DO UPDATE'
+        ' SET "offset" = greatest(applier_progress."offset", EXCLUDED."offset")'
+    ).format()

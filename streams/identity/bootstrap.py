@@ -1,0 +1,69 @@
+"""Link the records both databases already hold, before streaming starts (idempotent)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from streams.identity.match import Record, link_all
+from streams.mapping.profile import Profile
+from streams.settings import Settings
+from streams.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def _records(profile: Profile, settings: Settings, system: str) -> list[Record]:
+    identity = profile.identity
+    key = profile.key_of(system)
+    exact = [getattr(pair, system) for pair in identity.exact]
+    name = getattr(identity.name, system) if identity.name else None
+    columns = [key, *exact, *([name] if name else [])]
+    schema, _, table = profile.table_of(system).partition(".")
+    query = sql.SQL("SELECT {} FROM {}.{}").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in columns), sql.Identifier(schema), sql.Identifier(table)
+    )
+    with psycopg.connect(**settings.database(system).conninfo()) as conn:
+        rows = conn.execute(query).fetchall()
+    return [
+        Record(system, str(r[0]), tuple(r[1 : 1 + len(exact)]), r[-1] if name else None) for r in rows
+    ]
+
+
+def bootstrap(profile: Profile, settings: Settings, store: Store) -> Counter[str]:
+    """Link unlinked CRM records to unlinked ERP records; queue ambiguous ones; counts by outcome."""
+    links = store.links(profile.entity)
+    linked = {("crm", x.crm_id) for x in links if x.crm_id} | {("erp", x.erp_id) for x in links if x.erp_id}
+    crm = [r for r in _records(profile, settings, "crm") if ("crm", r.source_id) not in linked]
+    erp = [r for r in _records(profile, settings, "erp") if ("erp", r.source_id) not in linked]
+    counts: Counter[str] = Counter()
+    with store.conn.transaction():  # all links or none: a crash half-way leaves nothing to clean up
+        _link(profile, store, crm, erp, counts)
+    log.info("identity bootstrap for %s: %s", profile.entity, dict(counts))
+    return counts
+
+
+def _link(profile: Profile, store: Store, crm: list[Record], erp: list[Record], counts: Counter[str]) -> None:
+    taken: set[str] = set()
+    for rec, found in link_all(crm, erp, profile.identity.fuzzy_threshold, profile.identity.review_margin):
+        counts[found.kind] += 1
+        if found.target is not None:
+            store.add_link(profile.entity, rec.source_id, found.target.source_id, found.kind, found.score)
+            taken.add(found.target.source_id)
+        else:
+            if found.kind == "review":
+                store.add_review(profile.entity, "crm", rec.source_id,
+                                 [c.source_id for c in found.candidates], found.reason)
+            store.add_link(profile.entity, rec.source_id, None, "single")
+    for rec in erp:
+        if rec.source_id not in taken:
+            store.add_link(profile.entity, None, rec.source_id, "single")
+
+
+def as_dict(counts: Counter[str]) -> dict[str, Any]:
+    """Counts for printing."""
+    return dict(sorted(counts.items()))

@@ -1,0 +1,203 @@
+"""The sync store (PostgreSQL): identity cross-reference, entity state, conflicts, review, dead letters.
+
+Durable state lives here, not only in Kafka: losing the embedded broker costs a re-snapshot, never
+the identity map or the last synced values.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from streams.reconcile.core import Conflict, EntityState
+
+DDL = """
+CREATE SCHEMA IF NOT EXISTS sync;
+CREATE TABLE IF NOT EXISTS sync.xref (
+  entity     text NOT NULL,
+  global_id  uuid NOT NULL,
+  crm_id     text,
+  erp_id     text,
+  linked_by  text NOT NULL,           -- exact | name | fuzzy | manual | single
+  score      real,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (entity, global_id),
+  UNIQUE (entity, crm_id),
+  UNIQUE (entity, erp_id)
+);
+CREATE TABLE IF NOT EXISTS sync.entity_state (
+  entity     text NOT NULL,
+  global_id  uuid NOT NULL,
+  state      jsonb NOT NULL,
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (entity, global_id)
+);
+CREATE TABLE IF NOT EXISTS sync.conflicts (
+  id          bigserial PRIMARY KEY,
+  entity      text NOT NULL,
+  global_id   uuid NOT NULL,
+  field       text NOT NULL,
+  kind        text NOT NULL,
+  policy      text NOT NULL,
+  base        jsonb,
+  crm_value   jsonb,
+  erp_value   jsonb,
+  resolution  text,
+  value       jsonb,
+  status      text NOT NULL,          -- open | resolved
+  detected_at timestamptz NOT NULL DEFAULT now(),
+  resolved_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS conflicts_open ON sync.conflicts (status) WHERE status = 'open';
+CREATE TABLE IF NOT EXISTS sync.identity_review (
+  id          bigserial PRIMARY KEY,
+  entity      text NOT NULL,
+  system      text NOT NULL,
+  source_id   text NOT NULL,
+  candidates  jsonb NOT NULL,
+  reason      text NOT NULL,
+  status      text NOT NULL DEFAULT 'open',
+  created_at  timestamptz NOT NULL DEFAULT now(),
+  UNIQUE (entity, system, source_id)
+);
+CREATE TABLE IF NOT EXISTS sync.dead_letters (
+  id         bigserial PRIMARY KEY,
+  stage      text NOT NULL,
+  reason     text NOT NULL,
+  topic      text NOT NULL,
+  partition  int NOT NULL,
+  "offset"   bigint NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  UNIQUE (stage, topic, partition, "offset")
+);
+"""
+
+MISSING_JSON = {"missing": True}
+
+
+@dataclass(frozen=True)
+class Link:
+    """One row of the cross-reference."""
+
+    global_id: str
+    crm_id: str | None
+    erp_id: str | None
+    linked_by: str
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+class Store:
+    """Sync-store access over one connection (each worker process has its own)."""
+
+    def __init__(self, conninfo: dict[str, Any]) -> None:
+        self.conninfo = conninfo
+        self.conn = psycopg.connect(**conninfo, autocommit=True)
+
+    def migrate(self) -> None:
+        """Create the tables (idempotent)."""
+        self.conn.execute(DDL)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    # -- identity ---------------------------------------------------------------------------
+    def links(self, entity: str) -> list[Link]:
+        """Every cross-reference row of ``entity``."""
+        rows = self.conn.execute(
+            "SELECT global_id::text, crm_id, erp_id, linked_by FROM sync.xref WHERE entity = %s", (entity,)
+        ).fetchall()
+        return [Link(*r) for r in rows]
+
+    def link_of(self, entity: str, system: str, source_id: str) -> Link | None:
+        """The cross-reference row holding ``system``'s ``source_id``."""
+        query = sql.SQL("SELECT global_id::text, crm_id, erp_id, linked_by FROM sync.xref"
+                        " WHERE entity = %s AND {} = %s").format(sql.Identifier(f"{system}_id"))
+        row = self.conn.execute(query, (entity, source_id)).fetchone()
+        return Link(*row) if row else None
+
+    def add_link(self, entity: str, crm_id: str | None, erp_id: str | None, linked_by: str,
+                 score: float | None = None) -> Link:
+        """Insert a cross-reference row (a new global id); an existing one for either id wins."""
+        gid = str(uuid.uuid4())
+        self.conn.execute(
+            "INSERT INTO sync.xref (entity, global_id, crm_id, erp_id, linked_by, score)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (entity, gid, crm_id, erp_id, linked_by, score),
+        )
+        found = self.link_of(entity, "crm", crm_id) if crm_id else self.link_of(entity, "erp", erp_id or "")
+        assert found is not None
+        return found
+
+    def add_review(self, entity: str, system: str, source_id: str, candidates: Sequence[str], reason: str) -> None:
+        """Queue an ambiguous record for a person (once)."""
+        self.conn.execute(
+            "INSERT INTO sync.identity_review (entity, system, source_id, candidates, reason)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (entity, system, source_id, _json(list(candidates)), reason),
+        )
+
+    def open_reviews(self, entity: str) -> list[tuple[int, str, str, list[str], str]]:
+        """Open review items."""
+        rows = self.conn.execute(
+            "SELECT id, system, source_id, candidates, reason FROM sync.identity_review"
+            " WHERE entity = %s AND status = 'open' ORDER BY id",
+            (entity,),
+        ).fetchall()
+        return [(r[0], r[1], r[2], list(r[3]), r[4]) for r in rows]
+
+    # -- entity state -----------------------------------------------------------------------
+    def lock_state(self, conn: psycopg.Connection[Any], entity: str, global_id: str) -> EntityState:
+        """The entity's state, row-locked until ``conn``'s transaction ends (serialises workers)."""
+        conn.execute(
+            "INSERT INTO sync.entity_state (entity, global_id, state) VALUES (%s, %s, '{}')"
+            " ON CONFLICT DO NOTHING",
+            (entity, global_id),
+        )
+        row = conn.execute(
+            "SELECT state FROM sync.entity_state WHERE entity = %s AND global_id = %s FOR UPDATE",
+            (entity, global_id),
+        ).fetchone()
+        return EntityState.from_json(row[0] if row else {})
+
+    def save_state(self, conn: psycopg.Connection[Any], entity: str, global_id: str, state: EntityState) -> None:
+        """Write the entity's state (inside the locking transaction)."""
+        conn.execute(
+            "UPDATE sync.entity_state SET state = %s, updated_at = now() WHERE entity = %s AND global_id = %s",
+            (_json(state.to_json()), entity, global_id),
+        )
+
+    def add_conflicts(self, conn: psycopg.Connection[Any], entity: str, global_id: str,
+                      conflicts: Iterable[Conflict]) -> list[int]:
+        """Record conflicts (inside the locking transaction); their ids."""
+        ids = []
+        for c in conflicts:
+            row = conn.execute(
+                "INSERT INTO sync.conflicts (entity, global_id, field, kind, policy, base, crm_value, erp_value,"
+                " resolution, value, status, resolved_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                " CASE WHEN %s THEN now() END) RETURNING id",
+                (entity, global_id, c.field, c.kind, c.policy, _json(c.base), _json(c.crm), _json(c.erp),
+                 c.resolution, _json(c.value), "open" if c.resolution is None else "resolved",
+                 c.resolution is not None),
+            ).fetchone()
+            assert row is not None
+            ids.append(int(row[0]))
+        return ids
+
+    # -- dead letters -----------------------------------------------------------------------
+    def add_dead_letter(self, stage: str, reason: str, topic: str, partition: int, offset: int) -> None:
+        """Index a dead letter (the bytes are in the dead-letter topic)."""
+        self.conn.execute(
+            'INSERT INTO sync.dead_letters (stage, reason, topic, partition, "offset") VALUES (%s, %s, %s, %s, %s)'
+            " ON CONFLICT DO NOTHING",
+            (stage, reason, topic, partition, offset),
+        )

@@ -1,0 +1,155 @@
+"""Customer master sync on the real stack: PostgreSQL, Debezium capture, broker, registry, Faust."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from streams.local.harness import Harness, TopicReader, running, topic_names, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _scalar(conn: Any, query: str, *params: Any) -> Any:
+    row = conn.execute(query, params).fetchone()
+    return row[0] if row else None
+
+
+@pytest.fixture(scope="module")
+def sync() -> Iterator[Harness]:
+    # Its own services: the identity counts and the timing must not depend on other modules' edits.
+    harness = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-sync-", dir="/tmp"))).start()
+    try:
+        yield from _running_sync(harness)
+    finally:
+        harness.stop()
+
+
+def _running_sync(harness: Harness) -> Iterator[Harness]:
+    capture = harness.spawn("capture")
+    worker = harness.spawn("worker", log_name="worker.log")
+    with running(capture), running(worker):
+        wait_for(lambda: "crm.public.accounts" in topic_names(harness.bootstrap), 120, 0.5, "capture")
+
+        def linked() -> bool:
+            with harness.connect("sync") as conn:
+                try:
+                    return bool(_scalar(conn, "SELECT count(*) FROM sync.xref"))
+                except Exception:
+                    return False
+
+        wait_for(linked, 120, 0.5, f"the identity bootstrap (see {harness.root / 'worker.log'})")
+        yield harness
+
+
+def _pair(h: Harness, kind: str = "exact") -> tuple[str, str]:
+    with h.connect("sync") as conn:
+        row = conn.execute("SELECT crm_id, erp_id FROM sync.xref WHERE linked_by = %s ORDER BY crm_id LIMIT 1",
+                           (kind,)).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def test_seed_links_as_designed(sync: Harness) -> None:
+    m = sync.manifest
+    assert m is not None
+    with sync.connect("sync") as conn:
+        kinds = dict(conn.execute("SELECT linked_by, count(*) FROM sync.xref GROUP BY 1").fetchall())
+        reviews = _scalar(conn, "SELECT count(*) FROM sync.identity_review WHERE status = 'open'")
+    assert (kinds["exact"], kinds["name"], kinds["fuzzy"]) == (m.exact_pairs, m.name_pairs, m.fuzzy_pairs)
+    assert reviews == m.ambiguous_crm
+    assert kinds["single"] == m.ambiguous_crm + m.crm_only + m.ambiguous_erp + m.erp_only
+
+
+def test_owner_edits_reach_the_other_side(sync: Harness) -> None:
+    crm_id, erp_id = _pair(sync)
+    with sync.connect("crm") as crm:
+        crm.execute("UPDATE accounts SET email = 'Owner.Edit@Example.com', address = '上海市浦东新区世纪大道1号'"
+                    " WHERE id = %s", (crm_id,))
+    with sync.connect("erp") as erp:
+        erp.execute("UPDATE customers SET credit_limit_fen = 98765432101 WHERE cust_no = %s", (erp_id,))
+
+        def erp_row() -> tuple[str, str]:
+            return erp.execute("SELECT email, address FROM customers WHERE cust_no = %s", (erp_id,)).fetchone()
+
+        wait_for(lambda: erp_row() == ("owner.edit@example.com", "上海市浦东新区世纪大道1号"), 60, 0.3,
+                 "the CRM edit in the ERP")
+    with sync.connect("crm") as crm:
+        wait_for(lambda: _scalar(crm, "SELECT credit_limit FROM accounts WHERE id = %s", crm_id)
+                 == Decimal("987654321.01"), 60, 0.3, "the ERP credit limit in the CRM, exact")
+
+
+def test_non_owner_edit_is_reverted_visibly(sync: Harness) -> None:
+    crm_id, erp_id = _pair(sync, "name")
+    with sync.connect("crm") as crm:
+        crm_phone = _scalar(crm, "SELECT phone FROM accounts WHERE id = %s", crm_id)
+    with sync.connect("erp") as erp:
+        # Wait until the first alignment made the ERP hold the CRM's phone (the CRM owns it).
+        wait_for(lambda: _scalar(erp, "SELECT contact_phone FROM customers WHERE cust_no = %s", erp_id)
+                 == crm_phone, 60, 0.3, "the initial alignment")
+        erp.execute("UPDATE customers SET contact_phone = '010-99999999' WHERE cust_no = %s", (erp_id,))
+        wait_for(lambda: _scalar(erp, "SELECT contact_phone FROM customers WHERE cust_no = %s", erp_id)
+                 == crm_phone, 60, 0.3, "the non-owner edit reverted")
+    with sync.connect("sync") as conn:
+        row = conn.execute(
+            "SELECT c.kind, c.resolution, c.erp_value FROM sync.conflicts c JOIN sync.xref x"
+            " ON x.global_id = c.global_id WHERE x.erp_id = %s AND c.field = 'phone' ORDER BY c.id DESC LIMIT 1",
+            (erp_id,)).fetchone()
+    assert row == ("non_owner_edit", "reverted", "010-99999999")
+
+
+@pytest.mark.parametrize("bad_after, reason", [
+    ({"tier": "Z"}, "invalid enum value 'Z'"),
+    ({"name": "   "}, "required but empty"),
+    ({"name": "长" * 101}, "over 100"),
+])
+def test_bad_input_goes_to_the_dead_letters_and_the_line_goes_on(
+    sync: Harness, bad_after: dict[str, Any], reason: str
+) -> None:
+    crm_id, erp_id = _pair(sync)
+    reader = TopicReader(sync.bootstrap, sync.registry_url, ["crm.public.accounts"], decode=False)
+    original = reader.wait(lambda rs: next((r for r in reversed(rs) if r["value"] is not None), None), 60,
+                           "a raw account event")
+    reader.close()
+    client = SchemaRegistryClient({"url": sync.registry_url})
+    schema = client.get_latest_version("crm.public.accounts-value").schema.schema_str
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+
+    event = AvroDeserializer(client)(original["value"], None)
+    event["op"] = "u"
+    event["before"] = dict(event["after"])
+    event["after"] = {**event["after"], **bad_after}
+    event["source"] = {**event["source"], "ts_ms": event["source"]["ts_ms"] + 1}
+    value = AvroSerializer(client, schema, conf={"auto.register.schemas": False, "use.latest.version": True})(
+        event, SerializationContext("crm.public.accounts", MessageField.VALUE))
+    producer = Producer({"bootstrap.servers": sync.bootstrap})
+    producer.produce("crm.public.accounts", key=original["key"], value=value)
+    assert producer.flush(10) == 0
+
+    dlq = TopicReader(sync.bootstrap, sync.registry_url, ["sync.dlq"])
+    try:
+        letter = dlq.wait(lambda rs: next((r["value"] for r in rs if reason in r["value"]["reason"]), None), 60,
+                          f"a dead letter saying {reason!r}")
+    finally:
+        dlq.close()
+    assert letter["topic"] == "crm.public.accounts" and letter["value"] == value and letter["stage"] == "map"
+    with sync.connect("sync") as conn:
+        assert _scalar(conn, "SELECT count(*) FROM sync.dead_letters WHERE reason LIKE %s", f"%{reason}%") == 1
+    # The next good event still syncs.
+    marker = f"after.dlq.{abs(hash(reason)) % 10**6}@example.com"
+    with sync.connect("crm") as crm:
+        crm.execute("UPDATE accounts SET email = %s WHERE id = %s", (marker, crm_id))
+    with sync.connect("erp") as erp:
+        wait_for(lambda: _scalar(erp, "SELECT email FROM customers WHERE cust_no = %s", erp_id) == marker, 60, 0.3,
+                 "the next good edit in the ERP")
+    assert json.dumps(letter["reason"])
