@@ -9,10 +9,8 @@ them commits: a crash repeats them, and compare-and-set writes make the repeat h
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -25,9 +23,10 @@ from streams import codecs, envelope
 from streams.apply.executor import Applier, Delivery
 from streams.errors import SyncError, TerminalError, TransientError
 from streams.mapping.profile import Profile
-from streams.reconcile.core import Command, Conflict, Outcome, apply_change
+from streams.reconcile.core import Outcome, apply_change
+from streams.reconcile.records import command_record, conflict_record
 from streams.settings import Settings
-from streams.store import Store
+from streams.store import Link, Store
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +117,13 @@ class Processors:
             delay = min(delay * 2, 30.0)
 
     # -- reconcile --------------------------------------------------------------------------
-    def _global_id(self, system: str, key: str) -> str:
+    def _link(self, system: str, key: str) -> Link:
         link = self.store.link_of(self.entity, system, key)
         if link is None:
             # A record new since the bootstrap: tracked on its own until identity links it.
             link = self.store.add_link(self.entity, key if system == "crm" else None,
                                        key if system == "erp" else None, "single")
-        return link.global_id
+        return link
 
     def _reconcile_locked(self, gid: str, change: envelope.ChangeEvent, values: dict[str, Any],
                           row_version: Any) -> tuple[Outcome, list[int], psycopg.Connection[Any]]:
@@ -141,25 +140,6 @@ class Processors:
                 self.tx.rollback()
             raise
         return outcome, ids, self.tx
-
-    def _command(self, gid: str, link_key: str, cmd: Command, change: envelope.ChangeEvent) -> dict[str, Any]:
-        return {
-            "command_id": str(uuid.uuid4()), "entity": self.entity, "global_id": gid, "system": cmd.system,
-            "key": link_key, "field": cmd.field, "value_json": json.dumps(cmd.value, ensure_ascii=False),
-            "expect_json": json.dumps(cmd.expect, ensure_ascii=False),
-            "expect_row_json": json.dumps(cmd.expect_row, ensure_ascii=False, default=str),
-            "issued_at": datetime.now(tz=UTC), "cause_commit_time": _ms(change.commit_ms),
-            "cause_event": change.position.event_id,
-        }
-
-    def _conflict(self, gid: str, conflict_id: int, c: Conflict) -> dict[str, Any]:
-        def enc(v: Any) -> str:
-            return json.dumps(v, ensure_ascii=False, default=str)
-
-        return {"conflict_id": conflict_id, "entity": self.entity, "global_id": gid, "field": c.field,
-                "kind": c.kind, "policy": c.policy, "base_json": enc(c.base), "crm_json": enc(c.crm),
-                "erp_json": enc(c.erp), "resolution": c.resolution,
-                "value_json": None if c.resolution is None else enc(c.value), "detected_at": datetime.now(tz=UTC)}
 
     async def handle(self, message: Any) -> None:
         """Reconcile one raw change event."""
@@ -187,18 +167,19 @@ class Processors:
         source_key = str(change.key[self.profile.key_of(system)])
         version = self.profile.sources[system].version  # type: ignore[index]
         row_version = change.row.get(version.column) if version else None
-        gid = await self.retrying("identity", self._global_id, system, source_key)
+        link = await self.retrying("identity", self._link, system, source_key)
+        gid = link.global_id
         outcome, conflict_ids, tx = await self.retrying(
             "reconcile", self._reconcile_locked, gid, change, values, row_version)
         try:
-            link = self.store.link_of(self.entity, system, source_key)
             for cmd in outcome.commands:
-                target_key = link.crm_id if cmd.system == "crm" else link.erp_id  # type: ignore[union-attr]
+                target_key = link.crm_id if cmd.system == "crm" else link.erp_id
                 if target_key is None:
                     continue  # not linked on that system yet
-                await self._send(commands_topic(cmd.system), gid, self._command(gid, target_key, cmd, change))
+                await self._send(commands_topic(cmd.system), gid, command_record(
+                    self.entity, gid, target_key, cmd, change.commit_ms, change.position.event_id))
             for conflict_id, c in zip(conflict_ids, outcome.conflicts, strict=True):
-                await self._send(CONFLICTS, gid, self._conflict(gid, conflict_id, c))
+                await self._send(CONFLICTS, gid, conflict_record(self.entity, gid, conflict_id, c))
         except BaseException:
             tx.rollback()
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -92,6 +93,79 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _store(settings: Settings) -> Any:
+    from streams.store import Store
+
+    try:
+        store = Store(settings.store.conninfo())
+    except Exception as exc:  # psycopg's errors: one line, not a traceback
+        raise SyncError(f"cannot open the sync store {settings.store.where()}: {str(exc).strip().splitlines()[0]}",
+                        hint="start the stack (crm-erp-sync up) or fix the store section") from exc
+    store.migrate()
+    return store
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    def cell(v: Any) -> str:
+        return json.dumps(v, ensure_ascii=False, default=str) if isinstance(v, (dict, list)) else str(v)
+    widths = {c: max(len(c), *(len(cell(r[c])) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(cell(r[c]).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_conflicts(settings: Settings, args: argparse.Namespace) -> int:
+    """List, show or resolve conflicts."""
+    store = _store(settings)
+    if args.action == "list":
+        rows = store.conflicts(only_open=not args.all)
+        print(_table(rows, ["id", "status", "field", "kind", "policy", "crm_value", "erp_value", "base",
+                            "resolution", "crm_id", "erp_id"]))
+        return 0
+    if args.id is None:
+        raise SyncError(f"conflicts {args.action} needs a conflict id", hint="crm-erp-sync conflicts list")
+    if args.action == "show":
+        row = store.conflict(args.id)
+        if row is None:
+            raise SyncError(f"no conflict {args.id}")
+        print(json.dumps(row, ensure_ascii=False, indent=2, default=str))
+        return 0
+    from streams.reconcile.resolve import parse_value, resolve
+
+    if (args.take is None) == (args.value is None):
+        raise SyncError("resolve needs exactly one of --take crm|erp or --value V")
+    done = resolve(settings, store, args.id, args.take, None if args.value is None else parse_value(args.value))
+    print(f"conflict {done['conflict']} resolved: {done['field']} = {done['value']!r}, "
+          f"written to {', '.join(done['sent_to']) or 'nobody (both already hold it)'}")
+    return 0
+
+
+def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
+    """List dead letters (their bytes are in topic sync.dlq)."""
+    rows = _store(settings).dead_letters()
+    if args.action == "show":
+        rows = [r for r in rows if r["id"] == args.id]
+        if not rows:
+            raise SyncError(f"no dead letter {args.id}")
+        print(json.dumps(rows[0], ensure_ascii=False, indent=2, default=str))
+        return 0
+    print(_table(rows, ["id", "stage", "topic", "partition", "offset", "created_at", "reason"]))
+    return 0
+
+
+def cmd_identity(settings: Settings, args: argparse.Namespace) -> int:
+    """List the identity review queue."""
+    from streams.mapping.profile import load_profile
+
+    profile = load_profile(settings.processors.profile)
+    rows = [dict(zip(["id", "system", "source_id", "candidates", "reason"], r, strict=True))
+            for r in _store(settings).open_reviews(profile.entity)]
+    print(_table(rows, ["id", "system", "source_id", "candidates", "reason"]))
+    return 0
+
+
 def cmd_registry(settings: Settings, args: argparse.Namespace) -> int:
     """Serve the embedded schema registry in the foreground."""
     from urllib.parse import urlsplit
@@ -163,6 +237,20 @@ def build_parser() -> argparse.ArgumentParser:
     cap.set_defaults(func=cmd_capture)
     sub.add_parser("worker", help="run the Faust processors alone (reconcile + appliers; several may share the load)"
                    ).set_defaults(func=cmd_worker)
+    conf = sub.add_parser("conflicts", help="list, show or resolve conflicts (manual ones wait for a person)")
+    conf.add_argument("action", choices=["list", "show", "resolve"])
+    conf.add_argument("id", type=int, nargs="?", help="conflict id (show, resolve)")
+    conf.add_argument("--all", action="store_true", help="list resolved ones too")
+    conf.add_argument("--take", choices=["crm", "erp"], help="resolve with this system's value")
+    conf.add_argument("--value", help="resolve with this value (JSON if it parses, else text)")
+    conf.set_defaults(func=cmd_conflicts)
+    dlq = sub.add_parser("dlq", help="dead letters: events a stage could not process, with the reason")
+    dlq.add_argument("action", choices=["list", "show"])
+    dlq.add_argument("id", type=int, nargs="?")
+    dlq.set_defaults(func=cmd_dlq)
+    ident = sub.add_parser("identity", help="identity: the review queue of ambiguous matches")
+    ident.add_argument("action", choices=["review"])
+    ident.set_defaults(func=cmd_identity)
     sub.add_parser("registry", help="serve the embedded schema registry alone (on registry.url)"
                    ).set_defaults(func=cmd_registry)
     bench = sub.add_parser("bench", help="benchmarks on freshly started local services (not the running stack)")

@@ -193,6 +193,48 @@ class Store:
             ids.append(int(row[0]))
         return ids
 
+    def conflicts(self, only_open: bool = True, limit: int = 100) -> list[dict[str, Any]]:
+        """Conflicts, newest first."""
+        return self._dicts(
+            "SELECT c.id, c.entity, c.global_id::text AS global_id, x.crm_id, x.erp_id, c.field, c.kind, c.policy,"
+            " c.base, c.crm_value, c.erp_value, c.resolution, c.value, c.status, c.detected_at, c.resolved_at"
+            " FROM sync.conflicts c LEFT JOIN sync.xref x ON x.entity = c.entity AND x.global_id = c.global_id"
+            " WHERE %s OR c.status = 'open' ORDER BY c.id DESC LIMIT %s",
+            (not only_open, limit),
+        )
+
+    def conflict(self, conflict_id: int) -> dict[str, Any] | None:
+        """One conflict with the ids of the records it concerns."""
+        rows = self._dicts(
+            "SELECT c.id, c.entity, c.global_id::text AS global_id, x.crm_id, x.erp_id, c.field, c.kind, c.policy,"
+            " c.base, c.crm_value, c.erp_value, c.resolution, c.value, c.status, c.detected_at, c.resolved_at"
+            " FROM sync.conflicts c LEFT JOIN sync.xref x ON x.entity = c.entity AND x.global_id = c.global_id"
+            " WHERE c.id = %s",
+            (conflict_id,),
+        )
+        return rows[0] if rows else None
+
+    def mark_resolved(self, conn: psycopg.Connection[Any], conflict_id: int, resolution: str, value: Any) -> None:
+        """Close a conflict (inside the transaction that applied the decision)."""
+        conn.execute(
+            "UPDATE sync.conflicts SET status = 'resolved', resolution = %s, value = %s, resolved_at = now()"
+            " WHERE id = %s",
+            (resolution, _json(value), conflict_id),
+        )
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Dead letters, newest first."""
+        return self._dicts(
+            'SELECT id, stage, reason, topic, partition, "offset", created_at FROM sync.dead_letters'
+            " ORDER BY id DESC LIMIT %s",
+            (limit,),
+        )
+
+    def _dicts(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        cur = self.conn.execute(query, params)
+        names = [d.name for d in cur.description or []]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
     # -- dead letters -----------------------------------------------------------------------
     def add_dead_letter(self, stage: str, reason: str, topic: str, partition: int, offset: int) -> None:
         """Index a dead letter (the bytes are in the dead-letter topic)."""

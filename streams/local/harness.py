@@ -233,6 +233,20 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.2, what: str = 
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
+def wait_for_identity(harness: Harness, timeout: float = 120) -> None:
+    """Wait until a worker's identity bootstrap has linked the existing records."""
+
+    def linked() -> bool:
+        with harness.connect("sync") as conn:
+            try:
+                row = conn.execute("SELECT count(*) FROM sync.xref").fetchone()
+            except psycopg.Error:
+                return False  # the worker has not created the store's tables yet
+        return bool(row and row[0])
+
+    wait_for(linked, timeout, 0.5, f"the identity bootstrap (see {harness.root / 'worker.log'})")
+
+
 def topic_names(bootstrap: str) -> Sequence[str]:
     """Topics in the broker."""
     from confluent_kafka.admin import AdminClient

@@ -15,7 +15,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from streams.local.harness import Harness, TopicReader, running, topic_names, wait_for
+from streams.local.harness import Harness, TopicReader, running, topic_names, wait_for, wait_for_identity
 
 pytestmark = pytest.mark.integration
 
@@ -40,15 +40,7 @@ def _running_sync(harness: Harness) -> Iterator[Harness]:
     worker = harness.spawn("worker", log_name="worker.log")
     with running(capture), running(worker):
         wait_for(lambda: "crm.public.accounts" in topic_names(harness.bootstrap), 120, 0.5, "capture")
-
-        def linked() -> bool:
-            with harness.connect("sync") as conn:
-                try:
-                    return bool(_scalar(conn, "SELECT count(*) FROM sync.xref"))
-                except Exception:
-                    return False
-
-        wait_for(linked, 120, 0.5, f"the identity bootstrap (see {harness.root / 'worker.log'})")
+        wait_for_identity(harness)
         yield harness
 
 
