@@ -19,7 +19,7 @@ import faust
 import psycopg
 from faust.serializers import codecs as faust_codecs
 
-from streams import codecs, envelope
+from streams import codecs, envelope, metrics
 from streams.apply.executor import Applier, Delivery
 from streams.errors import SyncError, TerminalError, TransientError
 from streams.mapping.profile import Profile
@@ -62,7 +62,7 @@ class Processors:
         self.store.migrate()
         self.tx = psycopg.connect(**settings.store.conninfo())
         self.app = faust.App(
-            "crm-erp-sync",
+            settings.processors.app_id,
             broker=[f"kafka://{b}" for b in settings.kafka.bootstrap_servers.split(",")],
             processing_guarantee="at_least_once",
             store="memory://",
@@ -94,7 +94,10 @@ class Processors:
 
     async def dead_letter(self, stage: str, reason: str, message: Any) -> None:
         """Send the original bytes with the reason to the dead-letter topic, and index it."""
+        if stage in ("decode", "map"):
+            metrics.RECONCILE_EVENTS.labels(self.entity, message.topic.split(".")[0], "dead_letter").inc()
         log.warning("dead letter (%s) %s/%s/%s: %s", stage, message.topic, message.partition, message.offset, reason)
+        metrics.DEAD_LETTERS.labels(stage).inc()
         await self._send(DLQ, f"{message.topic}/{message.partition}/{message.offset}", {
             "stage": stage, "reason": reason, "topic": message.topic, "partition": message.partition,
             "offset": message.offset, "key": message.key, "value": message.value,
@@ -113,6 +116,7 @@ class Processors:
                 log.warning("%s: %s; retrying in %.1fs", what, exc.message, delay)
             except psycopg.OperationalError as exc:
                 log.warning("%s: database unavailable (%s); retrying in %.1fs", what, exc, delay)
+            metrics.RETRIES.labels(what.split()[0]).inc()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
@@ -157,6 +161,7 @@ class Processors:
             await self.dead_letter("decode", f"{type(exc).__name__}: {exc}", message)
             return
         if change.is_delete or change.op == "t":
+            metrics.RECONCILE_EVENTS.labels(self.entity, change.system, "delete_ignored").inc()
             return  # deletion policy: next milestone (the row's before image is kept in the topic)
         system = change.system
         try:
@@ -184,6 +189,13 @@ class Processors:
             tx.rollback()
             raise
         tx.commit()
+        m = metrics
+        m.RECONCILE_EVENTS.labels(self.entity, system, "commands" if outcome.commands else "no_command").inc()
+        m.ECHOES.labels(self.entity, system).inc(outcome.echoes)
+        for cmd in outcome.commands:
+            m.COMMANDS.labels(self.entity, cmd.system).inc()
+        for c in outcome.conflicts:
+            m.CONFLICTS.labels(self.entity, c.field, c.kind, c.policy, c.resolution or "manual_open").inc()
 
     async def _reconcile(self, stream: faust.StreamT[Any]) -> AsyncIterator[None]:
         async for event in stream.events():
@@ -201,7 +213,16 @@ class Processors:
                         batch.append(Delivery(m.topic, m.partition, m.offset, self.decode.loads(m.value)))
                     except Exception as exc:  # undecodable command: dead letter, the batch goes on
                         bad.append((m, f"{type(exc).__name__}: {exc}"))
+                started = time.monotonic()
                 result = await self.retrying(f"apply {applier.system}", applier.apply, batch)
+                metrics.APPLY_BATCH_SECONDS.labels(applier.system).observe(time.monotonic() - started)
+                for outcome, n in (("written", result.written), ("skipped", result.skipped),
+                                   ("replayed", result.replayed), ("failed", len(result.failed))):
+                    metrics.APPLY.labels(applier.system, outcome).inc(n)
+                now = time.time()
+                direction = f"{'erp' if applier.system == 'crm' else 'crm'}_to_{applier.system}"
+                for when in result.written_cause_times:
+                    metrics.END_TO_END.labels(self.entity, direction).observe(max(0.0, now - when))
                 for m, reason in bad:
                     await self.dead_letter(f"apply-{applier.system}", reason, m)
                 by_offset = {(e.message.topic, e.message.partition, e.message.offset): e.message for e in events}

@@ -86,6 +86,9 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     for name in (commands_topic("crm"), commands_topic("erp"), CONFLICTS, DLQ):
         topics.ensure(name, 1)
     processors = Processors(settings, profile)
+    from streams import metrics
+
+    metrics.serve(settings.processors.metrics_port)
     counts = bootstrap(profile, settings, processors.store)
     log.info("identity: %s", dict(counts))
     worker = faust.Worker(processors.app, loglevel=settings.log_level.lower(), quiet=True)

@@ -42,3 +42,27 @@ def serve(port: int) -> None:
     """Expose this process's metrics on ``port`` (0 = do not serve)."""
     if port:
         start_http_server(port, addr="127.0.0.1")
+
+# -- processors ---------------------------------------------------------------------------------
+RECONCILE_EVENTS = Counter(
+    "sync_reconcile_events_total", "Raw change events the reconcile stage finished.", ["entity", "system", "outcome"]
+)
+COMMANDS = Counter("sync_commands_total", "Commands sent to a system.", ["entity", "system"])
+ECHOES = Counter("sync_echoes_suppressed_total", "Changes recognised as the echo of the sync's own write.",
+                 ["entity", "system"])
+CONFLICTS = Counter(
+    "sync_conflicts_total", "Conflicts detected.", ["entity", "field", "kind", "policy", "resolution"]
+)
+DEAD_LETTERS = Counter("sync_dead_letters_total", "Events sent to the dead-letter topic.", ["stage"])
+APPLY = Counter(
+    "sync_apply_commands_total", "Commands an applier handled, by outcome (written, skipped, replayed, failed).",
+    ["system", "outcome"],
+)
+APPLY_BATCH_SECONDS = Histogram(
+    "sync_apply_batch_seconds", "Time to apply one batch in one target transaction.", ["system"], buckets=LAG_BUCKETS
+)
+END_TO_END = Histogram(
+    "sync_end_to_end_seconds", "Source commit -> the resulting write committed on the other system.",
+    ["flow", "direction"], buckets=LAG_BUCKETS,
+)
+RETRIES = Counter("sync_retries_total", "Transient failures retried with backoff.", ["stage"])

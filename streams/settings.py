@@ -156,6 +156,8 @@ class ProcessorSettings(BaseModel):
     model_config = _FROZEN
 
     profile: Path = Path("schemas/mappings/demo.yaml")
+    app_id: str = Field("crm-erp-sync", pattern=r"^[\w.-]+$")  # the consumer group; a new one replays
+    metrics_port: int = Field(0, ge=0, le=65535)
     session_timeout_s: float = Field(10.0, gt=1)
     rebalance_timeout_s: float = Field(20.0, gt=1)
 

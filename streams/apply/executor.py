@@ -39,6 +39,7 @@ class BatchResult:
     skipped: int = 0  # stale (the row changed) or already equal
     replayed: int = 0  # at or below the stored progress
     failed: list[tuple[Delivery, str]] = field(default_factory=list)
+    written_cause_times: list[float] = field(default_factory=list)  # unix seconds of the causing commits
 
 
 class Applier:
@@ -109,6 +110,9 @@ class Applier:
                         continue
                     if count:
                         result.written += 1
+                        cause = d.command.get("cause_commit_time")
+                        if cause is not None:
+                            result.written_cause_times.append(cause.timestamp())
                     else:
                         result.skipped += 1
                 for (topic, partition), offset in last.items():
