@@ -200,11 +200,16 @@ def cmd_registry(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     """Run a benchmark on its own local services and print its figures."""
-    from streams.bench import capture
+    from streams.bench import capture, sync
 
-    result = capture.run(updates=args.updates, out=args.out)
-    print(capture.format_result(result))
-    print(f"figures written to {args.out}")
+    out = args.out or Path(f"bench-results/{args.which}.json")
+    if args.which == "capture":
+        result = capture.run(updates=args.updates, out=out)
+        print(capture.format_result(result))
+    else:
+        result = sync.run(rate=args.rate, seconds=args.seconds, out=out)
+        print(sync.format_result(result))
+    print(f"figures written to {out}")
     return 0
 
 
@@ -257,9 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("registry", help="serve the embedded schema registry alone (on registry.url)"
                    ).set_defaults(func=cmd_registry)
     bench = sub.add_parser("bench", help="benchmarks on freshly started local services (not the running stack)")
-    bench.add_argument("which", choices=["capture"], help="capture: N single-row CRM updates -> broker")
-    bench.add_argument("--updates", type=int, default=100_000, help="number of single-row updates (default 100000)")
-    bench.add_argument("--out", type=Path, default=Path("bench-results/capture.json"), help="JSON output file")
+    bench.add_argument("which", choices=["capture", "sync"],
+                       help="capture: N single-row CRM updates -> broker; sync: CRM edit -> ERP commit latency")
+    bench.add_argument("--updates", type=int, default=100_000, help="capture: single-row updates (default 100000)")
+    bench.add_argument("--rate", type=float, default=5.0, help="sync: edits per second, fixed rate (default 5)")
+    bench.add_argument("--seconds", type=float, default=60.0, help="sync: duration of the load (default 60)")
+    bench.add_argument("--out", type=Path, default=None, help="JSON output (default bench-results/<which>.json)")
     bench.set_defaults(func=cmd_bench)
     sub.add_parser("config", help="print the effective settings, secrets masked").set_defaults(func=cmd_config)
     return parser
