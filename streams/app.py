@@ -24,7 +24,7 @@ from streams.apply.executor import Applier, Delivery
 from streams.errors import SyncError, TerminalError, TransientError
 from streams.mapping.profile import Profile
 from streams.reconcile.core import Outcome, apply_change
-from streams.reconcile.records import command_record, conflict_record
+from streams.reconcile.records import canonical_record, command_record, conflict_record
 from streams.settings import Settings
 from streams.store import Link, Store
 
@@ -51,7 +51,10 @@ class Processors:
         self.profile = profile
         self.entity = profile.entity
         self.raw_topics = [f"{s}.{profile.table_of(s)}" for s in ("crm", "erp")]
+        self.canonical = profile.canonical.topic if profile.canonical else None
+        canonical_avsc = str(profile.canonical_schema.relative_to(codecs.SCHEMAS))
         codecs.register(settings, {
+            **({self.canonical: canonical_avsc} if self.canonical else {}),
             commands_topic("crm"): "sync/command.avsc",
             commands_topic("erp"): "sync/command.avsc",
             CONFLICTS: "sync/conflict.avsc",
@@ -79,7 +82,8 @@ class Processors:
         raw = self.app.topic(*self.raw_topics, key_serializer="raw", value_serializer="raw")
         self.out = {
             name: self.app.topic(name, key_serializer="raw", value_serializer=codecs.encoder_name(name))
-            for name in (commands_topic("crm"), commands_topic("erp"), CONFLICTS, DLQ)
+            for name in (commands_topic("crm"), commands_topic("erp"), CONFLICTS, DLQ,
+                         *([self.canonical] if self.canonical else []))
         }
         self.app.agent(raw, name="reconcile")(self._reconcile)
         for system in ("crm", "erp"):
@@ -185,6 +189,9 @@ class Processors:
                     self.entity, gid, target_key, cmd, change.commit_ms, change.position.event_id))
             for conflict_id, c in zip(conflict_ids, outcome.conflicts, strict=True):
                 await self._send(CONFLICTS, gid, conflict_record(self.entity, gid, conflict_id, c))
+            if self.canonical and outcome.replays == 0:
+                await self._send(self.canonical, gid, canonical_record(
+                    self.profile, outcome.state, gid, link.crm_id, link.erp_id, change))
         except BaseException:
             tx.rollback()
             raise

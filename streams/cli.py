@@ -76,7 +76,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from streams.app import CONFLICTS, DLQ, Processors, commands_topic
     from streams.identity.bootstrap import bootstrap
     from streams.mapping.profile import load_profile
-    from streams.topics import Topics
+    from streams.topics import COMPACTED, Topics
 
     profile = load_profile(settings.processors.profile)
     topics = Topics(AdminClient(settings.kafka.client_config()), settings.kafka.replication_factor)
@@ -85,6 +85,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         topics.ensure(name, 1)
     for name in (commands_topic("crm"), commands_topic("erp"), CONFLICTS, DLQ):
         topics.ensure(name, 1)
+    if profile.canonical:
+        topics.ensure(profile.canonical.topic, 1, COMPACTED)
     processors = Processors(settings, profile)
     from streams import metrics
 

@@ -120,12 +120,21 @@ class CreateSpec(BaseModel):
     erp_to_crm: CreateRule | None = None
 
 
+class CanonicalSpec(BaseModel):
+    """The canonical topic for downstream consumers."""
+
+    model_config = _MODEL
+    topic: str = Field(pattern=r"^[\w.-]+$")
+    personal: Literal["clear", "hash", "mask"] = "hash"  # what consumers see of personal fields
+
+
 class Profile(BaseModel):
     """A validated mapping profile."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", ignored_types=(cached_property,))
     entity: str
     canonical_schema: Path
+    canonical: CanonicalSpec | None = None
     sources: dict[System, SourceSpec]
     identity: IdentitySpec = IdentitySpec()
     create: CreateSpec = CreateSpec()

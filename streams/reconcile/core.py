@@ -123,16 +123,37 @@ class EntityState:
 
     fields: dict[str, FieldState] = field(default_factory=dict)
     rows: dict[str, Any] = field(default_factory=dict)  # row version last seen per system
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)  # latest canonical values per system
+    latest: dict[str, Version] = field(default_factory=dict)  # version of those values
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able form for the store."""
-        return {"fields": {k: v.to_json() for k, v in self.fields.items()}, "rows": self.rows}
+        return {"fields": {k: v.to_json() for k, v in self.fields.items()}, "rows": self.rows,
+                "values": self.values, "latest": {k: list(v) for k, v in self.latest.items()}}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> EntityState:
         """Inverse of :meth:`to_json`."""
         return cls({k: FieldState.from_json(v) for k, v in data.get("fields", {}).items()},
-                   dict(data.get("rows", {})))
+                   dict(data.get("rows", {})), {k: dict(v) for k, v in data.get("values", {}).items()},
+                   {k: (int(v[0]), int(v[1])) for k, v in data.get("latest", {}).items()})
+
+    def merged(self, fields: Mapping[str, FieldSpec]) -> dict[str, Any]:
+        """The entity as both systems agree (or will): per field the agreed value, else the winner's."""
+        out: dict[str, Any] = {}
+        for name, spec in fields.items():
+            fs = self.fields.get(name)
+            if fs is not None and fs.synced is not MISSING and not fs.inflight and not fs.deferred:
+                out[name] = fs.synced
+                continue
+            sides = [s for s in SYSTEMS if spec.side(s) is not None and name in self.values.get(s, {})]
+            if spec.owner in sides:
+                sides = [spec.owner]
+            elif fs is not None and len(sides) == 2:
+                sides.sort(key=lambda s: fs.changed_at.get(s, 0), reverse=True)
+            if sides:
+                out[name] = self.values[sides[0]][name]
+        return out
 
 
 @dataclass
@@ -272,8 +293,11 @@ def apply_change(
     (an echo is committed after its write was issued).
     """
     step = _Step(state, now_ms)
-    if version >= max((fs.versions.get(system, (0, 0)) for fs in step.out.state.fields.values()), default=(0, 0)):
-        step.out.state.rows[system] = row_version
+    st = step.out.state
+    if version >= st.latest.get(system, (0, 0)):
+        st.rows[system] = row_version
+        st.values[system] = dict(values)
+        st.latest[system] = version
     for name, value in values.items():
         spec = fields.get(name)
         if spec is not None and spec.synced:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from streams.reconcile.core import Command, Conflict
+from streams.envelope import ChangeEvent
+from streams.mapping.profile import Profile
+from streams.reconcile.core import Command, Conflict, EntityState
 
 
 def _json(value: Any) -> str:
@@ -34,3 +37,33 @@ def conflict_record(entity: str, global_id: str, conflict_id: int, c: Conflict,
         "resolution": c.resolution, "value_json": None if c.resolution is None else _json(c.value),
         "detected_at": now or datetime.now(tz=UTC),
     }
+
+
+def _personal(value: Any, how: str) -> Any:
+    if value is None or how == "clear":
+        return value
+    if how == "mask":
+        text = str(value)
+        return text[:2] + "*" * max(0, len(text) - 2)
+    return hashlib.sha256(str(value).encode("utf-8")).hexdigest()
+
+
+def canonical_record(profile: Profile, state: EntityState, global_id: str, crm_id: str | None, erp_id: str | None,
+                     change: ChangeEvent) -> dict[str, Any]:
+    """A canonical record (the profile's ``.avsc``) of the entity after ``change``, personal data per profile."""
+    how = profile.canonical.personal if profile.canonical else "hash"
+    values = state.merged(profile.fields)
+    record: dict[str, Any] = {
+        name: _personal(values.get(name), how) if spec.personal else values.get(name)
+        for name, spec in profile.fields.items()
+    }
+    record.update({
+        "global_id": global_id, "crm_id": crm_id, "erp_id": erp_id, "deleted": False,
+        "metadata": {
+            "source_system": change.system, "source_table": change.table, "tx_id": change.tx_id,
+            "lsn": change.lsn, "source_commit_time": datetime.fromtimestamp(change.commit_ms / 1000, tz=UTC),
+            "capture_time": datetime.fromtimestamp(change.capture_ms / 1000, tz=UTC),
+            "event_id": change.position.event_id,
+        },
+    })
+    return record

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from collections.abc import Iterator
@@ -79,6 +80,27 @@ def test_owner_edits_reach_the_other_side(sync: Harness) -> None:
     with sync.connect("crm") as crm:
         wait_for(lambda: _scalar(crm, "SELECT credit_limit FROM accounts WHERE id = %s", crm_id)
                  == Decimal("987654321.01"), 60, 0.3, "the ERP credit limit in the CRM, exact")
+
+
+def test_canonical_topic_has_the_merged_customer_for_downstream(sync: Harness) -> None:
+    crm_id, erp_id = _pair(sync)
+    with sync.connect("sync") as conn:
+        gid = _scalar(conn, "SELECT global_id::text FROM sync.xref WHERE crm_id = %s", crm_id)
+    reader = TopicReader(sync.bootstrap, sync.registry_url, ["canonical.customer.v1"])
+    hashed = hashlib.sha256(b"owner.edit@example.com").hexdigest()
+    try:
+        record = reader.wait(lambda rs: next((r["value"] for r in reversed(rs) if r["key"] == gid.encode()
+                                              and r["value"]["email"] == hashed
+                                              and r["value"]["credit_limit_fen"] == 98765432101), None),
+                             60, "the merged customer on the canonical topic")
+    finally:
+        reader.close()
+    assert (record["global_id"], record["crm_id"], record["erp_id"]) == (gid, crm_id, erp_id)
+    assert record["address"] == "上海市浦东新区世纪大道1号"  # not personal: in clear
+    assert record["phone"] is None or len(record["phone"]) == 64  # personal: hashed
+    meta = record["metadata"]
+    assert meta["source_system"] in ("crm", "erp") and meta["event_id"].count("/") == 2
+    assert meta["source_commit_time"] <= meta["capture_time"]
 
 
 def test_non_owner_edit_is_reverted_visibly(sync: Harness) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 PURE = ["streams.registry.compat", "streams.capture.connector", "streams.settings", "streams.errors",
         "streams.envelope", "streams.mapping.convert", "streams.mapping.profile", "streams.identity.match",
-        "streams.reconcile.core"]
+        "streams.reconcile.core", "streams.reconcile.records"]
 FORBIDDEN = ("confluent_kafka", "psycopg", "faust", "jpype")
 
 
