@@ -22,9 +22,10 @@ from faust.serializers import codecs as faust_codecs
 from streams import codecs, envelope, metrics
 from streams.apply.executor import Applier, Delivery
 from streams.errors import SyncError, TerminalError, TransientError
+from streams.identity.resolver import resolve_new
 from streams.mapping.profile import Profile
-from streams.reconcile.core import Outcome, apply_change
-from streams.reconcile.records import canonical_record, command_record, conflict_record
+from streams.reconcile.core import Outcome, apply_change, request_create
+from streams.reconcile.records import canonical_record, command_record, conflict_record, create_record
 from streams.settings import Settings
 from streams.store import Link, Store
 
@@ -125,29 +126,33 @@ class Processors:
             delay = min(delay * 2, 30.0)
 
     # -- reconcile --------------------------------------------------------------------------
-    def _link(self, system: str, key: str) -> Link:
+    def _link(self, system: str, key: str, row: dict[str, Any]) -> tuple[Link, bool]:
+        """The record's link (resolving a new record's identity), and whether it may be created elsewhere."""
         link = self.store.link_of(self.entity, system, key)
         if link is None:
-            # A record new since the bootstrap: tracked on its own until identity links it.
-            link = self.store.add_link(self.entity, key if system == "crm" else None,
-                                       key if system == "erp" else None, "single")
-        return link
+            link = resolve_new(self.profile, self.settings, self.store, system, key, row)
+        peer_missing = (link.erp_id if system == "crm" else link.crm_id) is None
+        return link, peer_missing and not self.store.under_review(self.entity, system, key)
 
     def _reconcile_locked(self, gid: str, change: envelope.ChangeEvent, values: dict[str, Any],
-                          row_version: Any) -> tuple[Outcome, list[int], psycopg.Connection[Any]]:
+                          row_version: Any, may_create: bool
+                          ) -> tuple[Outcome, list[int], dict[str, Any] | None, psycopg.Connection[Any]]:
         if self.tx.closed:
             self.tx = psycopg.connect(**self.settings.store.conninfo())
         try:
             state = self.store.lock_state(self.tx, self.entity, gid)  # opens the transaction
+            now_ms = int(time.time() * 1000)
             outcome = apply_change(self.profile.fields, state, change.system, values, change.version, row_version,
-                                   int(time.time() * 1000))
+                                   now_ms)
+            create = (request_create(self.profile.create_rule(change.system), outcome.state, change.system, now_ms)
+                      if may_create else None)
             self.store.save_state(self.tx, self.entity, gid, outcome.state)
             ids = self.store.add_conflicts(self.tx, self.entity, gid, outcome.conflicts)
         except BaseException:
             if not self.tx.closed:
                 self.tx.rollback()
             raise
-        return outcome, ids, self.tx
+        return outcome, ids, create, self.tx
 
     async def handle(self, message: Any) -> None:
         """Reconcile one raw change event."""
@@ -176,11 +181,15 @@ class Processors:
         source_key = str(change.key[self.profile.key_of(system)])
         version = self.profile.sources[system].version  # type: ignore[index]
         row_version = change.row.get(version.column) if version else None
-        link = await self.retrying("identity", self._link, system, source_key)
+        link, may_create = await self.retrying("identity", self._link, system, source_key, dict(change.row))
         gid = link.global_id
-        outcome, conflict_ids, tx = await self.retrying(
-            "reconcile", self._reconcile_locked, gid, change, values, row_version)
+        outcome, conflict_ids, create, tx = await self.retrying(
+            "reconcile", self._reconcile_locked, gid, change, values, row_version, may_create)
         try:
+            if create is not None:
+                peer = "erp" if system == "crm" else "crm"
+                await self._send(commands_topic(peer), gid, create_record(
+                    self.entity, gid, peer, create, change.commit_ms, change.position.event_id))
             for cmd in outcome.commands:
                 target_key = link.crm_id if cmd.system == "crm" else link.erp_id
                 if target_key is None:
@@ -223,7 +232,8 @@ class Processors:
                 started = time.monotonic()
                 result = await self.retrying(f"apply {applier.system}", applier.apply, batch)
                 metrics.APPLY_BATCH_SECONDS.labels(applier.system).observe(time.monotonic() - started)
-                for outcome, n in (("written", result.written), ("skipped", result.skipped),
+                for outcome, n in (("written", result.written), ("created", result.created),
+                                   ("skipped", result.skipped),
                                    ("replayed", result.replayed), ("failed", len(result.failed))):
                     metrics.APPLY.labels(applier.system, outcome).inc(n)
                 now = time.time()

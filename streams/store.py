@@ -138,6 +138,23 @@ class Store:
         assert found is not None
         return found
 
+    def attach(self, entity: str, global_id: str, system: str, source_id: str, linked_by: str) -> Link | None:
+        """Give an entity known on one system its record on ``system``; None if it already has one."""
+        query = sql.SQL("UPDATE sync.xref SET {} = %s, linked_by = %s WHERE entity = %s AND global_id = %s"
+                        " AND {} IS NULL").format(sql.Identifier(f"{system}_id"), sql.Identifier(f"{system}_id"))
+        if not self.conn.execute(query, (source_id, linked_by, entity, global_id)).rowcount:
+            return None
+        return self.link_of(entity, system, source_id)
+
+    def under_review(self, entity: str, system: str, source_id: str) -> bool:
+        """True while a person must decide what ``system``'s record is linked to."""
+        row = self.conn.execute(
+            "SELECT 1 FROM sync.identity_review WHERE entity = %s AND status = 'open'"
+            " AND ((system = %s AND source_id = %s) OR (system <> %s AND candidates ? %s)) LIMIT 1",
+            (entity, system, source_id, system, source_id),
+        ).fetchone()
+        return row is not None
+
     def add_review(self, entity: str, system: str, source_id: str, candidates: Sequence[str], reason: str) -> None:
         """Queue an ambiguous record for a person (once)."""
         self.conn.execute(

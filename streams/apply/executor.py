@@ -14,7 +14,15 @@ from typing import Any
 
 import psycopg
 
-from streams.apply.sql import PROGRESS_DDL, compare_and_set, progress_select, progress_upsert
+from streams.apply.sql import (
+    CREATED_INSERT,
+    CREATED_LOOKUP,
+    PROGRESS_DDL,
+    compare_and_set,
+    insert_returning,
+    progress_select,
+    progress_upsert,
+)
 from streams.errors import TerminalError, TransientError
 from streams.mapping.profile import Profile
 
@@ -36,6 +44,7 @@ class BatchResult:
     """What a batch did."""
 
     written: int = 0
+    created: int = 0
     skipped: int = 0  # stale (the row changed) or already equal
     replayed: int = 0  # at or below the stored progress
     failed: list[tuple[Delivery, str]] = field(default_factory=list)
@@ -82,6 +91,18 @@ class Applier:
             params["expect_row"] = self.version.converter.backward(self.version.converter.forward(row))
         return compare_and_set(self.table, self.key_column, side.column, version), params
 
+    def _create(self, conn: psycopg.Connection[Any], cmd: dict[str, Any]) -> int:
+        """Insert the row unless this global id was created here before; 1 if it inserted."""
+        if conn.execute(CREATED_LOOKUP, (cmd["entity"], cmd["global_id"])).fetchone():
+            return 0  # a replayed or repeated create: the row exists
+        values = json.loads(cmd["values_json"] or "{}")
+        columns = {k: v for k, v in self.profile.to_columns(self.system, values).items() if v is not None}
+        row = conn.execute(insert_returning(self.table, list(columns), self.key_column),
+                           list(columns.values())).fetchone()
+        assert row is not None
+        conn.execute(CREATED_INSERT, (cmd["entity"], cmd["global_id"], str(row[0])))
+        return 1
+
     def apply(self, batch: Sequence[Delivery]) -> BatchResult:
         """Apply a batch in one transaction (a failing command is reported, the rest still apply)."""
         result = BatchResult()
@@ -99,6 +120,11 @@ class Applier:
                         continue
                     last[(d.topic, d.partition)] = max(d.offset, last.get((d.topic, d.partition), -1))
                     try:
+                        if d.command.get("op", "set") == "create":
+                            with conn.transaction():  # a savepoint: one bad command does not sink the batch
+                                count = self._create(conn, d.command)
+                            result.created += count
+                            continue
                         statement, params = self._params(d.command)
                         with conn.transaction():  # a savepoint: one bad command does not sink the batch
                             count = conn.execute(statement, params).rowcount

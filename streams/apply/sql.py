@@ -12,7 +12,28 @@ CREATE TABLE IF NOT EXISTS sync_meta.applier_progress (
   "offset"  bigint NOT NULL,
   PRIMARY KEY (topic, partition)
 );
+CREATE TABLE IF NOT EXISTS sync_meta.created (
+  entity     text NOT NULL,
+  global_id  text NOT NULL,
+  key        text NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (entity, global_id)
+);
+CREATE INDEX IF NOT EXISTS created_by_key ON sync_meta.created (entity, key);
 """
+
+CREATED_LOOKUP = "SELECT key FROM sync_meta.created WHERE entity = %s AND global_id = %s"
+CREATED_BY_KEY = "SELECT global_id FROM sync_meta.created WHERE entity = %s AND key = %s"
+CREATED_INSERT = "INSERT INTO sync_meta.created (entity, global_id, key) VALUES (%s, %s, %s)"
+
+
+def insert_returning(table: str, columns: list[str], key_column: str) -> sql.Composed:
+    """``INSERT`` a new row (the key from the table's default, e.g. a sequence) returning its key."""
+    schema, _, name = table.partition(".")
+    return sql.SQL("INSERT INTO {}.{} ({}) VALUES ({}) RETURNING {}").format(
+        sql.Identifier(schema), sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+        sql.SQL(", ").join(sql.Placeholder() for _ in columns), sql.Identifier(key_column),
+    )
 
 
 def compare_and_set(table: str, key_column: str, column: str, version_column: str | None) -> sql.Composed:

@@ -106,10 +106,21 @@ class IdentitySpec(BaseModel):
 
 
 class CreateRule(BaseModel):
-    """When a record new on one system is created on the other."""
+    """When a record new on one system is created on the other, and how its gaps are filled."""
 
     model_config = _MODEL
     when: dict[str, list[Any]] = {}
+    fill: dict[str, str] = {}  # field -> field whose value it takes when empty (e.g. name: legal_name)
+
+    def values_for(self, values: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The canonical values to create with, or None when the rule does not match."""
+        if any(values.get(name) not in allowed for name, allowed in self.when.items()):
+            return None
+        out = dict(values)
+        for name, source in self.fill.items():
+            if out.get(name) in (None, ""):
+                out[name] = out.get(source)
+        return out
 
 
 class CreateSpec(BaseModel):
@@ -147,7 +158,8 @@ class Profile(BaseModel):
         if missing:
             raise ValueError(f"sources needs both crm and erp (missing {', '.join(missing)})")
         for rule in (self.create.crm_to_erp, self.create.erp_to_crm):
-            for name in (rule.when if rule else {}):
+            for name in [*(rule.when if rule else {}), *(rule.fill if rule else {}),
+                         *(rule.fill.values() if rule else [])]:
                 if name not in self.fields:
                     raise ValueError(f"create rule names unknown field {name!r}")
         return self
@@ -165,6 +177,11 @@ class Profile(BaseModel):
     def key_of(self, system: str) -> str:
         """Primary-key column of the entity on ``system``."""
         return self.sources[system].key  # type: ignore[index]
+
+    def create_rule(self, source: str) -> CreateRule | None:
+        """The rule for records new on ``source`` (created on the other system)."""
+        rule: CreateRule | None = self.create.crm_to_erp if source == "crm" else self.create.erp_to_crm
+        return rule
 
     def synced_fields(self) -> list[str]:
         """Fields present on both systems."""

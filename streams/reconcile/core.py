@@ -125,18 +125,21 @@ class EntityState:
     rows: dict[str, Any] = field(default_factory=dict)  # row version last seen per system
     values: dict[str, dict[str, Any]] = field(default_factory=dict)  # latest canonical values per system
     latest: dict[str, Version] = field(default_factory=dict)  # version of those values
+    created: dict[str, int] = field(default_factory=dict)  # system -> when its creation was requested (ms)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able form for the store."""
         return {"fields": {k: v.to_json() for k, v in self.fields.items()}, "rows": self.rows,
-                "values": self.values, "latest": {k: list(v) for k, v in self.latest.items()}}
+                "values": self.values, "latest": {k: list(v) for k, v in self.latest.items()},
+                "created": self.created}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> EntityState:
         """Inverse of :meth:`to_json`."""
         return cls({k: FieldState.from_json(v) for k, v in data.get("fields", {}).items()},
                    dict(data.get("rows", {})), {k: dict(v) for k, v in data.get("values", {}).items()},
-                   {k: (int(v[0]), int(v[1])) for k, v in data.get("latest", {}).items()})
+                   {k: (int(v[0]), int(v[1])) for k, v in data.get("latest", {}).items()},
+                   {k: int(v) for k, v in data.get("created", {}).items()})
 
     def merged(self, fields: Mapping[str, FieldSpec]) -> dict[str, Any]:
         """The entity as both systems agree (or will): per field the agreed value, else the winner's."""
@@ -317,3 +320,15 @@ def resolve_manual(state: EntityState, name: str, value: Any, now_ms: int) -> Ou
     if not fs.inflight:
         fs.synced = value
     return step.out
+
+
+def request_create(profile_rule: Any, state: EntityState, source: str, now_ms: int) -> dict[str, Any] | None:
+    """Values to create the entity with on the other system, once, if the source's rule matches."""
+    target = other(source)
+    if profile_rule is None or target in state.created or source not in state.values:
+        return None
+    values: dict[str, Any] | None = profile_rule.values_for(state.values[source])
+    if values is None:
+        return None
+    state.created[target] = now_ms
+    return values

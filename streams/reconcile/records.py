@@ -25,6 +25,18 @@ def command_record(entity: str, global_id: str, target_key: str, cmd: Command, c
         "key": target_key, "field": cmd.field, "value_json": _json(cmd.value), "expect_json": _json(cmd.expect),
         "expect_row_json": _json(cmd.expect_row), "issued_at": now or datetime.now(tz=UTC),
         "cause_commit_time": datetime.fromtimestamp(cause_ms / 1000, tz=UTC), "cause_event": cause_event,
+        "op": "set", "values_json": None,
+    }
+
+
+def create_record(entity: str, global_id: str, system: str, values: dict[str, Any], cause_ms: int,
+                  cause_event: str) -> dict[str, Any]:
+    """A ``create`` command: make the entity exist on ``system`` with canonical ``values``."""
+    return {
+        "command_id": str(uuid.uuid4()), "entity": entity, "global_id": global_id, "system": system, "key": "",
+        "field": "", "value_json": "null", "expect_json": "null", "expect_row_json": "null",
+        "issued_at": datetime.now(tz=UTC), "cause_commit_time": datetime.fromtimestamp(cause_ms / 1000, tz=UTC),
+        "cause_event": cause_event, "op": "create", "values_json": _json(values),
     }
 
 

@@ -15,6 +15,7 @@ from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from psycopg import sql
 
 from streams.local.harness import Harness, TopicReader, running, topic_names, wait_for, wait_for_identity
 
@@ -61,7 +62,9 @@ def test_seed_links_as_designed(sync: Harness) -> None:
         reviews = _scalar(conn, "SELECT count(*) FROM sync.identity_review WHERE status = 'open'")
     assert (kinds["exact"], kinds["name"], kinds["fuzzy"]) == (m.exact_pairs, m.name_pairs, m.fuzzy_pairs)
     assert reviews == m.ambiguous_crm
-    assert kinds["single"] == m.ambiguous_crm + m.crm_only + m.ambiguous_erp + m.erp_only
+    # Records on one side only stay single, or gain a counterpart the sync created (never a new link row).
+    one_sided = m.ambiguous_crm + m.crm_only + m.ambiguous_erp + m.erp_only
+    assert kinds.get("single", 0) + kinds.get("created", 0) == one_sided
 
 
 def test_owner_edits_reach_the_other_side(sync: Harness) -> None:
@@ -101,6 +104,47 @@ def test_canonical_topic_has_the_merged_customer_for_downstream(sync: Harness) -
     meta = record["metadata"]
     assert meta["source_system"] in ("crm", "erp") and meta["event_id"].count("/") == 2
     assert meta["source_commit_time"] <= meta["capture_time"]
+
+
+def test_new_records_are_created_on_the_other_side_once(sync: Harness) -> None:
+    with sync.connect("erp") as erp:
+        highest = _scalar(erp, "SELECT max(cust_no) FROM customers")
+    with sync.connect("crm") as crm:
+        tier_c = _scalar(crm, "INSERT INTO accounts (name, legal_name, tier, status) VALUES"
+                              " ('丙级新客', '丙级新客贸易有限公司', 'C', 'active') RETURNING id::text")
+        tier_a = _scalar(crm, "INSERT INTO accounts (name, legal_name, tier, status, credit_limit, email) VALUES"
+                              " ('甲级新客', '甲级新客科技有限公司', 'A', 'active', 300000.00, 'new.a@example.com')"
+                              " RETURNING id::text")
+    with sync.connect("erp") as erp:
+        new_erp = _scalar(erp, "INSERT INTO customers (full_name, email) VALUES ('乙方新客物流有限公司',"
+                               " 'new.b@example.com') RETURNING cust_no")
+        wait_for(lambda: erp.execute("SELECT cust_no, credit_limit_fen, email FROM customers"
+                                     " WHERE full_name = '甲级新客科技有限公司'").fetchall(), 60, 0.3,
+                 "the tier-A account created in the ERP")
+        made = erp.execute("SELECT cust_no, credit_limit_fen, email FROM customers"
+                           " WHERE full_name = '甲级新客科技有限公司'").fetchall()
+        assert len(made) == 1 and made[0][1:] == (30000000, "new.a@example.com")
+        assert made[0][0] > highest  # a new number from the ERP's sequence
+        # Processed in commit order: the tier-C account, committed first, was not created.
+        assert _scalar(erp, "SELECT count(*) FROM customers WHERE full_name = '丙级新客贸易有限公司'") == 0
+    with sync.connect("crm") as crm:
+        wait_for(lambda: _scalar(crm, "SELECT count(*) FROM accounts WHERE legal_name = '乙方新客物流有限公司'"),
+                 60, 0.3, "the ERP customer created in the CRM")
+        row = crm.execute("SELECT name, email, status FROM accounts WHERE legal_name = '乙方新客物流有限公司'"
+                          ).fetchall()
+        assert row == [("乙方新客物流有限公司", "new.b@example.com", "active")]
+    with sync.connect("sync") as conn:
+        def link(column: str, key: str) -> tuple[str, str | None, str | None] | None:
+            query = sql.SQL("SELECT linked_by, crm_id, erp_id FROM sync.xref WHERE {} = %s").format(
+                sql.Identifier(column))
+            return conn.execute(query, (key,)).fetchone()
+
+        # The new rows' own change events attach them to the records they were created for.
+        wait_for(lambda: link("crm_id", tier_a) == ("created", tier_a, made[0][0]), 60, 0.3,
+                 "the link to the new ERP row")
+        wait_for(lambda: (x := link("erp_id", new_erp)) and x[0] == "created" and x[1], 60, 0.3,
+                 "the link to the new CRM row")
+        assert link("crm_id", tier_c) == ("single", tier_c, None)
 
 
 def test_non_owner_edit_is_reverted_visibly(sync: Harness) -> None:
