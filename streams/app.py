@@ -24,7 +24,7 @@ from streams.apply.executor import Applier, Delivery
 from streams.errors import SyncError, TerminalError, TransientError
 from streams.identity.resolver import resolve_new
 from streams.mapping.profile import Profile
-from streams.reconcile.core import Outcome, apply_change, request_create
+from streams.reconcile.core import Outcome, apply_change, deactivate, other, request_create
 from streams.reconcile.records import canonical_record, command_record, conflict_record, create_record
 from streams.settings import Settings
 from streams.store import Link, Store
@@ -169,9 +169,12 @@ class Processors:
                 raise
             await self.dead_letter("decode", f"{type(exc).__name__}: {exc}", message)
             return
-        if change.is_delete or change.op == "t":
-            metrics.RECONCILE_EVENTS.labels(self.entity, change.system, "delete_ignored").inc()
-            return  # deletion policy: next milestone (the row's before image is kept in the topic)
+        if change.op in ("t", "tombstone"):
+            metrics.RECONCILE_EVENTS.labels(self.entity, change.system, "ignored").inc()
+            return  # truncates are not captured; a tombstone only follows a delete, for compaction
+        if change.is_delete:
+            await self._deleted(change)
+            return
         system = change.system
         try:
             values = self.profile.to_canonical(system, change.row)
@@ -212,6 +215,41 @@ class Processors:
             m.COMMANDS.labels(self.entity, cmd.system).inc()
         for c in outcome.conflicts:
             m.CONFLICTS.labels(self.entity, c.field, c.kind, c.policy, c.resolution or "manual_open").inc()
+
+    def _deactivate_locked(self, gid: str, change: envelope.ChangeEvent) -> tuple[Any, psycopg.Connection[Any]]:
+        if self.tx.closed:
+            self.tx = psycopg.connect(**self.settings.store.conninfo())
+        try:
+            state = self.store.lock_state(self.tx, self.entity, gid)
+            cmd = deactivate(self.profile.deactivation(other(change.system)), state, change.system,
+                             change.version, int(time.time() * 1000))
+            self.store.save_state(self.tx, self.entity, gid, state)
+        except BaseException:
+            if not self.tx.closed:
+                self.tx.rollback()
+            raise
+        return cmd, self.tx
+
+    async def _deleted(self, change: envelope.ChangeEvent) -> None:
+        """A record was deleted: deactivate its counterpart (policy in the profile), never delete it."""
+        system = change.system
+        key = str(change.key[self.profile.key_of(system)])
+        link = await asyncio.to_thread(self.store.link_of, self.entity, system, key)
+        if link is None:
+            metrics.RECONCILE_EVENTS.labels(self.entity, system, "ignored").inc()
+            return
+        cmd, tx = await self.retrying("reconcile", self._deactivate_locked, link.global_id, change)
+        try:
+            target_key = None if cmd is None else (link.crm_id if cmd.system == "crm" else link.erp_id)
+            if cmd is not None and target_key is not None:
+                log.info("%s %s deleted: deactivating %s %s", system, key, cmd.system, target_key)
+                await self._send(commands_topic(cmd.system), link.global_id, command_record(
+                    self.entity, link.global_id, target_key, cmd, change.commit_ms, change.position.event_id))
+        except BaseException:
+            tx.rollback()
+            raise
+        tx.commit()
+        metrics.RECONCILE_EVENTS.labels(self.entity, system, "deleted").inc()
 
     async def _reconcile(self, stream: faust.StreamT[Any]) -> AsyncIterator[None]:
         async for event in stream.events():

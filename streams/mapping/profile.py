@@ -131,6 +131,14 @@ class CreateSpec(BaseModel):
     erp_to_crm: CreateRule | None = None
 
 
+class Deactivation(BaseModel):
+    """What a record becomes when its counterpart is deleted: ``field`` set to ``value``."""
+
+    model_config = _MODEL
+    field: str
+    value: Any
+
+
 class CanonicalSpec(BaseModel):
     """The canonical topic for downstream consumers."""
 
@@ -149,7 +157,9 @@ class Profile(BaseModel):
     sources: dict[System, SourceSpec]
     identity: IdentitySpec = IdentitySpec()
     create: CreateSpec = CreateSpec()
-    delete: Literal["deactivate", "ignore"] = "deactivate"
+    # When the record on one system is deleted, the other system's record is deactivated (never deleted):
+    # keyed by the system whose record is changed.
+    deactivate: dict[System, Deactivation] = {}
     fields: dict[str, FieldSpec]
 
     @model_validator(mode="after")
@@ -157,6 +167,11 @@ class Profile(BaseModel):
         missing = [s for s in SYSTEMS if s not in self.sources]
         if missing:
             raise ValueError(f"sources needs both crm and erp (missing {', '.join(missing)})")
+        for system, deactivation in self.deactivate.items():
+            spec = self.fields.get(deactivation.field)
+            if spec is None or spec.side(system) is None:
+                raise ValueError(
+                    f"deactivate.{system}.field {deactivation.field!r} is not a field with a {system} column")
         for rule in (self.create.crm_to_erp, self.create.erp_to_crm):
             for name in [*(rule.when if rule else {}), *(rule.fill if rule else {}),
                          *(rule.fill.values() if rule else [])]:
@@ -177,6 +192,11 @@ class Profile(BaseModel):
     def key_of(self, system: str) -> str:
         """Primary-key column of the entity on ``system``."""
         return self.sources[system].key  # type: ignore[index]
+
+    def deactivation(self, system: str) -> Deactivation | None:
+        """How ``system``'s record is deactivated when its counterpart is deleted."""
+        found: Deactivation | None = self.deactivate.get(system)  # type: ignore[call-overload]
+        return found
 
     def create_rule(self, source: str) -> CreateRule | None:
         """The rule for records new on ``source`` (created on the other system)."""

@@ -332,3 +332,20 @@ def request_create(profile_rule: Any, state: EntityState, source: str, now_ms: i
         return None
     state.created[target] = now_ms
     return values
+
+
+def deactivate(rule: Any, state: EntityState, deleted: str, version: Version, now_ms: int) -> Command | None:
+    """The deletion of ``deleted``'s record: set the other record's deactivation field, once."""
+    target = other(deleted)
+    if version <= state.latest.get(deleted, (0, 0)):
+        return None  # a replay of the delete
+    state.latest[deleted] = version
+    state.values.pop(deleted, None)
+    if rule is None or target not in state.values:
+        return None
+    current = state.values[target].get(rule.field)
+    if current == rule.value:
+        return None
+    # Checked on the field's value only (no row version): an unrelated edit of the row must not
+    # make this one-shot write stale.
+    return Command(target, rule.field, rule.value, current, None)

@@ -147,6 +147,26 @@ def test_new_records_are_created_on_the_other_side_once(sync: Harness) -> None:
         assert link("crm_id", tier_c) == ("single", tier_c, None)
 
 
+def test_deleted_erp_customer_deactivates_the_crm_account(sync: Harness) -> None:
+    with sync.connect("erp") as erp:
+        # A linked customer without orders (orders reference customers and would block the delete).
+        candidates = [r[0] for r in erp.execute(
+            "SELECT cust_no FROM customers c WHERE NOT EXISTS (SELECT 1 FROM sales_orders o"
+            " WHERE o.cust_no = c.cust_no) ORDER BY cust_no").fetchall()]
+    with sync.connect("sync") as conn:
+        crm_id, erp_id = conn.execute(
+            "SELECT crm_id, erp_id FROM sync.xref WHERE linked_by = 'exact' AND erp_id = ANY(%s) LIMIT 1",
+            (candidates,)).fetchone()
+    with sync.connect("crm") as crm:
+        crm.execute("UPDATE accounts SET status = 'active' WHERE id = %s", (crm_id,))
+    with sync.connect("erp") as erp:
+        erp.execute("DELETE FROM customers WHERE cust_no = %s", (erp_id,))
+    with sync.connect("crm") as crm:
+        wait_for(lambda: _scalar(crm, "SELECT status FROM accounts WHERE id = %s", crm_id) == "inactive", 60, 0.3,
+                 "the CRM account deactivated")
+        assert _scalar(crm, "SELECT count(*) FROM accounts WHERE id = %s", crm_id) == 1  # never deleted
+
+
 def test_non_owner_edit_is_reverted_visibly(sync: Harness) -> None:
     crm_id, erp_id = _pair(sync, "name")
     with sync.connect("crm") as crm:

@@ -218,3 +218,16 @@ def test_simulation_converges_without_ping_pong_or_silent_loss(steps: list[tuple
             continue
         # The system's last edit neither survived nor was knowingly overwritten: a conflict says so.
         assert any(c.field == field and value in (c.crm, c.erp) for c in sim.conflicts), (system, field, value)
+
+
+def test_deletion_deactivates_the_other_record_once() -> None:
+    from streams.mapping.profile import Deactivation
+    from streams.reconcile.core import deactivate
+
+    state = synced("o")
+    state.values = {"crm": {"status": "active"}, "erp": {"blocked": False}}
+    rule = Deactivation(field="status", value="inactive")
+    cmd = deactivate(rule, state, "erp", (20, 0), 20)
+    assert cmd is not None and (cmd.system, cmd.field, cmd.value, cmd.expect, cmd.expect_row) == (
+        "crm", "status", "inactive", "active", None)
+    assert deactivate(rule, state, "erp", (20, 0), 21) is None  # the replayed delete
