@@ -70,7 +70,7 @@ def test_invalid_row_names_the_field() -> None:
     (("owner: crm, personal: true}\n  email", "personal: true}\n  email"),
      "fields.phone: policy source_of_truth needs owner"),
     (("convert: yuan_to_fen}", "convert: yuan_to_cents}"), "unknown converter 'yuan_to_cents'"),
-    (("  blocked:", "  unknown_field:"), "unknown_field are not in customer.avsc"),
+    (("  payment_terms:", "  unknown_field:"), "unknown_field are not in customer.avsc"),
     (("policy: manual}", "policy: sometimes}"), "fields.tax_id.policy"),
 ])
 def test_profile_errors_name_the_key(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
