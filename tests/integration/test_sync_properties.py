@@ -145,6 +145,7 @@ def test_concurrent_edits_converge_without_ping_pong(stack: tuple[Harness, int])
     assert disagreements(h) == []
     writes = metric(port, "sync_apply_commands_total", outcome="written") - writes_before
     assert 0 < writes <= source_changes, f"{writes} writes for {source_changes} source changes"
+    print(f"\nwrites per source change: {writes:.0f}/{source_changes} = {writes / source_changes:.2f}")
 
 
 def test_worker_killed_mid_stream_loses_no_change(stack: tuple[Harness, int]) -> None:
