@@ -11,21 +11,14 @@ the topic until every update is there. Reports:
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from streams.bench.report import percentile, write
 from streams.local.harness import Harness, TopicReader, running, topic_names, wait_for
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def run(updates: int = 100_000, rows: int = 1000, out: Path | None = None, progress: bool = True) -> dict[str, Any]:
@@ -80,14 +73,11 @@ def run(updates: int = 100_000, rows: int = 1000, out: Path | None = None, progr
         "first_commit_to_last_ack_seconds": round(elapsed, 2),
         "changes_per_second": round(updates / elapsed),
         "commit_to_broker_ms": {
-            "p50": _percentile(lat_ms, 0.50), "p95": _percentile(lat_ms, 0.95),
-            "p99": _percentile(lat_ms, 0.99), "max": max(lat_ms), "mean": round(statistics.fmean(lat_ms), 1),
+            "p50": percentile(lat_ms, 0.50), "p95": percentile(lat_ms, 0.95),
+            "p99": percentile(lat_ms, 0.99), "max": max(lat_ms), "mean": round(statistics.fmean(lat_ms), 1),
         },
     }
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    return result
+    return write(result, out)
 
 
 def format_result(result: dict[str, Any]) -> str:

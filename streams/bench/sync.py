@@ -8,7 +8,6 @@ Asia/Shanghai wall time) minus the CRM row's ``updated_at`` (set when the edit c
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from datetime import UTC
@@ -16,14 +15,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from streams.bench.report import percentile, write
 from streams.local.harness import Harness, running, topic_names, wait_for, wait_for_identity
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def run(rate: float = 5.0, seconds: float = 60.0, out: Path | None = None, progress: bool = True) -> dict[str, Any]:
@@ -75,12 +70,9 @@ def run(rate: float = 5.0, seconds: float = 60.0, out: Path | None = None, progr
         h.stop()
     ms = [x * 1000 for x in latencies]
     result = {"benchmark": "sync-latency", "flow": "customer crm->erp", "rate_per_s": rate, "edits": n,
-              "measured": len(ms), "latency_ms": {"p50": round(_pct(ms, 0.5)), "p95": round(_pct(ms, 0.95)),
-                                                  "p99": round(_pct(ms, 0.99)), "max": round(max(ms))}}
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    return result
+              "measured": len(ms), "latency_ms": {"p50": round(percentile(ms, 0.5)), "p95": round(percentile(ms, 0.95)),
+                                                  "p99": round(percentile(ms, 0.99)), "max": round(max(ms))}}
+    return write(result, out)
 
 
 def format_result(result: dict[str, Any]) -> str:

@@ -233,6 +233,12 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.2, what: str = 
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
+def scalar(conn: psycopg.Connection[Any], query: str, *params: Any) -> Any:
+    """The first column of the first row of ``query`` (None if no row)."""
+    row = conn.execute(query, params).fetchone()
+    return row[0] if row else None
+
+
 def wait_for_identity(harness: Harness, timeout: float = 120) -> None:
     """Wait until a worker's identity bootstrap has linked the existing records."""
 

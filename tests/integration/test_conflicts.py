@@ -11,15 +11,10 @@ from typing import Any
 
 import pytest
 
-from streams.local.harness import REPO, Harness, running, topic_names, wait_for, wait_for_identity
+from streams.local.harness import REPO, Harness, running, scalar, topic_names, wait_for, wait_for_identity
 
 pytestmark = pytest.mark.integration
 DEMO = REPO / "schemas" / "mappings" / "demo.yaml"
-
-
-def _scalar(conn: Any, query: str, *params: Any) -> Any:
-    row = conn.execute(query, params).fetchone()
-    return row[0] if row else None
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +48,8 @@ def test_one_conflict_per_policy_kind_and_manual_resolve(stack: Harness) -> None
                 "SELECT crm_id, erp_id FROM sync.xref WHERE linked_by = 'exact' ORDER BY crm_id LIMIT 1").fetchone()
         with h.connect("crm") as crm, h.connect("erp") as erp:
             # The first alignment is done when the ERP holds the CRM-owned phone.
-            phone = _scalar(crm, "SELECT phone FROM accounts WHERE id = %s", crm_id)
-            wait_for(lambda: _scalar(erp, "SELECT contact_phone FROM customers WHERE cust_no = %s", erp_id) == phone,
+            phone = scalar(crm, "SELECT phone FROM accounts WHERE id = %s", crm_id)
+            wait_for(lambda: scalar(erp, "SELECT contact_phone FROM customers WHERE cust_no = %s", erp_id) == phone,
                      90, 0.3, "the initial alignment")
     # The worker is stopped: edit the same four fields on both sides (the ERP later).
     with h.connect("crm") as crm:
@@ -65,7 +60,7 @@ def test_one_conflict_per_policy_kind_and_manual_resolve(stack: Harness) -> None
                     " address = 'ERP 地址', tax_no = 'ERPTAX000000000001' WHERE cust_no = %s", (erp_id,))
     with running(h.spawn("worker", log_name="worker.log")), h.connect("crm") as crm, h.connect("erp") as erp:
         def both(crm_sql: str, erp_sql: str) -> tuple[Any, Any]:
-            return (_scalar(crm, crm_sql, crm_id), _scalar(erp, erp_sql, erp_id))
+            return (scalar(crm, crm_sql, crm_id), scalar(erp, erp_sql, erp_id))
 
         wait_for(lambda: both("SELECT email FROM accounts WHERE id = %s",
                               "SELECT email FROM customers WHERE cust_no = %s")
@@ -107,7 +102,7 @@ def test_one_conflict_per_policy_kind_and_manual_resolve(stack: Harness) -> None
             wait_for(lambda: both("SELECT uscc FROM accounts WHERE id = %s",
                                   "SELECT tax_no FROM customers WHERE cust_no = %s")
                      == ("AGREED000000000001",) * 2, 90, 0.3, "the resolved value on both sides")
-            assert _scalar(conn, "SELECT status FROM sync.conflicts WHERE id = %s", manual["id"]) == "resolved"
+            assert scalar(conn, "SELECT status FROM sync.conflicts WHERE id = %s", manual["id"]) == "resolved"
             again = subprocess.run(h.cli("conflicts", "resolve", str(manual["id"]), "--take", "crm"),
                                    capture_output=True, text=True, check=False)
             assert again.returncode == 2 and "already resolved" in again.stderr

@@ -17,14 +17,9 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from psycopg import sql
 
-from streams.local.harness import Harness, TopicReader, running, topic_names, wait_for, wait_for_identity
+from streams.local.harness import Harness, TopicReader, running, scalar, topic_names, wait_for, wait_for_identity
 
 pytestmark = pytest.mark.integration
-
-
-def _scalar(conn: Any, query: str, *params: Any) -> Any:
-    row = conn.execute(query, params).fetchone()
-    return row[0] if row else None
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +54,7 @@ def test_seed_links_as_designed(sync: Harness) -> None:
     assert m is not None
     with sync.connect("sync") as conn:
         kinds = dict(conn.execute("SELECT linked_by, count(*) FROM sync.xref GROUP BY 1").fetchall())
-        reviews = _scalar(conn, "SELECT count(*) FROM sync.identity_review WHERE status = 'open'")
+        reviews = scalar(conn, "SELECT count(*) FROM sync.identity_review WHERE status = 'open'")
     assert (kinds["exact"], kinds["name"], kinds["fuzzy"]) == (m.exact_pairs, m.name_pairs, m.fuzzy_pairs)
     assert reviews == m.ambiguous_crm
     # Records on one side only stay single, or gain a counterpart the sync created (never a new link row).
@@ -81,14 +76,14 @@ def test_owner_edits_reach_the_other_side(sync: Harness) -> None:
         wait_for(lambda: erp_row() == ("owner.edit@example.com", "上海市浦东新区世纪大道1号"), 60, 0.3,
                  "the CRM edit in the ERP")
     with sync.connect("crm") as crm:
-        wait_for(lambda: _scalar(crm, "SELECT credit_limit FROM accounts WHERE id = %s", crm_id)
+        wait_for(lambda: scalar(crm, "SELECT credit_limit FROM accounts WHERE id = %s", crm_id)
                  == Decimal("987654321.01"), 60, 0.3, "the ERP credit limit in the CRM, exact")
 
 
 def test_canonical_topic_has_the_merged_customer_for_downstream(sync: Harness) -> None:
     crm_id, erp_id = _pair(sync)
     with sync.connect("sync") as conn:
-        gid = _scalar(conn, "SELECT global_id::text FROM sync.xref WHERE crm_id = %s", crm_id)
+        gid = scalar(conn, "SELECT global_id::text FROM sync.xref WHERE crm_id = %s", crm_id)
     reader = TopicReader(sync.bootstrap, sync.registry_url, ["canonical.customer.v1"])
     hashed = hashlib.sha256(b"owner.edit@example.com").hexdigest()
     try:
@@ -108,15 +103,15 @@ def test_canonical_topic_has_the_merged_customer_for_downstream(sync: Harness) -
 
 def test_new_records_are_created_on_the_other_side_once(sync: Harness) -> None:
     with sync.connect("erp") as erp:
-        highest = _scalar(erp, "SELECT max(cust_no) FROM customers")
+        highest = scalar(erp, "SELECT max(cust_no) FROM customers")
     with sync.connect("crm") as crm:
-        tier_c = _scalar(crm, "INSERT INTO accounts (name, legal_name, tier, status) VALUES"
+        tier_c = scalar(crm, "INSERT INTO accounts (name, legal_name, tier, status) VALUES"
                               " ('丙级新客', '丙级新客贸易有限公司', 'C', 'active') RETURNING id::text")
-        tier_a = _scalar(crm, "INSERT INTO accounts (name, legal_name, tier, status, credit_limit, email) VALUES"
+        tier_a = scalar(crm, "INSERT INTO accounts (name, legal_name, tier, status, credit_limit, email) VALUES"
                               " ('甲级新客', '甲级新客科技有限公司', 'A', 'active', 300000.00, 'new.a@example.com')"
                               " RETURNING id::text")
     with sync.connect("erp") as erp:
-        new_erp = _scalar(erp, "INSERT INTO customers (full_name, email) VALUES ('乙方新客物流有限公司',"
+        new_erp = scalar(erp, "INSERT INTO customers (full_name, email) VALUES ('乙方新客物流有限公司',"
                                " 'new.b@example.com') RETURNING cust_no")
         wait_for(lambda: erp.execute("SELECT cust_no, credit_limit_fen, email FROM customers"
                                      " WHERE full_name = '甲级新客科技有限公司'").fetchall(), 60, 0.3,
@@ -126,9 +121,9 @@ def test_new_records_are_created_on_the_other_side_once(sync: Harness) -> None:
         assert len(made) == 1 and made[0][1:] == (30000000, "new.a@example.com")
         assert made[0][0] > highest  # a new number from the ERP's sequence
         # Processed in commit order: the tier-C account, committed first, was not created.
-        assert _scalar(erp, "SELECT count(*) FROM customers WHERE full_name = '丙级新客贸易有限公司'") == 0
+        assert scalar(erp, "SELECT count(*) FROM customers WHERE full_name = '丙级新客贸易有限公司'") == 0
     with sync.connect("crm") as crm:
-        wait_for(lambda: _scalar(crm, "SELECT count(*) FROM accounts WHERE legal_name = '乙方新客物流有限公司'"),
+        wait_for(lambda: scalar(crm, "SELECT count(*) FROM accounts WHERE legal_name = '乙方新客物流有限公司'"),
                  60, 0.3, "the ERP customer created in the CRM")
         row = crm.execute("SELECT name, email, status FROM accounts WHERE legal_name = '乙方新客物流有限公司'"
                           ).fetchall()
@@ -162,21 +157,21 @@ def test_deleted_erp_customer_deactivates_the_crm_account(sync: Harness) -> None
     with sync.connect("erp") as erp:
         erp.execute("DELETE FROM customers WHERE cust_no = %s", (erp_id,))
     with sync.connect("crm") as crm:
-        wait_for(lambda: _scalar(crm, "SELECT status FROM accounts WHERE id = %s", crm_id) == "inactive", 60, 0.3,
+        wait_for(lambda: scalar(crm, "SELECT status FROM accounts WHERE id = %s", crm_id) == "inactive", 60, 0.3,
                  "the CRM account deactivated")
-        assert _scalar(crm, "SELECT count(*) FROM accounts WHERE id = %s", crm_id) == 1  # never deleted
+        assert scalar(crm, "SELECT count(*) FROM accounts WHERE id = %s", crm_id) == 1  # never deleted
 
 
 def test_non_owner_edit_is_reverted_visibly(sync: Harness) -> None:
     crm_id, erp_id = _pair(sync, "name")
     with sync.connect("crm") as crm:
-        crm_phone = _scalar(crm, "SELECT phone FROM accounts WHERE id = %s", crm_id)
+        crm_phone = scalar(crm, "SELECT phone FROM accounts WHERE id = %s", crm_id)
     with sync.connect("erp") as erp:
         # Wait until the first alignment made the ERP hold the CRM's phone (the CRM owns it).
-        wait_for(lambda: _scalar(erp, "SELECT contact_phone FROM customers WHERE cust_no = %s", erp_id)
+        wait_for(lambda: scalar(erp, "SELECT contact_phone FROM customers WHERE cust_no = %s", erp_id)
                  == crm_phone, 60, 0.3, "the initial alignment")
         erp.execute("UPDATE customers SET contact_phone = '010-99999999' WHERE cust_no = %s", (erp_id,))
-        wait_for(lambda: _scalar(erp, "SELECT contact_phone FROM customers WHERE cust_no = %s", erp_id)
+        wait_for(lambda: scalar(erp, "SELECT contact_phone FROM customers WHERE cust_no = %s", erp_id)
                  == crm_phone, 60, 0.3, "the non-owner edit reverted")
     with sync.connect("sync") as conn:
         row = conn.execute(
@@ -222,12 +217,12 @@ def test_bad_input_goes_to_the_dead_letters_and_the_line_goes_on(
         dlq.close()
     assert letter["topic"] == "crm.public.accounts" and letter["value"] == value and letter["stage"] == "map"
     with sync.connect("sync") as conn:
-        assert _scalar(conn, "SELECT count(*) FROM sync.dead_letters WHERE reason LIKE %s", f"%{reason}%") == 1
+        assert scalar(conn, "SELECT count(*) FROM sync.dead_letters WHERE reason LIKE %s", f"%{reason}%") == 1
     # The next good event still syncs.
     marker = f"after.dlq.{abs(hash(reason)) % 10**6}@example.com"
     with sync.connect("crm") as crm:
         crm.execute("UPDATE accounts SET email = %s WHERE id = %s", (marker, crm_id))
     with sync.connect("erp") as erp:
-        wait_for(lambda: _scalar(erp, "SELECT email FROM customers WHERE cust_no = %s", erp_id) == marker, 60, 0.3,
+        wait_for(lambda: scalar(erp, "SELECT email FROM customers WHERE cust_no = %s", erp_id) == marker, 60, 0.3,
                  "the next good edit in the ERP")
     assert json.dumps(letter["reason"])
