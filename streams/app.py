@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -33,6 +34,22 @@ log = logging.getLogger(__name__)
 
 DLQ = "sync.dlq"
 CONFLICTS = "sync.conflicts"
+
+
+def broker_credentials(settings: Settings) -> Any:
+    """The Kafka security settings in Faust's form (None for PLAINTEXT)."""
+    kafka = settings.kafka
+    context = None
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=str(kafka.ssl_ca_location) if kafka.ssl_ca_location else None)
+    if kafka.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+            mechanism=kafka.sasl_mechanism or "PLAIN",
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context) if context is not None else None
 
 
 def commands_topic(system: str) -> str:
@@ -69,6 +86,7 @@ class Processors:
             settings.processors.app_id,
             broker=[f"kafka://{b}" for b in settings.kafka.bootstrap_servers.split(",")],
             processing_guarantee="at_least_once",
+            broker_credentials=broker_credentials(settings),
             store="memory://",
             web_enabled=False,
             datadir=str(settings.local.state_dir / "faust"),

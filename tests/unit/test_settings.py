@@ -57,3 +57,18 @@ def test_shipped_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "sync.yaml"
     s = load_settings(example)
     assert s.capture.sources == ("crm", "erp")
+
+
+def test_kafka_security_reaches_faust(tmp_path: Path) -> None:
+    import faust
+
+    from streams.app import broker_credentials
+
+    cfg = tmp_path / "sync.yaml"
+    cfg.write_text("local:\n  enabled: false\nkafka:\n  security_protocol: SASL_SSL\n  sasl_mechanism: SCRAM-SHA-512\n"
+                   "  sasl_username: sync\n  sasl_password: pw-from-test\n", encoding="utf-8")
+    creds = broker_credentials(load_settings(cfg))
+    assert isinstance(creds, faust.SASLCredentials)
+    assert (creds.username, creds.password, str(creds.mechanism.value)) == ("sync", "pw-from-test", "SCRAM-SHA-512")
+    assert creds.ssl_context is not None
+    assert broker_credentials(load_settings(None, local={"enabled": True})) is None
