@@ -161,12 +161,26 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_identity(settings: Settings, args: argparse.Namespace) -> int:
-    """List the identity review queue."""
+    """The identity review queue, and a person's link / unlink decisions."""
+    from streams.identity.decide import link, unlink
     from streams.mapping.profile import load_profile
 
     profile = load_profile(settings.processors.profile)
+    store = _store(settings)
+    if args.action == "link":
+        if not (args.crm and args.erp):
+            raise SyncError("identity link needs --crm ID and --erp ID", hint="crm-erp-sync identity review")
+        gid = link(profile, settings, store, args.crm, args.erp)
+        print(f"linked crm {args.crm} and erp {args.erp} as {gid}; both rows are being re-read to align them")
+        return 0
+    if args.action == "unlink":
+        if not args.crm:
+            raise SyncError("identity unlink needs --crm ID")
+        old, new = unlink(profile, settings, store, args.crm)
+        print(f"unlinked: crm {args.crm} keeps {old}, its former ERP record is now {new}")
+        return 0
     rows = [dict(zip(["id", "system", "source_id", "candidates", "reason"], r, strict=True))
-            for r in _store(settings).open_reviews(profile.entity)]
+            for r in store.open_reviews(profile.entity)]
     print(_table(rows, ["id", "system", "source_id", "candidates", "reason"]))
     return 0
 
@@ -258,8 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument("action", choices=["list", "show"])
     dlq.add_argument("id", type=int, nargs="?")
     dlq.set_defaults(func=cmd_dlq)
-    ident = sub.add_parser("identity", help="identity: the review queue of ambiguous matches")
-    ident.add_argument("action", choices=["review"])
+    ident = sub.add_parser("identity", help="identity: the review queue of ambiguous matches; link or unlink")
+    ident.add_argument("action", choices=["review", "link", "unlink"])
+    ident.add_argument("--crm", help="the CRM record's id (link, unlink)")
+    ident.add_argument("--erp", help="the ERP record's key (link)")
     ident.set_defaults(func=cmd_identity)
     sub.add_parser("registry", help="serve the embedded schema registry alone (on registry.url)"
                    ).set_defaults(func=cmd_registry)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from decimal import Decimal
@@ -160,6 +161,31 @@ def test_deleted_erp_customer_deactivates_the_crm_account(sync: Harness) -> None
         wait_for(lambda: scalar(crm, "SELECT status FROM accounts WHERE id = %s", crm_id) == "inactive", 60, 0.3,
                  "the CRM account deactivated")
         assert scalar(crm, "SELECT count(*) FROM accounts WHERE id = %s", crm_id) == 1  # never deleted
+
+
+def test_a_review_item_decided_by_a_person_is_linked_and_aligned(sync: Harness) -> None:
+    listed = subprocess.run(sync.cli("identity", "review"), capture_output=True, text=True, check=True)
+    with sync.connect("sync") as conn:
+        crm_id, candidates = conn.execute(
+            "SELECT source_id, candidates FROM sync.identity_review WHERE status = 'open' ORDER BY id LIMIT 1"
+        ).fetchone()
+    assert crm_id in listed.stdout
+    erp_id = candidates[0]
+    with sync.connect("crm") as crm:
+        phone = scalar(crm, "SELECT phone FROM accounts WHERE id = %s", crm_id)
+    done = subprocess.run(sync.cli("identity", "link", "--crm", crm_id, "--erp", erp_id), capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    with sync.connect("erp") as erp:
+        # The CRM owns the phone: once linked, the ERP record takes it.
+        wait_for(lambda: scalar(erp, "SELECT contact_phone FROM customers WHERE cust_no = %s", erp_id) == phone,
+                 90, 0.5, "the newly linked pair aligned")
+    with sync.connect("sync") as conn:
+        assert conn.execute("SELECT linked_by, erp_id FROM sync.xref WHERE crm_id = %s", (crm_id,)).fetchone() \
+            == ("manual", erp_id)
+    again = subprocess.run(sync.cli("identity", "link", "--crm", crm_id, "--erp", candidates[1]),
+                           capture_output=True, text=True, check=False)
+    assert again.returncode == 2 and "already linked" in again.stderr
 
 
 def test_non_owner_edit_is_reverted_visibly(sync: Harness) -> None:
