@@ -148,15 +148,22 @@ def cmd_conflicts(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
-    """List dead letters (their bytes are in topic sync.dlq)."""
-    rows = _store(settings).dead_letters()
+    """List, show or replay dead letters (their bytes are in topic sync.dlq)."""
+    store = _store(settings)
+    if args.action == "replay":
+        from streams.replay import replay
+
+        sent = replay(settings, store, [args.id] if args.id is not None else None)
+        print(f"replayed {sent} dead letter(s) to their original topics")
+        return 0
+    rows = store.dead_letters()
     if args.action == "show":
         rows = [r for r in rows if r["id"] == args.id]
         if not rows:
             raise SyncError(f"no dead letter {args.id}")
         print(json.dumps(rows[0], ensure_ascii=False, indent=2, default=str))
         return 0
-    print(_table(rows, ["id", "stage", "topic", "partition", "offset", "created_at", "reason"]))
+    print(_table(rows, ["id", "stage", "topic", "partition", "offset", "created_at", "replayed_at", "reason"]))
     return 0
 
 
@@ -268,9 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("--take", choices=["crm", "erp"], help="resolve with this system's value")
     conf.add_argument("--value", help="resolve with this value (JSON if it parses, else text)")
     conf.set_defaults(func=cmd_conflicts)
-    dlq = sub.add_parser("dlq", help="dead letters: events a stage could not process, with the reason")
-    dlq.add_argument("action", choices=["list", "show"])
-    dlq.add_argument("id", type=int, nargs="?")
+    dlq = sub.add_parser("dlq", help="dead letters: list, show, or replay them after a fix")
+    dlq.add_argument("action", choices=["list", "show", "replay"])
+    dlq.add_argument("id", type=int, nargs="?", help="one dead letter (replay: default all not yet replayed)")
     dlq.set_defaults(func=cmd_dlq)
     ident = sub.add_parser("identity", help="identity: the review queue of ambiguous matches; link or unlink")
     ident.add_argument("action", choices=["review", "link", "unlink"])

@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS sync.dead_letters (
   created_at timestamptz NOT NULL DEFAULT now(),
   UNIQUE (stage, topic, partition, "offset")
 );
+ALTER TABLE sync.dead_letters ADD COLUMN IF NOT EXISTS replayed_at timestamptz;
 """
 
 MISSING_JSON = {"missing": True}
@@ -242,10 +243,14 @@ class Store:
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """Dead letters, newest first."""
         return self._dicts(
-            'SELECT id, stage, reason, topic, partition, "offset", created_at FROM sync.dead_letters'
+            'SELECT id, stage, reason, topic, partition, "offset", created_at, replayed_at FROM sync.dead_letters'
             " ORDER BY id DESC LIMIT %s",
             (limit,),
         )
+
+    def mark_replayed(self, ids: list[int]) -> None:
+        """Note that these dead letters were sent back to their topics."""
+        self.conn.execute("UPDATE sync.dead_letters SET replayed_at = now() WHERE id = ANY(%s)", (ids,))
 
     def _dicts(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         cur = self.conn.execute(query, params)
