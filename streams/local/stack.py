@@ -153,6 +153,8 @@ class Stack:
             ("broker", s.kafka.bootstrap_servers + ("  (Tansu, in memory)" if s.local.enabled else "")),
             ("schema registry", s.registry.url),
             ("capture", ", ".join(f"{x} -> {x}.public.* (Avro)" for x in s.capture.sources)),
+            ("processors",
+             f"Faust worker, profile {s.processors.profile.name}; conflicts: crm-erp-sync conflicts list"),
         ]
         lines = [f"crm-erp-sync is up. State: {s.local.state_dir}  Logs: {self.logs}"]
         lines += [f"  {name:<16} {where}" for name, where in rows]

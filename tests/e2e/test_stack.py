@@ -15,15 +15,16 @@ import pytest
 import yaml
 
 from streams.local.harness import REPO, Harness, TopicReader, topic_names, wait_for
-from streams.local.ports import free_port
+from streams.local.ports import free_port, free_ports
 from streams.local.postgres import LocalPostgres, find_pg_bin
 
 pytestmark = pytest.mark.e2e
 
 
 def _config(root: Path, **sections: dict[str, object]) -> Path:
-    cfg = {"local": {"state_dir": str(root / "state"), "postgres_port": free_port(), "broker_port": free_port(),
-                     "registry_port": free_port(), "seed_accounts": 40},
+    pg_port, broker_port, registry_port = free_ports(3)
+    cfg = {"local": {"state_dir": str(root / "state"), "postgres_port": pg_port, "broker_port": broker_port,
+                     "registry_port": registry_port, "seed_accounts": 40},
            "capture": {"connectors_dir": str(REPO / "connectors")}}
     for key, value in sections.items():
         cfg.setdefault(key, {}).update(value)  # type: ignore[attr-defined]
