@@ -187,7 +187,11 @@ class _Step:
             return
         fs.deferred.pop(system, None)
         if fs.seen.get(system, MISSING) == value:
-            return  # it holds that value already: never write an equal value
+            # It holds that value already: never write an equal value. If the other system holds it
+            # too and nothing is in flight, that is the new agreement.
+            if not fs.inflight and not fs.deferred and fs.seen.get(other(system), MISSING) == value:
+                fs.synced = value
+            return
         fs.inflight[system] = (value, self.now_ms)
         self.out.commands.append(
             Command(system, name, value, fs.seen.get(system), self.out.state.rows.get(system))
