@@ -25,7 +25,7 @@ from streams.apply.executor import Applier, Delivery
 from streams.errors import SyncError, TerminalError, TransientError
 from streams.identity.resolver import resolve_new
 from streams.mapping.profile import Profile
-from streams.reconcile.core import Outcome, apply_change, deactivate, other, request_create
+from streams.reconcile.core import Conflict, EntityState, apply_change, deactivate, other, request_create
 from streams.reconcile.records import canonical_record, command_record, conflict_record, create_record
 from streams.settings import Settings
 from streams.store import Link, Store
@@ -55,10 +55,6 @@ def broker_credentials(settings: Settings) -> Any:
 def commands_topic(system: str) -> str:
     """Where commands for ``system`` go."""
     return f"sync.commands.{system}"
-
-
-def _ms(dt_ms: int) -> datetime:
-    return datetime.fromtimestamp(dt_ms / 1000, tz=UTC)
 
 
 class Processors:
@@ -152,25 +148,33 @@ class Processors:
         peer_missing = (link.erp_id if system == "crm" else link.crm_id) is None
         return link, peer_missing and not self.store.under_review(self.entity, system, key)
 
-    def _reconcile_locked(self, gid: str, change: envelope.ChangeEvent, values: dict[str, Any],
-                          row_version: Any, may_create: bool
-                          ) -> tuple[Outcome, list[int], dict[str, Any] | None, psycopg.Connection[Any]]:
+    def _locked(self, gid: str, step: Any) -> tuple[Any, list[int], psycopg.Connection[Any]]:
+        """Run ``step(state, now_ms) -> (state, conflicts, result)`` on the entity's row-locked state.
+
+        The transaction stays open (the caller commits after the broker took what it sends).
+        """
         if self.tx.closed:
             self.tx = psycopg.connect(**self.settings.store.conninfo())
         try:
             state = self.store.lock_state(self.tx, self.entity, gid)  # opens the transaction
-            now_ms = int(time.time() * 1000)
-            outcome = apply_change(self.profile.fields, state, change.system, values, change.version, row_version,
-                                   now_ms)
-            create = (request_create(self.profile.create_rule(change.system), outcome.state, change.system, now_ms)
-                      if may_create else None)
-            self.store.save_state(self.tx, self.entity, gid, outcome.state)
-            ids = self.store.add_conflicts(self.tx, self.entity, gid, outcome.conflicts)
+            state, conflicts, result = step(state, int(time.time() * 1000))
+            self.store.save_state(self.tx, self.entity, gid, state)
+            ids = self.store.add_conflicts(self.tx, self.entity, gid, conflicts)
         except BaseException:
             if not self.tx.closed:
                 self.tx.rollback()
             raise
-        return outcome, ids, create, self.tx
+        return result, ids, self.tx
+
+    async def _send_then_commit(self, tx: psycopg.Connection[Any], records: list[tuple[str, str, Any]]) -> None:
+        """Send (topic, key, record)s, each acknowledged, then commit the state that produced them."""
+        try:
+            for topic, key, record in records:
+                await self._send(topic, key, record)
+        except BaseException:
+            tx.rollback()
+            raise
+        tx.commit()
 
     async def handle(self, message: Any) -> None:
         """Reconcile one raw change event."""
@@ -179,13 +183,12 @@ class Processors:
             value = self.decode.loads(message.value) if message.value is not None else None
             key = self.decode.loads(message.key) if message.key is not None else None
             change = envelope.parse(value, key, position)
-        except (TerminalError, ValueError, TypeError, KeyError) as exc:
-            await self.dead_letter("decode", getattr(exc, "message", str(exc)), message)
-            return
-        except Exception as exc:  # the registry or the bytes: still a dead letter, never a stop
+        except Exception as exc:  # the registry or the bytes: a dead letter, never a stop
             if isinstance(exc, SyncError) and not isinstance(exc, TerminalError):
-                raise
-            await self.dead_letter("decode", f"{type(exc).__name__}: {exc}", message)
+                raise  # transient: retried by the agent's supervisor, never dropped
+            plain = isinstance(exc, (SyncError, ValueError, TypeError, KeyError))
+            reason = getattr(exc, "message", None) or (str(exc) if plain else f"{type(exc).__name__}: {exc}")
+            await self.dead_letter("decode", reason, message)
             return
         if change.op in ("t", "tombstone"):
             metrics.RECONCILE_EVENTS.labels(self.entity, change.system, "ignored").inc()
@@ -204,28 +207,29 @@ class Processors:
         row_version = change.row.get(version.column) if version else None
         link, may_create = await self.retrying("identity", self._link, system, source_key, dict(change.row))
         gid = link.global_id
-        outcome, conflict_ids, create, tx = await self.retrying(
-            "reconcile", self._reconcile_locked, gid, change, values, row_version, may_create)
-        try:
-            if create is not None:
-                peer = "erp" if system == "crm" else "crm"
-                await self._send(commands_topic(peer), gid, create_record(
-                    self.entity, gid, peer, create, change.commit_ms, change.position.event_id))
-            for cmd in outcome.commands:
-                target_key = link.crm_id if cmd.system == "crm" else link.erp_id
-                if target_key is None:
-                    continue  # not linked on that system yet
-                await self._send(commands_topic(cmd.system), gid, command_record(
-                    self.entity, gid, target_key, cmd, change.commit_ms, change.position.event_id))
-            for conflict_id, c in zip(conflict_ids, outcome.conflicts, strict=True):
-                await self._send(CONFLICTS, gid, conflict_record(self.entity, gid, conflict_id, c))
-            if self.canonical and outcome.replays == 0:
-                await self._send(self.canonical, gid, canonical_record(
-                    self.profile, outcome.state, gid, link.crm_id, link.erp_id, change))
-        except BaseException:
-            tx.rollback()
-            raise
-        tx.commit()
+        def step(state: EntityState, now_ms: int) -> tuple[EntityState, list[Conflict], Any]:
+            outcome = apply_change(self.profile.fields, state, system, values, change.version, row_version, now_ms)
+            create = (request_create(self.profile.create_rule(system), outcome.state, system, now_ms)
+                      if may_create else None)
+            return outcome.state, outcome.conflicts, (outcome, create)
+
+        (outcome, create), conflict_ids, tx = await self.retrying("reconcile", self._locked, gid, step)
+        sends: list[tuple[str, str, Any]] = []
+        if create is not None:
+            peer = other(system)
+            sends.append((commands_topic(peer), gid, create_record(
+                self.entity, gid, peer, create, change.commit_ms, change.position.event_id)))
+        for cmd in outcome.commands:
+            target_key = link.crm_id if cmd.system == "crm" else link.erp_id
+            if target_key is not None:  # else: not linked on that system yet
+                sends.append((commands_topic(cmd.system), gid, command_record(
+                    self.entity, gid, target_key, cmd, change.commit_ms, change.position.event_id)))
+        sends += [(CONFLICTS, gid, conflict_record(self.entity, gid, conflict_id, c))
+                  for conflict_id, c in zip(conflict_ids, outcome.conflicts, strict=True)]
+        if self.canonical and outcome.replays == 0:
+            sends.append((self.canonical, gid, canonical_record(
+                self.profile, outcome.state, gid, link.crm_id, link.erp_id, change)))
+        await self._send_then_commit(tx, sends)
         m = metrics
         m.RECONCILE_EVENTS.labels(self.entity, system, "commands" if outcome.commands else "no_command").inc()
         m.ECHOES.labels(self.entity, system).inc(outcome.echoes)
@@ -233,20 +237,6 @@ class Processors:
             m.COMMANDS.labels(self.entity, cmd.system).inc()
         for c in outcome.conflicts:
             m.CONFLICTS.labels(self.entity, c.field, c.kind, c.policy, c.resolution or "manual_open").inc()
-
-    def _deactivate_locked(self, gid: str, change: envelope.ChangeEvent) -> tuple[Any, psycopg.Connection[Any]]:
-        if self.tx.closed:
-            self.tx = psycopg.connect(**self.settings.store.conninfo())
-        try:
-            state = self.store.lock_state(self.tx, self.entity, gid)
-            cmd = deactivate(self.profile.deactivation(other(change.system)), state, change.system,
-                             change.version, int(time.time() * 1000))
-            self.store.save_state(self.tx, self.entity, gid, state)
-        except BaseException:
-            if not self.tx.closed:
-                self.tx.rollback()
-            raise
-        return cmd, self.tx
 
     async def _deleted(self, change: envelope.ChangeEvent) -> None:
         """A record was deleted: deactivate its counterpart (policy in the profile), never delete it."""
@@ -256,17 +246,18 @@ class Processors:
         if link is None:
             metrics.RECONCILE_EVENTS.labels(self.entity, system, "ignored").inc()
             return
-        cmd, tx = await self.retrying("reconcile", self._deactivate_locked, link.global_id, change)
-        try:
-            target_key = None if cmd is None else (link.crm_id if cmd.system == "crm" else link.erp_id)
-            if cmd is not None and target_key is not None:
-                log.info("%s %s deleted: deactivating %s %s", system, key, cmd.system, target_key)
-                await self._send(commands_topic(cmd.system), link.global_id, command_record(
-                    self.entity, link.global_id, target_key, cmd, change.commit_ms, change.position.event_id))
-        except BaseException:
-            tx.rollback()
-            raise
-        tx.commit()
+        def step(state: EntityState, now_ms: int) -> tuple[EntityState, list[Conflict], Any]:
+            rule = self.profile.deactivation(other(system))
+            return state, [], deactivate(rule, state, system, change.version, now_ms)
+
+        cmd, _, tx = await self.retrying("reconcile", self._locked, link.global_id, step)
+        target_key = None if cmd is None else (link.crm_id if cmd.system == "crm" else link.erp_id)
+        sends: list[tuple[str, str, Any]] = []
+        if cmd is not None and target_key is not None:
+            log.info("%s %s deleted: deactivating %s %s", system, key, cmd.system, target_key)
+            sends.append((commands_topic(cmd.system), link.global_id, command_record(
+                self.entity, link.global_id, target_key, cmd, change.commit_ms, change.position.event_id)))
+        await self._send_then_commit(tx, sends)
         metrics.RECONCILE_EVENTS.labels(self.entity, system, "deleted").inc()
 
     async def _reconcile(self, stream: faust.StreamT[Any]) -> AsyncIterator[None]:

@@ -17,7 +17,8 @@ from streams.store import Store
 log = logging.getLogger(__name__)
 
 
-def _records(profile: Profile, settings: Settings, system: str) -> list[Record]:
+def records(profile: Profile, settings: Settings, system: str) -> list[Record]:
+    """What identity needs of every record of the entity's table on ``system``."""
     identity = profile.identity
     key = profile.key_of(system)
     exact = [getattr(pair, system) for pair in identity.exact]
@@ -38,8 +39,8 @@ def bootstrap(profile: Profile, settings: Settings, store: Store) -> Counter[str
     """Link unlinked CRM records to unlinked ERP records; queue ambiguous ones; counts by outcome."""
     links = store.links(profile.entity)
     linked = {("crm", x.crm_id) for x in links if x.crm_id} | {("erp", x.erp_id) for x in links if x.erp_id}
-    crm = [r for r in _records(profile, settings, "crm") if ("crm", r.source_id) not in linked]
-    erp = [r for r in _records(profile, settings, "erp") if ("erp", r.source_id) not in linked]
+    crm = [r for r in records(profile, settings, "crm") if ("crm", r.source_id) not in linked]
+    erp = [r for r in records(profile, settings, "erp") if ("erp", r.source_id) not in linked]
     counts: Counter[str] = Counter()
     with store.conn.transaction():  # all links or none: a crash half-way leaves nothing to clean up
         _link(profile, store, crm, erp, counts)

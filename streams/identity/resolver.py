@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 
 from streams.apply.sql import CREATED_BY_KEY
-from streams.identity.bootstrap import _records
+from streams.identity.bootstrap import records
 from streams.identity.match import Index, Record
 from streams.mapping.profile import Profile
 from streams.settings import Settings
@@ -42,7 +42,7 @@ def resolve_new(profile: Profile, settings: Settings, store: Store, system: str,
     singles = {getattr(x, f"{peer}_id"): x for x in linked.values()
                if getattr(x, f"{peer}_id") and not getattr(x, f"{system}_id")}
     index = Index()
-    for rec in _records(profile, settings, peer):
+    for rec in records(profile, settings, peer):
         if rec.source_id in singles:
             index.add(rec)
     identity = profile.identity

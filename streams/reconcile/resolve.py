@@ -54,11 +54,11 @@ def resolve(settings: Settings, store: Store, conflict_id: int, take: str | None
             if err is not None:
                 failures.append(str(err))
 
+        serializer = AvroSerializer(client, schema_text("sync/command.avsc"))
         for cmd in outcome.commands:
             key = row["crm_id"] if cmd.system == "crm" else row["erp_id"]
             if key is None:
                 continue
-            serializer = AvroSerializer(client, schema_text("sync/command.avsc"))
             record = command_record(row["entity"], row["global_id"], key, cmd, int(time.time() * 1000),
                                     f"conflict/{conflict_id}")
             value_bytes = serializer(record, SerializationContext(_topic(cmd.system), MessageField.VALUE))
