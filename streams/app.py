@@ -1,14 +1,18 @@
-"""The Faust processors: reconcile raw changes of the customer tables, apply commands to each system.
+"""The Faust processors: normalize raw changes, reconcile them per entity, apply commands to each system.
 
-Agents only decode, call the pure core and send or apply. State lives in the sync store; the
-entity's row there is locked while one change of it is reconciled, so several workers may share
-the partitions. Commands are sent (and acknowledged by the broker) before the state that issued
-them commits: a crash repeats them, and compare-and-set writes make the repeat harmless.
+normalize maps each raw change to canonical values, resolves its identity and re-keys it by global
+id onto ``sync.changes.<entity>``; reconcile consumes that topic, so one entity's changes stay in
+order on one partition and several workers share entities. Agents only decode, call the pure core
+and send or apply. State lives in the sync store; the entity's row there is locked while one change
+of it is reconciled, so a partition moving between workers mid-change stays safe. Commands are
+sent (and acknowledged by the broker) before the state that issued them commits: a crash repeats
+them, and compare-and-set writes make the repeat harmless.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 import time
@@ -20,13 +24,19 @@ import faust
 import psycopg
 from faust.serializers import codecs as faust_codecs
 
-from streams import codecs, envelope, metrics
+from streams import codecs, envelope, metrics, transport
 from streams.apply.executor import Applier, Delivery
 from streams.errors import SyncError, TerminalError, TransientError
 from streams.identity.resolver import resolve_new
 from streams.mapping.profile import Profile
 from streams.reconcile.core import Conflict, EntityState, apply_change, deactivate, other, request_create
-from streams.reconcile.records import canonical_record, command_record, conflict_record, create_record
+from streams.reconcile.records import (
+    canonical_record,
+    change_record,
+    command_record,
+    conflict_record,
+    create_record,
+)
 from streams.settings import Settings
 from streams.store import Link, Store
 
@@ -52,6 +62,11 @@ def broker_credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(context) if context is not None else None
 
 
+def changes_topic(entity: str) -> str:
+    """The internal topic of one entity's mapped changes, keyed (and so partitioned) by global id."""
+    return f"sync.changes.{entity}"
+
+
 def commands_topic(system: str) -> str:
     """Where commands for ``system`` go."""
     return f"sync.commands.{system}"
@@ -66,9 +81,11 @@ class Processors:
         self.entity = profile.entity
         self.raw_topics = [f"{s}.{profile.table_of(s)}" for s in ("crm", "erp")]
         self.canonical = profile.canonical.topic if profile.canonical else None
+        self.changes = changes_topic(self.entity)
         canonical_avsc = str(profile.canonical_schema.relative_to(codecs.SCHEMAS))
         codecs.register(settings, {
             **({self.canonical: canonical_avsc} if self.canonical else {}),
+            self.changes: "sync/change.avsc",
             commands_topic("crm"): "sync/command.avsc",
             commands_topic("erp"): "sync/command.avsc",
             CONFLICTS: "sync/conflict.avsc",
@@ -94,13 +111,16 @@ class Processors:
             topic_replication_factor=settings.kafka.replication_factor,
             topic_disable_leader=True,
         )
+        transport.install(self.app, settings.processors.fetch_max_wait_ms)
         raw = self.app.topic(*self.raw_topics, key_serializer="raw", value_serializer="raw")
         self.out = {
             name: self.app.topic(name, key_serializer="raw", value_serializer=codecs.encoder_name(name))
-            for name in (commands_topic("crm"), commands_topic("erp"), CONFLICTS, DLQ,
+            for name in (self.changes, commands_topic("crm"), commands_topic("erp"), CONFLICTS, DLQ,
                          *([self.canonical] if self.canonical else []))
         }
-        self.app.agent(raw, name="reconcile")(self._reconcile)
+        self.app.agent(raw, name="normalize")(self._normalize)
+        changes = self.app.topic(self.changes, key_serializer="raw", value_serializer="raw")
+        self.app.agent(changes, name="reconcile")(self._reconcile)
         for system in ("crm", "erp"):
             applier = Applier(profile, system, settings.database(system).conninfo())
             source = self.app.topic(commands_topic(system), key_serializer="raw", value_serializer="raw")
@@ -176,8 +196,9 @@ class Processors:
             raise
         tx.commit()
 
-    async def handle(self, message: Any) -> None:
-        """Reconcile one raw change event."""
+    # -- normalize: raw change -> canonical values, keyed by global id -----------------------
+    async def normalize(self, message: Any) -> None:
+        """Decode and map one raw change event, resolve its identity, pass it on keyed by global id."""
         position = envelope.Position(message.topic, message.partition, message.offset)
         try:
             value = self.decode.loads(message.value) if message.value is not None else None
@@ -190,45 +211,78 @@ class Processors:
             reason = getattr(exc, "message", None) or (str(exc) if plain else f"{type(exc).__name__}: {exc}")
             await self.dead_letter("decode", reason, message)
             return
-        if change.op in ("t", "tombstone"):
-            metrics.RECONCILE_EVENTS.labels(self.entity, change.system, "ignored").inc()
-            return  # truncates are not captured; a tombstone only follows a delete, for compaction
-        if change.is_delete:
-            await self._deleted(change)
-            return
         system = change.system
-        try:
-            values = self.profile.to_canonical(system, change.row)
-        except TerminalError as exc:
-            await self.dead_letter("map", exc.message, message)
-            return
+        if change.op in ("t", "tombstone"):
+            metrics.RECONCILE_EVENTS.labels(self.entity, system, "ignored").inc()
+            return  # truncates are not captured; a tombstone only follows a delete, for compaction
         source_key = str(change.key[self.profile.key_of(system)])
+        values: dict[str, Any] | None = None
+        if change.is_delete:
+            link = await self.retrying("identity", self.store.link_of, self.entity, system, source_key)
+            if link is None:
+                metrics.RECONCILE_EVENTS.labels(self.entity, system, "ignored").inc()
+                return
+            may_create = False
+        else:
+            try:
+                values = self.profile.to_canonical(system, change.row)
+            except TerminalError as exc:
+                await self.dead_letter("map", exc.message, message)
+                return
+            link, may_create = await self.retrying("identity", self._link, system, source_key, dict(change.row))
         version = self.profile.sources[system].version  # type: ignore[index]
         row_version = change.row.get(version.column) if version else None
-        link, may_create = await self.retrying("identity", self._link, system, source_key, dict(change.row))
-        gid = link.global_id
+        await self._send(self.changes, link.global_id, change_record(
+            self.entity, (link.global_id, link.crm_id, link.erp_id), change, source_key, values, row_version,
+            may_create))
+
+    async def _normalize(self, stream: faust.StreamT[Any]) -> AsyncIterator[None]:
+        async for event in stream.events():
+            await self.normalize(event.message)
+            yield None
+
+    # -- reconcile: one entity at a time, in the order of its changes ----------------------
+    async def reconcile(self, message: Any) -> None:
+        """Reconcile one change of one entity against its synced state."""
+        try:
+            rec = self.decode.loads(message.value)
+            values = None if rec["values_json"] is None else json.loads(rec["values_json"])
+            row_version = json.loads(rec["row_version_json"])
+        except Exception as exc:  # written by normalize; a bad one is still never a stop
+            if isinstance(exc, SyncError) and not isinstance(exc, TerminalError):
+                raise
+            await self.dead_letter("reconcile", f"{type(exc).__name__}: {exc}", message)
+            return
+        meta = rec["metadata"]
+        commit_ms = int(meta["source_commit_time"].timestamp() * 1000)
+        change_version = (commit_ms, meta["lsn"] or 0)
+        system, gid, event_id = rec["system"], rec["global_id"], meta["event_id"]
+        ids = {"crm": rec["crm_id"], "erp": rec["erp_id"]}
+        if values is None:
+            await self._deleted(rec, change_version, commit_ms)
+            return
+
         def step(state: EntityState, now_ms: int) -> tuple[EntityState, list[Conflict], Any]:
-            outcome = apply_change(self.profile.fields, state, system, values, change.version, row_version, now_ms)
+            outcome = apply_change(self.profile.fields, state, system, values, change_version, row_version, now_ms)
             create = (request_create(self.profile.create_rule(system), outcome.state, system, now_ms)
-                      if may_create else None)
+                      if rec["may_create"] else None)
             return outcome.state, outcome.conflicts, (outcome, create)
 
         (outcome, create), conflict_ids, tx = await self.retrying("reconcile", self._locked, gid, step)
         sends: list[tuple[str, str, Any]] = []
         if create is not None:
             peer = other(system)
-            sends.append((commands_topic(peer), gid, create_record(
-                self.entity, gid, peer, create, change.commit_ms, change.position.event_id)))
+            sends.append((commands_topic(peer), gid, create_record(self.entity, gid, peer, create, commit_ms,
+                                                                   event_id)))
         for cmd in outcome.commands:
-            target_key = link.crm_id if cmd.system == "crm" else link.erp_id
-            if target_key is not None:  # else: not linked on that system yet
+            if ids[cmd.system] is not None:  # else: not linked on that system yet
                 sends.append((commands_topic(cmd.system), gid, command_record(
-                    self.entity, gid, target_key, cmd, change.commit_ms, change.position.event_id)))
+                    self.entity, gid, ids[cmd.system], cmd, commit_ms, event_id)))
         sends += [(CONFLICTS, gid, conflict_record(self.entity, gid, conflict_id, c))
                   for conflict_id, c in zip(conflict_ids, outcome.conflicts, strict=True)]
         if self.canonical and outcome.replays == 0:
             sends.append((self.canonical, gid, canonical_record(
-                self.profile, outcome.state, gid, link.crm_id, link.erp_id, change)))
+                self.profile, outcome.state, gid, ids["crm"], ids["erp"], meta)))
         await self._send_then_commit(tx, sends)
         m = metrics
         m.RECONCILE_EVENTS.labels(self.entity, system, "commands" if outcome.commands else "no_command").inc()
@@ -238,31 +292,27 @@ class Processors:
         for c in outcome.conflicts:
             m.CONFLICTS.labels(self.entity, c.field, c.kind, c.policy, c.resolution or "manual_open").inc()
 
-    async def _deleted(self, change: envelope.ChangeEvent) -> None:
+    async def _deleted(self, rec: dict[str, Any], change_version: tuple[int, int], commit_ms: int) -> None:
         """A record was deleted: deactivate its counterpart (policy in the profile), never delete it."""
-        system = change.system
-        key = str(change.key[self.profile.key_of(system)])
-        link = await asyncio.to_thread(self.store.link_of, self.entity, system, key)
-        if link is None:
-            metrics.RECONCILE_EVENTS.labels(self.entity, system, "ignored").inc()
-            return
+        system, gid = rec["system"], rec["global_id"]
+
         def step(state: EntityState, now_ms: int) -> tuple[EntityState, list[Conflict], Any]:
             rule = self.profile.deactivation(other(system))
-            return state, [], deactivate(rule, state, system, change.version, now_ms)
+            return state, [], deactivate(rule, state, system, change_version, now_ms)
 
-        cmd, _, tx = await self.retrying("reconcile", self._locked, link.global_id, step)
-        target_key = None if cmd is None else (link.crm_id if cmd.system == "crm" else link.erp_id)
+        cmd, _, tx = await self.retrying("reconcile", self._locked, gid, step)
+        target_key = None if cmd is None else rec[f"{cmd.system}_id"]
         sends: list[tuple[str, str, Any]] = []
         if cmd is not None and target_key is not None:
-            log.info("%s %s deleted: deactivating %s %s", system, key, cmd.system, target_key)
-            sends.append((commands_topic(cmd.system), link.global_id, command_record(
-                self.entity, link.global_id, target_key, cmd, change.commit_ms, change.position.event_id)))
+            log.info("%s %s deleted: deactivating %s %s", system, rec["key"], cmd.system, target_key)
+            sends.append((commands_topic(cmd.system), gid, command_record(
+                self.entity, gid, target_key, cmd, commit_ms, rec["metadata"]["event_id"])))
         await self._send_then_commit(tx, sends)
         metrics.RECONCILE_EVENTS.labels(self.entity, system, "deleted").inc()
 
     async def _reconcile(self, stream: faust.StreamT[Any]) -> AsyncIterator[None]:
         async for event in stream.events():
-            await self.handle(event.message)
+            await self.reconcile(event.message)
             yield None
 
     # -- apply ------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     import faust
     from confluent_kafka.admin import AdminClient
 
-    from streams.app import CONFLICTS, DLQ, Processors, commands_topic
+    from streams.app import CONFLICTS, DLQ, Processors, changes_topic, commands_topic
     from streams.identity.bootstrap import bootstrap
     from streams.mapping.profile import load_profile
     from streams.topics import COMPACTED, Topics
@@ -85,6 +85,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         topics.ensure(name, 1)
     for name in (commands_topic("crm"), commands_topic("erp"), CONFLICTS, DLQ):
         topics.ensure(name, 1)
+    topics.ensure(changes_topic(profile.entity), settings.processors.partitions)
     if profile.canonical:
         topics.ensure(profile.canonical.topic, 1, COMPACTED)
     processors = Processors(settings, profile)

@@ -157,9 +157,11 @@ class ProcessorSettings(BaseModel):
 
     profile: Path = Path("schemas/mappings/demo.yaml")
     app_id: str = Field("crm-erp-sync", pattern=r"^[\w.-]+$")  # the consumer group; a new one replays
+    partitions: int = Field(4, ge=1, le=256)  # of sync.changes.<entity>: how many workers can share reconcile
     metrics_port: int = Field(0, ge=0, le=65535)
     session_timeout_s: float = Field(10.0, gt=1)
     rebalance_timeout_s: float = Field(20.0, gt=1)
+    fetch_max_wait_ms: int = Field(50, ge=1, le=5000)  # longest a fetch waits for data: latency per topic hop
 
 
 class LocalSettings(BaseModel):

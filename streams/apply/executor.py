@@ -57,7 +57,7 @@ class Applier:
     def __init__(self, profile: Profile, system: str, conninfo: dict[str, Any]) -> None:
         self.profile = profile
         self.system = system
-        self.conninfo = conninfo
+        self.conninfo = {**conninfo, "application_name": f"crm-erp-sync apply {system}"}
         self.conn: psycopg.Connection[Any] | None = None
         source = profile.sources[system]  # type: ignore[index]
         self.table, self.key_column, self.version = source.table, source.key, source.version

@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from streams.apply.sql import CREATED_OF_ENTITY
 from streams.identity.match import Record, link_all
 from streams.mapping.profile import Profile
 from streams.settings import Settings
@@ -35,15 +36,39 @@ def records(profile: Profile, settings: Settings, system: str) -> list[Record]:
     ]
 
 
+def created_by_sync(profile: Profile, settings: Settings, system: str) -> dict[str, str]:
+    """Rows the sync's applier created on ``system``: key -> the global id they were created for."""
+    try:
+        with psycopg.connect(**settings.database(system).conninfo()) as conn:
+            rows = conn.execute(CREATED_OF_ENTITY, (profile.entity,)).fetchall()
+    except psycopg.errors.UndefinedTable:
+        return {}  # no applier has written there yet
+    return {str(key): str(gid) for key, gid in rows}
+
+
 def bootstrap(profile: Profile, settings: Settings, store: Store) -> Counter[str]:
-    """Link unlinked CRM records to unlinked ERP records; queue ambiguous ones; counts by outcome."""
+    """Link unlinked CRM records to unlinked ERP records; queue ambiguous ones; counts by outcome.
+
+    A row the sync created (a worker stopped before its change event attached it) joins the entity
+    it was created for, never a match: else a restart could link it elsewhere or create it back.
+    """
     links = store.links(profile.entity)
     linked = {("crm", x.crm_id) for x in links if x.crm_id} | {("erp", x.erp_id) for x in links if x.erp_id}
-    crm = [r for r in records(profile, settings, "crm") if ("crm", r.source_id) not in linked]
-    erp = [r for r in records(profile, settings, "erp") if ("erp", r.source_id) not in linked]
     counts: Counter[str] = Counter()
+    unlinked: dict[str, list[Record]] = {}
     with store.conn.transaction():  # all links or none: a crash half-way leaves nothing to clean up
-        _link(profile, store, crm, erp, counts)
+        for system in ("crm", "erp"):
+            created = created_by_sync(profile, settings, system)
+            unlinked[system] = []
+            for r in records(profile, settings, system):
+                if (system, r.source_id) in linked:
+                    continue
+                if r.source_id in created and store.attach(profile.entity, created[r.source_id], system,
+                                                           r.source_id, "created"):
+                    counts["created"] += 1
+                    continue
+                unlinked[system].append(r)
+        _link(profile, store, unlinked["crm"], unlinked["erp"], counts)
     log.info("identity bootstrap for %s: %s", profile.entity, dict(counts))
     return counts
 

@@ -64,9 +64,12 @@ def normalize_key(value: str | None) -> str:
     return unicodedata.normalize("NFKC", value or "").strip().upper()
 
 
+_DIGITS_RE = re.compile(r"\d+")
+
+
 def similarity(a: str, b: str) -> float:
-    """0..1 similarity of two fuzzy keys."""
-    if not a or not b:
+    """0..1 similarity of two fuzzy keys; 0 when their numbers differ (第一分店 is not 第二分店: 1 vs 2)."""
+    if not a or not b or _DIGITS_RE.findall(a) != _DIGITS_RE.findall(b):
         return 0.0
     return SequenceMatcher(None, a, b, autojunk=False).ratio()
 

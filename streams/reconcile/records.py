@@ -1,4 +1,4 @@
-"""Avro records of the sync topics (commands, conflicts), built from the pure core's output. Pure."""
+"""Avro records of the sync topics (changes, commands, conflicts, canonical), built from pure values. Pure."""
 
 from __future__ import annotations
 
@@ -60,22 +60,36 @@ def _personal(value: Any, how: str) -> Any:
     return hashlib.sha256(str(value).encode("utf-8")).hexdigest()
 
 
+def metadata(change: ChangeEvent) -> dict[str, Any]:
+    """The metadata block (``schemas/canonical/metadata.avsc``) of a source change."""
+    return {
+        "source_system": change.system, "source_table": change.table, "tx_id": change.tx_id,
+        "lsn": change.lsn, "source_commit_time": datetime.fromtimestamp(change.commit_ms / 1000, tz=UTC),
+        "capture_time": datetime.fromtimestamp(change.capture_ms / 1000, tz=UTC),
+        "event_id": change.position.event_id,
+    }
+
+
+def change_record(entity: str, ids: tuple[str, str | None, str | None], change: ChangeEvent, key: str,
+                  values: dict[str, Any] | None, row_version: Any, may_create: bool) -> dict[str, Any]:
+    """A ``schemas/sync/change.avsc`` record; ``ids`` are (global, CRM, ERP); ``values`` None for a deletion."""
+    global_id, crm_id, erp_id = ids
+    return {
+        "entity": entity, "global_id": global_id, "system": change.system, "key": key,
+        "op": "delete" if values is None else "upsert", "values_json": None if values is None else _json(values),
+        "row_version_json": _json(row_version), "may_create": may_create, "crm_id": crm_id,
+        "erp_id": erp_id, "metadata": metadata(change),
+    }
+
+
 def canonical_record(profile: Profile, state: EntityState, global_id: str, crm_id: str | None, erp_id: str | None,
-                     change: ChangeEvent) -> dict[str, Any]:
-    """A canonical record (the profile's ``.avsc``) of the entity after ``change``, personal data per profile."""
+                     meta: dict[str, Any]) -> dict[str, Any]:
+    """A canonical record (the profile's ``.avsc``) of the entity after a change, personal data per profile."""
     how = profile.canonical.personal if profile.canonical else "hash"
     values = state.merged(profile.fields)
     record: dict[str, Any] = {
         name: _personal(values.get(name), how) if spec.personal else values.get(name)
         for name, spec in profile.fields.items()
     }
-    record.update({
-        "global_id": global_id, "crm_id": crm_id, "erp_id": erp_id, "deleted": False,
-        "metadata": {
-            "source_system": change.system, "source_table": change.table, "tx_id": change.tx_id,
-            "lsn": change.lsn, "source_commit_time": datetime.fromtimestamp(change.commit_ms / 1000, tz=UTC),
-            "capture_time": datetime.fromtimestamp(change.capture_ms / 1000, tz=UTC),
-            "event_id": change.position.event_id,
-        },
-    })
+    record.update({"global_id": global_id, "crm_id": crm_id, "erp_id": erp_id, "deleted": False, "metadata": meta})
     return record

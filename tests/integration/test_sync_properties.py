@@ -15,7 +15,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
-from streams.local.harness import REPO, Harness, TopicReader, running, topic_names, wait_for, wait_for_identity
+from streams.local.harness import (
+    REPO,
+    Harness,
+    TopicReader,
+    running,
+    scalar,
+    topic_names,
+    wait_for,
+    wait_for_identity,
+)
 from streams.local.ports import free_port
 from streams.mapping.profile import load_profile
 
@@ -176,6 +185,111 @@ def test_worker_killed_mid_stream_loses_no_change(stack: tuple[Harness, int]) ->
     wait_for(lambda: not disagreements(h), 60, 0.5, "both databases to agree after the restart")
     with h.connect("erp") as erp:
         assert erp.execute("SELECT count(*) FROM customers").fetchone() == customers  # nothing duplicated
+
+
+def test_worker_killed_while_creating_makes_each_customer_once(stack: tuple[Harness, int]) -> None:
+    """New tier-A accounts around a SIGKILL: each becomes exactly one ERP customer, linked to it."""
+    h, _ = stack
+    names = [f"断电测试{i:02d}科技有限公司" for i in range(30)]
+    created = "SELECT full_name, count(*) FROM customers WHERE full_name LIKE '断电测试%%' GROUP BY full_name"
+
+    def insert(batch: list[str]) -> list[str]:
+        with h.connect("crm") as crm:
+            return [scalar(crm, "INSERT INTO accounts (name, legal_name, tier, status) VALUES (%s, %s, 'A', 'active')"
+                                " RETURNING id::text", name[:-6], name) for name in batch]
+
+    ids = insert(names[:15])
+    with h.connect("erp") as erp:
+        wait_for(lambda: erp.execute(created).fetchall(), 60, 0.05, "the first creation")
+        WORKERS[-1].send_signal(signal.SIGKILL)  # mid-creation: some made, some not yet
+        WORKERS[-1].wait(10)
+        made_before_kill = len(erp.execute(created).fetchall())
+    ids += insert(names[15:])
+    WORKERS.append(h.spawn("worker", log_name="worker.log"))
+    with h.connect("erp") as erp:
+        wait_for(lambda: len(erp.execute(created).fetchall()) == len(names), 120, 0.5, "every account in the ERP")
+    with h.connect("sync") as conn:
+        def links() -> list[tuple[str, str]]:
+            return conn.execute("SELECT linked_by, erp_id FROM sync.xref WHERE crm_id = ANY(%s)", (ids,)).fetchall()
+
+        wait_for(lambda: [k for k, e in links() if k == "created" and e] == ["created"] * len(ids), 60, 0.5,
+                 "each account linked to the customer made for it")
+        assert len({e for _, e in links()}) == len(names)
+    with h.connect("erp") as erp:
+        assert dict(erp.execute(created).fetchall()) == dict.fromkeys(names, 1), "a customer made twice"
+    assert made_before_kill < len(names), "the kill came after every creation: nothing was tested"
+
+
+def test_a_database_down_is_retried_not_dead_lettered(stack: tuple[Harness, int]) -> None:
+    """The ERP refuses connections while a CRM edit waits: the applier retries, then writes it."""
+    h, port = stack
+    with h.connect("sync") as conn:
+        crm_id, erp_id = conn.execute("SELECT crm_id, erp_id FROM sync.xref WHERE linked_by = 'exact' LIMIT 1"
+                                      ).fetchone()
+    retries, dead = metric(port, "sync_retries_total", stage="apply"), metric(port, "sync_dead_letters_total")
+    with h.connect("sync") as admin:
+        admin.execute("ALTER DATABASE erp ALLOW_CONNECTIONS false")
+        try:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE datname = 'erp' AND application_name = 'crm-erp-sync apply erp'")
+            with h.connect("crm") as crm:
+                crm.execute("UPDATE accounts SET email = 'while-down@example.com' WHERE id = %s", (crm_id,))
+            wait_for(lambda: metric(port, "sync_retries_total", stage="apply") > retries, 60, 0.3,
+                     "the applier to retry against the refusing ERP")
+        finally:
+            admin.execute("ALTER DATABASE erp ALLOW_CONNECTIONS true")
+    with h.connect("erp") as erp:
+        wait_for(lambda: scalar(erp, "SELECT email FROM customers WHERE cust_no = %s", erp_id)
+                 == "while-down@example.com", 90, 0.3, "the edit written once the ERP is back")
+    assert metric(port, "sync_dead_letters_total") == dead, "a transient failure became a dead letter"
+
+
+def test_workers_share_reconcile_by_global_id(stack: tuple[Harness, int]) -> None:
+    """A second worker in the group takes partitions of sync.changes.customer; each entity stays on one."""
+    h, port = stack
+    second = free_port()
+    WORKERS.append(h.spawn("worker", log_name="worker2.log",
+                           env={"CRM_ERP_SYNC__PROCESSORS__METRICS_PORT": str(second)}))
+    with h.connect("sync") as conn:
+        pairs = conn.execute("SELECT crm_id, erp_id FROM sync.xref WHERE linked_by = 'exact'").fetchall()
+    waves = iter(range(1, 10**6))
+
+    def reconciled(p: int) -> float:
+        try:
+            return metric(p, "sync_reconcile_events_total", outcome="commands")
+        except OSError:
+            return 0.0  # still starting
+
+    def both_reconcile() -> bool:
+        """Edit every linked pair once more; true when both workers have reconciled some of it."""
+        wave = next(waves)
+        expected = {erp_id: f"share{wave}-{crm_id}@example.com" for crm_id, erp_id in pairs}
+        with h.connect("crm") as crm:
+            for crm_id, erp_id in pairs:
+                crm.execute("UPDATE accounts SET email = %s WHERE id = %s", (expected[erp_id], crm_id))
+
+        def arrived() -> bool:
+            with h.connect("erp") as erp:
+                return dict(erp.execute("SELECT cust_no, email FROM customers WHERE cust_no = ANY(%s)",
+                                        (list(expected),)).fetchall()) == expected
+
+        wait_for(arrived, 60, 0.5, f"wave {wave} of edits in the ERP")
+        return reconciled(port) > 0 and reconciled(second) > 0
+
+    wait_for(both_reconcile, 180, 0.0, "the second worker to take a share of the entities")
+    reader = TopicReader(h.bootstrap, h.registry_url, ["sync.changes.customer"])
+    try:
+        while reader.poll(1.0):
+            pass
+        partitions: dict[str, set[int]] = {}
+        for r in reader.records:
+            assert r["key"].decode() == r["value"]["global_id"]
+            partitions.setdefault(r["value"]["global_id"], set()).add(r["partition"])
+    finally:
+        reader.close()
+    assert all(len(p) == 1 for p in partitions.values()), "an entity's changes on several partitions"
+    assert len(set().union(*partitions.values())) > 1, "every entity on one partition"
+    wait_for(lambda: not disagreements(h), 60, 0.5, "both databases to agree with two workers")
 
 
 def test_replaying_every_raw_topic_changes_neither_database(stack: tuple[Harness, int]) -> None:

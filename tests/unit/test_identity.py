@@ -58,3 +58,14 @@ def test_removed_records_are_not_offered() -> None:
     index.add(Record("erp", "C1", ("91X",), "华信科技有限公司"))
     index.remove("C1")
     assert index.match(Record("crm", "a", ("91X",), "华信科技有限公司"), 0.86, 0.04).kind == "none"
+
+
+def test_names_that_differ_in_a_number_are_never_fuzzy_linked() -> None:
+    index = Index()
+    index.add(Record("erp", "C1", (None,), "华信精密第一分厂有限公司"))
+    index.add(Record("erp", "C2", (None,), "华信精密2号仓储有限公司"))
+    assert index.match(Record("crm", "a", (None,), "华信精密第一分厂股份有限公司"), 0.86, 0.04).kind == "name"
+    assert index.match(Record("crm", "b", (None,), "华信精密3号仓储有限公司"), 0.86, 0.04).kind == "none"
+    assert index.match(Record("crm", "c", (None,), "华信精密2号仓储（中国）有限公司"), 0.86, 0.04).kind == "name"
+    assert index.match(Record("crm", "d", (None,), "华信精密2号仓储物流有限公司"), 0.86, 0.04).kind == "fuzzy"
+    assert index.match(Record("crm", "e", (None,), "华信精密3号仓储物流有限公司"), 0.86, 0.04).kind == "none"
