@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's two set-up commands, usable on a fresh machine:
-#   ./run.sh up      start the embedded stack (demo CRM + ERP, broker, registry, capture)
+#   ./run.sh up      start the embedded stack (demo CRM + ERP, broker, registry, capture, worker, Prometheus)
 #   ./run.sh test    run the whole test suite
 # Any other arguments are passed to the `crm-erp-sync` CLI inside the project's venv.
 # Installs what is missing: Debian packages with apt-get (only if absent), Python deps into .venv.
@@ -16,6 +16,7 @@ ensure_debian_packages() {
   compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || missing+=(postgresql)
   command -v java >/dev/null || missing+=(default-jre-headless)
   "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+  command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
   if [ ${#missing[@]} -gt 0 ]; then
     if ! command -v apt-get >/dev/null; then
       say "missing: ${missing[*]}; install them with your package manager"; exit 1

@@ -119,6 +119,8 @@ class Processors:
                          *([self.canonical] if self.canonical else []))
         }
         self.app.agent(raw, name="normalize")(self._normalize)
+        self.app.timer(5.0, name="health")(self._health)
+        metrics.init_processor_series(self.entity)
         changes = self.app.topic(self.changes, key_serializer="raw", value_serializer="raw")
         self.app.agent(changes, name="reconcile")(self._reconcile)
         for system in ("crm", "erp"):
@@ -136,7 +138,7 @@ class Processors:
         if stage in ("decode", "map"):
             metrics.RECONCILE_EVENTS.labels(self.entity, message.topic.split(".")[0], "dead_letter").inc()
         log.warning("dead letter (%s) %s/%s/%s: %s", stage, message.topic, message.partition, message.offset, reason)
-        metrics.DEAD_LETTERS.labels(stage).inc()
+        metrics.DEAD_LETTERS.labels(stage, metrics.DEAD_LETTER_REASONS.get(stage, "other")).inc()
         await self._send(DLQ, f"{message.topic}/{message.partition}/{message.offset}", {
             "stage": stage, "reason": reason, "topic": message.topic, "partition": message.partition,
             "offset": message.offset, "key": message.key, "value": message.value,
@@ -163,10 +165,14 @@ class Processors:
     def _link(self, system: str, key: str, row: dict[str, Any]) -> tuple[Link, bool]:
         """The record's link (resolving a new record's identity), and whether it may be created elsewhere."""
         link = self.store.link_of(self.entity, system, key)
+        new = link is None
         if link is None:
             link = resolve_new(self.profile, self.settings, self.store, system, key, row)
         peer_missing = (link.erp_id if system == "crm" else link.crm_id) is None
-        return link, peer_missing and not self.store.under_review(self.entity, system, key)
+        review = self.store.under_review(self.entity, system, key)
+        if new:
+            metrics.IDENTITY.labels(self.entity, "review" if review else link.linked_by).inc()
+        return link, peer_missing and not review
 
     def _locked(self, gid: str, step: Any) -> tuple[Any, list[int], psycopg.Connection[Any]]:
         """Run ``step(state, now_ms) -> (state, conflicts, result)`` on the entity's row-locked state.
@@ -235,10 +241,12 @@ class Processors:
         await self._send(self.changes, link.global_id, change_record(
             self.entity, (link.global_id, link.crm_id, link.erp_id), change, source_key, values, row_version,
             may_create))
+        metrics.STAGE_EVENTS.labels("normalize", "out").inc()
+        metrics.SOURCE_TO_PROCESSOR.labels(system).observe(max(0.0, time.time() - change.commit_ms / 1000))
 
     async def _normalize(self, stream: faust.StreamT[Any]) -> AsyncIterator[None]:
         async for event in stream.events():
-            await self.normalize(event.message)
+            await self._timed("normalize", self.normalize, event.message)
             yield None
 
     # -- reconcile: one entity at a time, in the order of its changes ----------------------
@@ -285,6 +293,7 @@ class Processors:
                 self.profile, outcome.state, gid, ids["crm"], ids["erp"], meta)))
         await self._send_then_commit(tx, sends)
         m = metrics
+        m.STAGE_EVENTS.labels("reconcile", "out").inc(len(sends))
         m.RECONCILE_EVENTS.labels(self.entity, system, "commands" if outcome.commands else "no_command").inc()
         m.ECHOES.labels(self.entity, system).inc(outcome.echoes)
         for cmd in outcome.commands:
@@ -312,8 +321,29 @@ class Processors:
 
     async def _reconcile(self, stream: faust.StreamT[Any]) -> AsyncIterator[None]:
         async for event in stream.events():
-            await self.reconcile(event.message)
+            await self._timed("reconcile", self.reconcile, event.message)
             yield None
+
+    @staticmethod
+    async def _timed(stage: str, handler: Any, message: Any) -> None:
+        metrics.STAGE_EVENTS.labels(stage, "in").inc()
+        started = time.monotonic()
+        await handler(message)
+        metrics.STAGE_SECONDS.labels(stage).observe(time.monotonic() - started)
+
+    # -- health: consumer lag and the manual-conflict queue, every few seconds ----------------
+    async def _health(self) -> None:
+        consumer: Any = self.app.consumer
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)  # from fetch responses (Tansu's ListOffsets undercounts)
+            if highwater is None:
+                continue  # not fetched yet
+            committed = consumer._committed_offset.get(tp)  # Faust keeps the group's committed offsets
+            lag = max(0, highwater - (committed or 0))
+            metrics.CONSUMER_LAG.labels(self.app.conf.id, tp.topic, str(tp.partition)).set(lag)
+        count, oldest = await self.retrying("health", self.store.open_conflicts_summary, self.entity)
+        metrics.CONFLICTS_OPEN.labels(self.entity).set(count)
+        metrics.CONFLICT_OLDEST_OPEN.labels(self.entity).set(oldest)
 
     # -- apply ------------------------------------------------------------------------------
     def _applier(self, applier: Applier) -> Any:
@@ -326,9 +356,12 @@ class Processors:
                         batch.append(Delivery(m.topic, m.partition, m.offset, self.decode.loads(m.value)))
                     except Exception as exc:  # undecodable command: dead letter, the batch goes on
                         bad.append((m, f"{type(exc).__name__}: {exc}"))
+                stage = f"apply-{applier.system}"
+                metrics.STAGE_EVENTS.labels(stage, "in").inc(len(events))
                 started = time.monotonic()
                 result = await self.retrying(f"apply {applier.system}", applier.apply, batch)
-                metrics.APPLY_BATCH_SECONDS.labels(applier.system).observe(time.monotonic() - started)
+                metrics.STAGE_SECONDS.labels(stage).observe(time.monotonic() - started)
+                metrics.STAGE_EVENTS.labels(stage, "out").inc(result.written + result.created)
                 for outcome, n in (("written", result.written), ("created", result.created),
                                    ("skipped", result.skipped),
                                    ("replayed", result.replayed), ("failed", len(result.failed))):
@@ -341,6 +374,9 @@ class Processors:
                     await self.dead_letter(f"apply-{applier.system}", reason, m)
                 by_offset = {(e.message.topic, e.message.partition, e.message.offset): e.message for e in events}
                 for d, reason in result.failed:
+                    kind = reason.split(":", 1)[0]
+                    kind = kind if kind in metrics.APPLY_ERROR_KINDS else "invalid"
+                    metrics.APPLY_ERRORS.labels(applier.system, kind).inc()
                     await self.dead_letter(f"apply-{applier.system}", reason,
                                            by_offset[(d.topic, d.partition, d.offset)])
                 yield None

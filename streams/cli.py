@@ -61,7 +61,7 @@ def cmd_capture(settings: Settings, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    metrics.serve(settings.capture.metrics_port)
+    metrics.serve(settings.capture.metrics_port, settings.metrics_host)
     code = runner.run()
     for error in runner.errors:
         print(f"crm-erp-sync capture: error: {error}", file=sys.stderr)
@@ -91,8 +91,10 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     processors = Processors(settings, profile)
     from streams import metrics
 
-    metrics.serve(settings.processors.metrics_port)
+    metrics.serve(settings.processors.metrics_port, settings.metrics_host)
     counts = bootstrap(profile, settings, processors.store)
+    for kind, n in counts.items():
+        metrics.IDENTITY.labels(profile.entity, "single" if kind == "none" else kind).inc(n)
     log.info("identity: %s", dict(counts))
     worker = faust.Worker(processors.app, loglevel=settings.log_level.lower(), quiet=True)
     worker.execute_from_commandline()

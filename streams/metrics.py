@@ -20,6 +20,12 @@ CAPTURE_BATCH_SECONDS = Histogram(
     ["source"],
     buckets=LAG_BUCKETS,
 )
+CAPTURE_LAG = Histogram(
+    "sync_capture_lag_seconds",
+    "Source commit -> the event acknowledged by the broker (the last data event of each batch).",
+    ["source"],
+    buckets=LAG_BUCKETS,
+)
 CAPTURE_LAST_EVENT = Gauge(
     "sync_capture_last_event_timestamp_seconds",
     "Unix time of the last acknowledged change event (heartbeats excluded).",
@@ -33,15 +39,20 @@ CAPTURE_LAST_HEARTBEAT = Gauge(
 CAPTURE_PRODUCE_ERRORS = Counter(
     "sync_capture_produce_errors_total", "Broker delivery failures (the batch is retried).", ["source"]
 )
+CAPTURE_SLOT_WAL = Gauge(
+    "sync_capture_slot_retained_wal_bytes",
+    "WAL the source database keeps for this source's replication slot (current LSN - confirmed flush LSN).",
+    ["source"],
+)
 REGISTRY_REQUESTS = Counter(
     "sync_registry_requests_total", "Schema registry HTTP requests.", ["method", "status"]
 )
 
 
-def serve(port: int) -> None:
-    """Expose this process's metrics on ``port`` (0 = do not serve)."""
+def serve(port: int, host: str = "127.0.0.1") -> None:
+    """Expose this process's metrics on ``host:port`` (port 0 = do not serve)."""
     if port:
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=host)
 
 # -- processors ---------------------------------------------------------------------------------
 RECONCILE_EVENTS = Counter(
@@ -53,16 +64,63 @@ ECHOES = Counter("sync_echoes_suppressed_total", "Changes recognised as the echo
 CONFLICTS = Counter(
     "sync_conflicts_total", "Conflicts detected.", ["entity", "field", "kind", "policy", "resolution"]
 )
-DEAD_LETTERS = Counter("sync_dead_letters_total", "Events sent to the dead-letter topic.", ["stage"])
+DEAD_LETTERS = Counter("sync_dead_letters_total", "Events sent to the dead-letter topic.", ["stage", "reason"])
 APPLY = Counter(
     "sync_apply_commands_total", "Commands an applier handled, by outcome (written, skipped, replayed, failed).",
     ["system", "outcome"],
-)
-APPLY_BATCH_SECONDS = Histogram(
-    "sync_apply_batch_seconds", "Time to apply one batch in one target transaction.", ["system"], buckets=LAG_BUCKETS
 )
 END_TO_END = Histogram(
     "sync_end_to_end_seconds", "Source commit -> the resulting write committed on the other system.",
     ["flow", "direction"], buckets=LAG_BUCKETS,
 )
 RETRIES = Counter("sync_retries_total", "Transient failures retried with backoff.", ["stage"])
+STAGE_EVENTS = Counter(
+    "sync_stage_events_total", "Events into and out of each processing stage.", ["stage", "io"]
+)
+STAGE_SECONDS = Histogram(
+    "sync_stage_seconds", "Processing time of one event (one batch for the appliers) per stage.", ["stage"],
+    buckets=LAG_BUCKETS,
+)
+SOURCE_TO_PROCESSOR = Histogram(
+    "sync_source_to_processor_seconds",
+    "Source commit -> the change read by normalize (capture, broker and consumer lag together).",
+    ["source"], buckets=LAG_BUCKETS,
+)
+CONSUMER_LAG = Gauge(
+    "sync_consumer_lag_messages",
+    "Messages in a partition after the group's committed offset (the worker's assigned partitions).",
+    ["group", "topic", "partition"],
+)
+IDENTITY = Counter("sync_identity_outcomes_total", "Identity decisions, by how the record was linked.",
+                   ["entity", "kind"])
+CONFLICTS_OPEN = Gauge("sync_conflicts_open", "Manual conflicts waiting for a person.", ["entity"])
+CONFLICT_OLDEST_OPEN = Gauge(
+    "sync_conflict_oldest_open_age_seconds", "Age of the oldest manual conflict waiting (0 when none).", ["entity"]
+)
+APPLY_ERRORS = Counter("sync_apply_errors_total", "Commands a target rejected, by error kind.", ["system", "kind"])
+STAGES = ("normalize", "reconcile", "apply-crm", "apply-erp")
+APPLY_ERROR_KINDS = ("DataError", "IntegrityError", "ProgrammingError")
+DEAD_LETTER_REASONS = {"decode": "undecodable", "map": "invalid_value", "reconcile": "invalid_change",
+                       "apply-crm": "rejected_by_target", "apply-erp": "rejected_by_target"}
+
+
+def init_processor_series(entity: str) -> None:
+    """Create the worker's counters at zero, so dashboards and alerts see them before the first event."""
+    for stage in STAGES:
+        for io in ("in", "out"):
+            STAGE_EVENTS.labels(stage, io)
+    for stage, reason in DEAD_LETTER_REASONS.items():
+        DEAD_LETTERS.labels(stage, reason)
+    for what in ("identity", "reconcile", "apply"):
+        RETRIES.labels(what)
+    for system in ("crm", "erp"):
+        for kind in (*APPLY_ERROR_KINDS, "invalid"):
+            APPLY_ERRORS.labels(system, kind)
+        APPLY.labels(system, "written")
+        APPLY.labels(system, "skipped")
+        ECHOES.labels(entity, system)
+        COMMANDS.labels(entity, system)
+    for kind in ("exact", "name", "fuzzy", "review", "created", "single"):
+        IDENTITY.labels(entity, kind)
+    CONFLICTS_OPEN.labels(entity).set(0)
+    CONFLICT_OLDEST_OPEN.labels(entity).set(0)

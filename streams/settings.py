@@ -177,6 +177,10 @@ class LocalSettings(BaseModel):
     pg_bin_dir: Path | None = None
     seed: bool = True
     seed_accounts: int = Field(300, ge=0)
+    prometheus: bool = True  # run a Prometheus server (Debian package `prometheus`) scraping every part
+    prometheus_port: int = Field(19090, ge=1, le=65535)
+    capture_metrics_port: int = Field(19101, ge=1, le=65535)  # capture.metrics_port unless set
+    worker_metrics_port: int = Field(19102, ge=1, le=65535)  # processors.metrics_port unless set
 
 
 class Settings(BaseSettings):
@@ -199,6 +203,7 @@ class Settings(BaseSettings):
     processors: ProcessorSettings = ProcessorSettings()
     local: LocalSettings = LocalSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    metrics_host: str = "127.0.0.1"  # where capture and workers serve /metrics (0.0.0.0 for a remote Prometheus)
 
     @classmethod
     def settings_customise_sources(
@@ -264,10 +269,14 @@ def _resolve(settings: Settings, base: Path) -> Settings:
         return path if path.is_absolute() else (base / path).resolve()
 
     local = settings.local.model_copy(update={"state_dir": absolute(settings.local.state_dir)})
-    capture = settings.capture.model_copy(
-        update={"connectors_dir": absolute(settings.capture.connectors_dir)}
-    )
-    processors = settings.processors.model_copy(update={"profile": absolute(settings.processors.profile)})
+    capture_update: dict[str, Any] = {"connectors_dir": absolute(settings.capture.connectors_dir)}
+    processors_update: dict[str, Any] = {"profile": absolute(settings.processors.profile)}
+    if local.enabled and "metrics_port" not in settings.capture.model_fields_set:
+        capture_update["metrics_port"] = local.capture_metrics_port
+    if local.enabled and "metrics_port" not in settings.processors.model_fields_set:
+        processors_update["metrics_port"] = local.worker_metrics_port
+    capture = settings.capture.model_copy(update=capture_update)
+    processors = settings.processors.model_copy(update=processors_update)
     update: dict[str, Any] = {"local": local, "capture": capture, "processors": processors}
     for name in ("crm", "erp", "store"):
         db = settings.database(name)

@@ -211,6 +211,14 @@ class Store:
             ids.append(int(row[0]))
         return ids
 
+    def open_conflicts_summary(self, entity: str) -> tuple[int, float]:
+        """How many conflicts of ``entity`` wait for a person, and the oldest one's age in seconds."""
+        row = self.conn.execute(
+            "SELECT count(*), coalesce(extract(epoch FROM now() - min(detected_at)), 0) FROM sync.conflicts"
+            " WHERE entity = %s AND status = 'open'", (entity,)).fetchone()
+        assert row is not None
+        return int(row[0]), float(row[1])
+
     def conflicts(self, only_open: bool = True, limit: int = 100) -> list[dict[str, Any]]:
         """Conflicts, newest first."""
         return self._dicts(
@@ -258,6 +266,11 @@ class Store:
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     # -- dead letters -----------------------------------------------------------------------
+    def dead_letters_pending(self) -> int:
+        """Dead letters not replayed yet."""
+        row = self.conn.execute("SELECT count(*) FROM sync.dead_letters WHERE replayed_at IS NULL").fetchone()
+        return int(row[0]) if row else 0
+
     def add_dead_letter(self, stage: str, reason: str, topic: str, partition: int, offset: int) -> None:
         """Index a dead letter (the bytes are in the dead-letter topic)."""
         self.conn.execute(

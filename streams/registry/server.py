@@ -17,7 +17,10 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import fastavro
+from prometheus_client import CONTENT_TYPE_LATEST as PROM_CONTENT_TYPE
+from prometheus_client import generate_latest
 
+from streams import metrics
 from streams.registry import compat
 from streams.registry.store import RegistryStore, Version
 
@@ -272,6 +275,7 @@ def make_handler(reg: Registry) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, status: int, payload: Any) -> None:
             data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+            metrics.REGISTRY_REQUESTS.labels(self.command, str(int(status))).inc()
             self.send_response(status)
             self.send_header("Content-Type", CONTENT_TYPE)
             self.send_header("Content-Length", str(len(data)))
@@ -313,6 +317,14 @@ def make_handler(reg: Registry) -> type[BaseHTTPRequestHandler]:
                 self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error_code": 50001, "message": str(exc)})
 
         def do_GET(self) -> None:
+            if self.path == "/metrics":  # Prometheus scrapes the registry on its own port
+                data = generate_latest()
+                self.send_response(200)
+                self.send_header("Content-Type", PROM_CONTENT_TYPE)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
             self._dispatch("GET")
 
         def do_POST(self) -> None:
