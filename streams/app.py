@@ -16,7 +16,8 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -72,25 +73,52 @@ def commands_topic(system: str) -> str:
     return f"sync.commands.{system}"
 
 
-class Processors:
-    """The Faust app of one mapping profile, with its store and appliers."""
+@dataclass(frozen=True)
+class Flow:
+    """One mapping profile's entity: its raw topics, internal changes topic and canonical topic."""
 
-    def __init__(self, settings: Settings, profile: Profile) -> None:
+    profile: Profile
+
+    @property
+    def entity(self) -> str:
+        """The canonical entity name."""
+        return self.profile.entity
+
+    @property
+    def raw_topics(self) -> list[str]:
+        """The Debezium topics of the entity's table on each system."""
+        return [f"{s}.{self.profile.table_of(s)}" for s in ("crm", "erp")]
+
+    @property
+    def changes(self) -> str:
+        """Its ``sync.changes.<entity>`` topic."""
+        return changes_topic(self.entity)
+
+    @property
+    def canonical(self) -> str | None:
+        """Its canonical topic, if the profile names one."""
+        return self.profile.canonical.topic if self.profile.canonical else None
+
+
+class Processors:
+    """The Faust app of the mapping profiles (one flow each), with its store and appliers."""
+
+    def __init__(self, settings: Settings, profiles: Sequence[Profile]) -> None:
         self.settings = settings
-        self.profile = profile
-        self.entity = profile.entity
-        self.raw_topics = [f"{s}.{profile.table_of(s)}" for s in ("crm", "erp")]
-        self.canonical = profile.canonical.topic if profile.canonical else None
-        self.changes = changes_topic(self.entity)
-        canonical_avsc = str(profile.canonical_schema.relative_to(codecs.SCHEMAS))
-        codecs.register(settings, {
-            **({self.canonical: canonical_avsc} if self.canonical else {}),
-            self.changes: "sync/change.avsc",
+        self.flows = [Flow(p) for p in profiles]
+        self.by_raw = {topic: flow for flow in self.flows for topic in flow.raw_topics}
+        self.by_changes = {flow.changes: flow for flow in self.flows}
+        outputs = {
             commands_topic("crm"): "sync/command.avsc",
             commands_topic("erp"): "sync/command.avsc",
             CONFLICTS: "sync/conflict.avsc",
             DLQ: "sync/dead_letter.avsc",
-        })
+        }
+        for flow in self.flows:
+            outputs[flow.changes] = "sync/change.avsc"
+            if flow.canonical:
+                outputs[flow.canonical] = str(flow.profile.canonical_schema.relative_to(codecs.SCHEMAS))
+        codecs.register(settings, outputs)
         self.decode = faust_codecs.get_codec(codecs.DECODE)
         self.store = Store(settings.store.conninfo())
         self.store.migrate()
@@ -112,19 +140,19 @@ class Processors:
             topic_disable_leader=True,
         )
         transport.install(self.app, settings.processors.fetch_max_wait_ms)
-        raw = self.app.topic(*self.raw_topics, key_serializer="raw", value_serializer="raw")
         self.out = {
             name: self.app.topic(name, key_serializer="raw", value_serializer=codecs.encoder_name(name))
-            for name in (self.changes, commands_topic("crm"), commands_topic("erp"), CONFLICTS, DLQ,
-                         *([self.canonical] if self.canonical else []))
+            for name in outputs
         }
+        raw = self.app.topic(*self.by_raw, key_serializer="raw", value_serializer="raw")
         self.app.agent(raw, name="normalize")(self._normalize)
-        self.app.timer(5.0, name="health")(self._health)
-        metrics.init_processor_series(self.entity)
-        changes = self.app.topic(self.changes, key_serializer="raw", value_serializer="raw")
+        changes = self.app.topic(*self.by_changes, key_serializer="raw", value_serializer="raw")
         self.app.agent(changes, name="reconcile")(self._reconcile)
+        self.app.timer(5.0, name="health")(self._health)
+        for flow in self.flows:
+            metrics.init_processor_series(flow.entity)
         for system in ("crm", "erp"):
-            applier = Applier(profile, system, settings.database(system).conninfo())
+            applier = Applier(profiles, system, settings.database(system).conninfo())
             source = self.app.topic(commands_topic(system), key_serializer="raw", value_serializer="raw")
             self.app.agent(source, name=f"apply-{system}")(self._applier(applier))
 
@@ -135,8 +163,9 @@ class Processors:
 
     async def dead_letter(self, stage: str, reason: str, message: Any) -> None:
         """Send the original bytes with the reason to the dead-letter topic, and index it."""
-        if stage in ("decode", "map"):
-            metrics.RECONCILE_EVENTS.labels(self.entity, message.topic.split(".")[0], "dead_letter").inc()
+        flow = self.by_raw.get(message.topic)
+        if flow is not None:  # a raw event: counted as finished by normalize
+            metrics.RECONCILE_EVENTS.labels(flow.entity, message.topic.split(".")[0], "dead_letter").inc()
         log.warning("dead letter (%s) %s/%s/%s: %s", stage, message.topic, message.partition, message.offset, reason)
         metrics.DEAD_LETTERS.labels(stage, metrics.DEAD_LETTER_REASONS.get(stage, "other")).inc()
         await self._send(DLQ, f"{message.topic}/{message.partition}/{message.offset}", {
@@ -162,19 +191,20 @@ class Processors:
             delay = min(delay * 2, 30.0)
 
     # -- reconcile --------------------------------------------------------------------------
-    def _link(self, system: str, key: str, row: dict[str, Any]) -> tuple[Link, bool]:
+    def _link(self, profile: Profile, system: str, key: str, row: dict[str, Any]) -> tuple[Link, bool]:
         """The record's link (resolving a new record's identity), and whether it may be created elsewhere."""
-        link = self.store.link_of(self.entity, system, key)
+        entity = profile.entity
+        link = self.store.link_of(entity, system, key)
         new = link is None
         if link is None:
-            link = resolve_new(self.profile, self.settings, self.store, system, key, row)
+            link = resolve_new(profile, self.settings, self.store, system, key, row)
         peer_missing = (link.erp_id if system == "crm" else link.crm_id) is None
-        review = self.store.under_review(self.entity, system, key)
+        review = self.store.under_review(entity, system, key)
         if new:
-            metrics.IDENTITY.labels(self.entity, "review" if review else link.linked_by).inc()
+            metrics.IDENTITY.labels(entity, "review" if review else link.linked_by).inc()
         return link, peer_missing and not review
 
-    def _locked(self, gid: str, step: Any) -> tuple[Any, list[int], psycopg.Connection[Any]]:
+    def _locked(self, entity: str, gid: str, step: Any) -> tuple[Any, list[int], psycopg.Connection[Any]]:
         """Run ``step(state, now_ms) -> (state, conflicts, result)`` on the entity's row-locked state.
 
         The transaction stays open (the caller commits after the broker took what it sends).
@@ -182,10 +212,10 @@ class Processors:
         if self.tx.closed:
             self.tx = psycopg.connect(**self.settings.store.conninfo())
         try:
-            state = self.store.lock_state(self.tx, self.entity, gid)  # opens the transaction
+            state = self.store.lock_state(self.tx, entity, gid)  # opens the transaction
             state, conflicts, result = step(state, int(time.time() * 1000))
-            self.store.save_state(self.tx, self.entity, gid, state)
-            ids = self.store.add_conflicts(self.tx, self.entity, gid, conflicts)
+            self.store.save_state(self.tx, entity, gid, state)
+            ids = self.store.add_conflicts(self.tx, entity, gid, conflicts)
         except BaseException:
             if not self.tx.closed:
                 self.tx.rollback()
@@ -217,29 +247,31 @@ class Processors:
             reason = getattr(exc, "message", None) or (str(exc) if plain else f"{type(exc).__name__}: {exc}")
             await self.dead_letter("decode", reason, message)
             return
-        system = change.system
+        system, flow = change.system, self.by_raw[message.topic]
+        profile, entity = flow.profile, flow.entity
         if change.op in ("t", "tombstone"):
-            metrics.RECONCILE_EVENTS.labels(self.entity, system, "ignored").inc()
+            metrics.RECONCILE_EVENTS.labels(entity, system, "ignored").inc()
             return  # truncates are not captured; a tombstone only follows a delete, for compaction
-        source_key = str(change.key[self.profile.key_of(system)])
+        source_key = str(change.key[profile.key_of(system)])
         values: dict[str, Any] | None = None
         if change.is_delete:
-            link = await self.retrying("identity", self.store.link_of, self.entity, system, source_key)
+            link = await self.retrying("identity", self.store.link_of, entity, system, source_key)
             if link is None:
-                metrics.RECONCILE_EVENTS.labels(self.entity, system, "ignored").inc()
+                metrics.RECONCILE_EVENTS.labels(entity, system, "ignored").inc()
                 return
             may_create = False
         else:
             try:
-                values = self.profile.to_canonical(system, change.row)
+                values = profile.to_canonical(system, change.row)
             except TerminalError as exc:
                 await self.dead_letter("map", exc.message, message)
                 return
-            link, may_create = await self.retrying("identity", self._link, system, source_key, dict(change.row))
-        version = self.profile.sources[system].version  # type: ignore[index]
+            link, may_create = await self.retrying("identity", self._link, profile, system, source_key,
+                                                   dict(change.row))
+        version = profile.sources[system].version  # type: ignore[index]
         row_version = change.row.get(version.column) if version else None
-        await self._send(self.changes, link.global_id, change_record(
-            self.entity, (link.global_id, link.crm_id, link.erp_id), change, source_key, values, row_version,
+        await self._send(flow.changes, link.global_id, change_record(
+            entity, (link.global_id, link.crm_id, link.erp_id), change, source_key, values, row_version,
             may_create))
         metrics.STAGE_EVENTS.labels("normalize", "out").inc()
         metrics.SOURCE_TO_PROCESSOR.labels(system).observe(max(0.0, time.time() - change.commit_ms / 1000))
@@ -252,6 +284,8 @@ class Processors:
     # -- reconcile: one entity at a time, in the order of its changes ----------------------
     async def reconcile(self, message: Any) -> None:
         """Reconcile one change of one entity against its synced state."""
+        flow = self.by_changes[message.topic]
+        profile, entity = flow.profile, flow.entity
         try:
             rec = self.decode.loads(message.value)
             values = None if rec["values_json"] is None else json.loads(rec["values_json"])
@@ -267,57 +301,59 @@ class Processors:
         system, gid, event_id = rec["system"], rec["global_id"], meta["event_id"]
         ids = {"crm": rec["crm_id"], "erp": rec["erp_id"]}
         if values is None:
-            await self._deleted(rec, change_version, commit_ms)
+            await self._deleted(flow, rec, change_version, commit_ms)
             return
 
         def step(state: EntityState, now_ms: int) -> tuple[EntityState, list[Conflict], Any]:
-            outcome = apply_change(self.profile.fields, state, system, values, change_version, row_version, now_ms)
-            create = (request_create(self.profile.create_rule(system), outcome.state, system, now_ms)
+            outcome = apply_change(profile.fields, state, system, values, change_version, row_version, now_ms)
+            create = (request_create(profile.create_rule(system), outcome.state, system, now_ms)
                       if rec["may_create"] else None)
             return outcome.state, outcome.conflicts, (outcome, create)
 
-        (outcome, create), conflict_ids, tx = await self.retrying("reconcile", self._locked, gid, step)
+        (outcome, create), conflict_ids, tx = await self.retrying("reconcile", self._locked, entity, gid, step)
         sends: list[tuple[str, str, Any]] = []
         if create is not None:
             peer = other(system)
-            sends.append((commands_topic(peer), gid, create_record(self.entity, gid, peer, create, commit_ms,
+            sends.append((commands_topic(peer), gid, create_record(entity, gid, peer, create, commit_ms,
                                                                    event_id)))
         for cmd in outcome.commands:
             if ids[cmd.system] is not None:  # else: not linked on that system yet
                 sends.append((commands_topic(cmd.system), gid, command_record(
-                    self.entity, gid, ids[cmd.system], cmd, commit_ms, event_id)))
-        sends += [(CONFLICTS, gid, conflict_record(self.entity, gid, conflict_id, c))
+                    entity, gid, ids[cmd.system], cmd, commit_ms, event_id)))
+        sends += [(CONFLICTS, gid, conflict_record(entity, gid, conflict_id, c))
                   for conflict_id, c in zip(conflict_ids, outcome.conflicts, strict=True)]
-        if self.canonical and outcome.replays == 0:
-            sends.append((self.canonical, gid, canonical_record(
-                self.profile, outcome.state, gid, ids["crm"], ids["erp"], meta)))
+        if flow.canonical and outcome.replays == 0:
+            sends.append((flow.canonical, gid, canonical_record(
+                profile, outcome.state, gid, ids["crm"], ids["erp"], meta)))
         await self._send_then_commit(tx, sends)
         m = metrics
         m.STAGE_EVENTS.labels("reconcile", "out").inc(len(sends))
-        m.RECONCILE_EVENTS.labels(self.entity, system, "commands" if outcome.commands else "no_command").inc()
-        m.ECHOES.labels(self.entity, system).inc(outcome.echoes)
+        m.RECONCILE_EVENTS.labels(entity, system, "commands" if outcome.commands else "no_command").inc()
+        m.ECHOES.labels(entity, system).inc(outcome.echoes)
         for cmd in outcome.commands:
-            m.COMMANDS.labels(self.entity, cmd.system).inc()
+            m.COMMANDS.labels(entity, cmd.system).inc()
         for c in outcome.conflicts:
-            m.CONFLICTS.labels(self.entity, c.field, c.kind, c.policy, c.resolution or "manual_open").inc()
+            m.CONFLICTS.labels(entity, c.field, c.kind, c.policy, c.resolution or "manual_open").inc()
 
-    async def _deleted(self, rec: dict[str, Any], change_version: tuple[int, int], commit_ms: int) -> None:
+    async def _deleted(self, flow: Flow, rec: dict[str, Any], change_version: tuple[int, int],
+                       commit_ms: int) -> None:
         """A record was deleted: deactivate its counterpart (policy in the profile), never delete it."""
         system, gid = rec["system"], rec["global_id"]
+        profile, entity = flow.profile, flow.entity
 
         def step(state: EntityState, now_ms: int) -> tuple[EntityState, list[Conflict], Any]:
-            rule = self.profile.deactivation(other(system))
+            rule = profile.deactivation(other(system))
             return state, [], deactivate(rule, state, system, change_version, now_ms)
 
-        cmd, _, tx = await self.retrying("reconcile", self._locked, gid, step)
+        cmd, _, tx = await self.retrying("reconcile", self._locked, entity, gid, step)
         target_key = None if cmd is None else rec[f"{cmd.system}_id"]
         sends: list[tuple[str, str, Any]] = []
         if cmd is not None and target_key is not None:
             log.info("%s %s deleted: deactivating %s %s", system, rec["key"], cmd.system, target_key)
             sends.append((commands_topic(cmd.system), gid, command_record(
-                self.entity, gid, target_key, cmd, commit_ms, rec["metadata"]["event_id"])))
+                entity, gid, target_key, cmd, commit_ms, rec["metadata"]["event_id"])))
         await self._send_then_commit(tx, sends)
-        metrics.RECONCILE_EVENTS.labels(self.entity, system, "deleted").inc()
+        metrics.RECONCILE_EVENTS.labels(entity, system, "deleted").inc()
 
     async def _reconcile(self, stream: faust.StreamT[Any]) -> AsyncIterator[None]:
         async for event in stream.events():
@@ -341,9 +377,10 @@ class Processors:
             committed = consumer._committed_offset.get(tp)  # Faust keeps the group's committed offsets
             lag = max(0, highwater - (committed or 0))
             metrics.CONSUMER_LAG.labels(self.app.conf.id, tp.topic, str(tp.partition)).set(lag)
-        count, oldest = await self.retrying("health", self.store.open_conflicts_summary, self.entity)
-        metrics.CONFLICTS_OPEN.labels(self.entity).set(count)
-        metrics.CONFLICT_OLDEST_OPEN.labels(self.entity).set(oldest)
+        for flow in self.flows:
+            count, oldest = await self.retrying("health", self.store.open_conflicts_summary, flow.entity)
+            metrics.CONFLICTS_OPEN.labels(flow.entity).set(count)
+            metrics.CONFLICT_OLDEST_OPEN.labels(flow.entity).set(oldest)
 
     # -- apply ------------------------------------------------------------------------------
     def _applier(self, applier: Applier) -> Any:
@@ -368,8 +405,8 @@ class Processors:
                     metrics.APPLY.labels(applier.system, outcome).inc(n)
                 now = time.time()
                 direction = f"{'erp' if applier.system == 'crm' else 'crm'}_to_{applier.system}"
-                for when in result.written_cause_times:
-                    metrics.END_TO_END.labels(self.entity, direction).observe(max(0.0, now - when))
+                for entity, when in result.written_cause_times:
+                    metrics.END_TO_END.labels(entity, direction).observe(max(0.0, now - when))
                 for m, reason in bad:
                     await self.dead_letter(f"apply-{applier.system}", reason, m)
                 by_offset = {(e.message.topic, e.message.partition, e.message.offset): e.message for e in events}

@@ -73,29 +73,31 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     import faust
     from confluent_kafka.admin import AdminClient
 
-    from streams.app import CONFLICTS, DLQ, Processors, changes_topic, commands_topic
+    from streams.app import CONFLICTS, DLQ, Processors, commands_topic
     from streams.identity.bootstrap import bootstrap
-    from streams.mapping.profile import load_profile
+    from streams.mapping.profile import load_profiles
     from streams.topics import COMPACTED, Topics
 
-    profile = load_profile(settings.processors.profile)
+    profiles = load_profiles(settings.processors.profiles)
     topics = Topics(AdminClient(settings.kafka.client_config()), settings.kafka.replication_factor)
     topics.refresh()
-    for name in [f"{s}.{profile.table_of(s)}" for s in ("crm", "erp")]:
-        topics.ensure(name, 1)
     for name in (commands_topic("crm"), commands_topic("erp"), CONFLICTS, DLQ):
         topics.ensure(name, 1)
-    topics.ensure(changes_topic(profile.entity), settings.processors.partitions)
-    if profile.canonical:
-        topics.ensure(profile.canonical.topic, 1, COMPACTED)
-    processors = Processors(settings, profile)
+    processors = Processors(settings, profiles)
+    for flow in processors.flows:
+        for name in flow.raw_topics:
+            topics.ensure(name, 1)
+        topics.ensure(flow.changes, settings.processors.partitions)
+        if flow.canonical:
+            topics.ensure(flow.canonical, 1, COMPACTED)
     from streams import metrics
 
     metrics.serve(settings.processors.metrics_port, settings.metrics_host)
-    counts = bootstrap(profile, settings, processors.store)
-    for kind, n in counts.items():
-        metrics.IDENTITY.labels(profile.entity, "single" if kind == "none" else kind).inc(n)
-    log.info("identity: %s", dict(counts))
+    for profile in profiles:
+        counts = bootstrap(profile, settings, processors.store)
+        for kind, n in counts.items():
+            metrics.IDENTITY.labels(profile.entity, "single" if kind == "none" else kind).inc(n)
+        log.info("identity of %s: %s", profile.entity, dict(counts))
     worker = faust.Worker(processors.app, loglevel=settings.log_level.lower(), quiet=True)
     worker.execute_from_commandline()
     return 0
@@ -173,9 +175,9 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_identity(settings: Settings, args: argparse.Namespace) -> int:
     """The identity review queue, and a person's link / unlink decisions."""
     from streams.identity.decide import link, unlink
-    from streams.mapping.profile import load_profile
+    from streams.mapping.profile import load_profiles, profile_of
 
-    profile = load_profile(settings.processors.profile)
+    profile = profile_of(load_profiles(settings.processors.profiles), args.entity)
     store = _store(settings)
     if args.action == "link":
         if not (args.crm and args.erp):
@@ -226,12 +228,16 @@ def cmd_registry(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     """Run a benchmark on its own local services and print its figures."""
-    from streams.bench import capture, sync
+    from streams.bench import capture, steady, sync
 
     out = args.out or Path(f"bench-results/{args.which}.json")
     if args.which == "capture":
         result = capture.run(updates=args.updates, out=out)
         print(capture.format_result(result))
+    elif args.which == "steady":
+        rates = tuple(float(r) for r in args.rates.split(","))
+        result = steady.run(rates=rates, seconds=args.seconds, out=out)
+        print(steady.format_result(result))
     else:
         result = sync.run(rate=args.rate, seconds=args.seconds, out=out)
         print(sync.format_result(result))
@@ -286,15 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
     ident.add_argument("action", choices=["review", "link", "unlink"])
     ident.add_argument("--crm", help="the CRM record's id (link, unlink)")
     ident.add_argument("--erp", help="the ERP record's key (link)")
+    ident.add_argument("--entity", help="which profile's entity (default: the first profile's, customer in the demo)")
     ident.set_defaults(func=cmd_identity)
     sub.add_parser("registry", help="serve the embedded schema registry alone (on registry.url)"
                    ).set_defaults(func=cmd_registry)
     bench = sub.add_parser("bench", help="benchmarks on freshly started local services (not the running stack)")
-    bench.add_argument("which", choices=["capture", "sync"],
-                       help="capture: N single-row CRM updates -> broker; sync: CRM edit -> ERP commit latency")
+    bench.add_argument("which", choices=["capture", "sync", "steady"],
+                       help="capture: N single-row CRM updates -> broker; sync: CRM edit -> ERP commit latency;"
+                            " steady: fixed-rate edits on both systems, per-edit latency and peak memory")
     bench.add_argument("--updates", type=int, default=100_000, help="capture: single-row updates (default 100000)")
     bench.add_argument("--rate", type=float, default=5.0, help="sync: edits per second, fixed rate (default 5)")
-    bench.add_argument("--seconds", type=float, default=60.0, help="sync: duration of the load (default 60)")
+    bench.add_argument("--seconds", type=float, default=60.0,
+                       help="sync, steady: duration of the load (per rate) (default 60)")
+    bench.add_argument("--rates", default="200,1000,2000",
+                       help="steady: edits per second, one step each, comma-separated (default 200,1000,2000)")
     bench.add_argument("--out", type=Path, default=None, help="JSON output (default bench-results/<which>.json)")
     bench.set_defaults(func=cmd_bench)
     sub.add_parser("config", help="print the effective settings, secrets masked").set_defaults(func=cmd_config)

@@ -24,7 +24,7 @@ from streams.apply.sql import (
     progress_upsert,
 )
 from streams.errors import TerminalError, TransientError
-from streams.mapping.profile import Profile
+from streams.mapping.profile import Profile, SourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +48,23 @@ class BatchResult:
     skipped: int = 0  # stale (the row changed) or already equal
     replayed: int = 0  # at or below the stored progress
     failed: list[tuple[Delivery, str]] = field(default_factory=list)
-    written_cause_times: list[float] = field(default_factory=list)  # unix seconds of the causing commits
+    written_cause_times: list[tuple[str, float]] = field(default_factory=list)  # (entity, unix s of the cause)
 
 
 class Applier:
-    """Compare-and-set writer for one system of one profile."""
+    """Compare-and-set writer for one system, for the entities of every profile (commands name theirs)."""
 
-    def __init__(self, profile: Profile, system: str, conninfo: dict[str, Any]) -> None:
-        self.profile = profile
+    def __init__(self, profiles: Sequence[Profile], system: str, conninfo: dict[str, Any]) -> None:
+        self.profiles = {p.entity: p for p in profiles}
         self.system = system
         self.conninfo = {**conninfo, "application_name": f"crm-erp-sync apply {system}"}
         self.conn: psycopg.Connection[Any] | None = None
-        source = profile.sources[system]  # type: ignore[index]
-        self.table, self.key_column, self.version = source.table, source.key, source.version
+
+    def _profile(self, cmd: dict[str, Any]) -> tuple[Profile, SourceSpec]:
+        profile = self.profiles.get(cmd["entity"])
+        if profile is None:
+            raise TerminalError(f"no mapping profile for entity {cmd['entity']!r}")
+        return profile, profile.sources[self.system]  # type: ignore[index]
 
     def connect(self) -> psycopg.Connection[Any]:
         """(Re)connect; a database that is down is a transient error."""
@@ -76,28 +80,30 @@ class Applier:
 
     def _params(self, cmd: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         name = cmd["field"]
-        spec = self.profile.fields.get(name)
+        profile, source = self._profile(cmd)
+        spec = profile.fields.get(name)
         side = spec.side(self.system) if spec else None
-        if side is None:
-            raise TerminalError(f"field {name!r} has no column on {self.system} in the profile")
+        if side is None or side.read_only:
+            raise TerminalError(f"field {name!r} has no writable column on {self.system} in the profile")
         params: dict[str, Any] = {
             "key": cmd["key"],
             "value": side.converter.backward(json.loads(cmd["value_json"])),
             "expect": side.converter.backward(json.loads(cmd["expect_json"])),
         }
         row = json.loads(cmd["expect_row_json"])
-        version = self.version.column if self.version and row is not None else None
-        if version and self.version:
-            params["expect_row"] = self.version.converter.backward(self.version.converter.forward(row))
-        return compare_and_set(self.table, self.key_column, side.column, version), params
+        version = source.version.column if source.version and row is not None else None
+        if version and source.version:
+            params["expect_row"] = source.version.converter.backward(source.version.converter.forward(row))
+        return compare_and_set(source.table, source.key, side.column, version), params
 
     def _create(self, conn: psycopg.Connection[Any], cmd: dict[str, Any]) -> int:
         """Insert the row unless this global id was created here before; 1 if it inserted."""
         if conn.execute(CREATED_LOOKUP, (cmd["entity"], cmd["global_id"])).fetchone():
             return 0  # a replayed or repeated create: the row exists
+        profile, source = self._profile(cmd)
         values = json.loads(cmd["values_json"] or "{}")
-        columns = {k: v for k, v in self.profile.to_columns(self.system, values).items() if v is not None}
-        row = conn.execute(insert_returning(self.table, list(columns), self.key_column),
+        columns = {k: v for k, v in profile.to_columns(self.system, values).items() if v is not None}
+        row = conn.execute(insert_returning(source.table, list(columns), source.key),
                            list(columns.values())).fetchone()
         assert row is not None
         conn.execute(CREATED_INSERT, (cmd["entity"], cmd["global_id"], str(row[0])))
@@ -138,7 +144,7 @@ class Applier:
                         result.written += 1
                         cause = d.command.get("cause_commit_time")
                         if cause is not None:
-                            result.written_cause_times.append(cause.timestamp())
+                            result.written_cause_times.append((d.command["entity"], cause.timestamp()))
                     else:
                         result.skipped += 1
                 for (topic, partition), offset in last.items():

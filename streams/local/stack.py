@@ -168,7 +168,8 @@ class Stack:
             ("schema registry", s.registry.url),
             ("capture", ", ".join(f"{x} -> {x}.public.* (Avro)" for x in s.capture.sources)),
             ("processors",
-             f"Faust worker, profile {s.processors.profile.name}; conflicts: crm-erp-sync conflicts list"),
+             f"Faust worker, profiles {', '.join(p.name for p in s.processors.profiles)};"
+             " conflicts: crm-erp-sync conflicts list"),
         ]
         if s.local.enabled and s.local.prometheus:
             rows.append(("metrics", f"Prometheus {prometheus.url(s)} (alerts: monitoring/prometheus/alerts.yml);"
@@ -324,28 +325,35 @@ def source_state(event_age: float | None, heartbeat_age: float | None) -> str:
 
 def _flows(settings: Settings) -> dict[str, Any]:
     """Per flow (entity): consumer lag, conflicts waiting for a person, dead letters not replayed."""
-    from streams.mapping.profile import load_profile
+    from streams.mapping.profile import load_profiles
     from streams.store import Store
 
     try:
-        entity = load_profile(settings.processors.profile).entity
+        entities = [p.entity for p in load_profiles(settings.processors.profiles)]
     except SyncError as exc:
-        return {"profile": {"error": exc.message}}
+        return {"profiles": {"error": exc.message}}
     samples = scrape(settings.processors.metrics_port)
-    lag = None if samples is None else int(sum(v for _, v in samples.get("sync_consumer_lag_messages", [])))
-    flow: dict[str, Any] = {"consumer_lag": lag}
+    lags: dict[str, float] = {}
+    for labels, value in (samples or {}).get("sync_consumer_lag_messages", []):
+        lags[labels.get("topic", "")] = value
+    flows: dict[str, Any] = {}
     try:
         store = Store({**settings.store.conninfo(), "connect_timeout": 3})
-        try:
-            flow["conflicts_waiting"], flow["oldest_waiting_s"] = store.open_conflicts_summary(entity)
-            flow["dead_letters"] = store.dead_letters_pending()
-        finally:
-            store.close()
-    except psycopg.errors.UndefinedTable:
-        flow["store"] = "holds no sync state yet (no worker has run)"
     except (psycopg.Error, SyncError):
-        flow["store"] = "not reachable"
-    return {entity: flow}
+        return {entity: {"store": "not reachable"} for entity in entities}
+    try:
+        dead = store.dead_letters_pending()
+        for entity in entities:
+            # The lag on the flow's sync.changes.<entity> topic.
+            lag = None if samples is None else int(sum(v for t, v in lags.items() if t.endswith(f".{entity}")))
+            waiting, oldest = store.open_conflicts_summary(entity)
+            flows[entity] = {"consumer_lag": lag, "conflicts_waiting": waiting, "oldest_waiting_s": oldest}
+        flows["dead_letters"] = dead
+    except psycopg.errors.UndefinedTable:
+        return {entity: {"store": "holds no sync state yet (no worker has run)"} for entity in entities}
+    finally:
+        store.close()
+    return flows
 
 
 def _port(bootstrap: str) -> int:
@@ -370,12 +378,15 @@ def format_status(info: dict[str, Any]) -> str:
                          for k, v in part.items() if k.endswith("_s") and v is not None)
         lines.append(f"  source {source:<6} {part['state']}{detail}")
     for flow, part in info.get("flows", {}).items():
+        if flow == "dead_letters":
+            lines.append(f"  dead letters {part} not replayed (crm-erp-sync dlq list)")
+            continue
         if "error" in part or "store" in part:
             lines.append(f"  flow {flow:<8} {part.get('error') or 'sync store ' + part['store']}")
             continue
         lag = "unknown (worker metrics not reachable)" if part["consumer_lag"] is None else part["consumer_lag"]
         lines.append(f"  flow {flow:<8} consumer lag {lag}, conflicts waiting {part['conflicts_waiting']}"
-                     f" (oldest {part['oldest_waiting_s']:.0f}s), dead letters {part['dead_letters']}")
+                     f" (oldest {part['oldest_waiting_s']:.0f}s)")
     return "\n".join(lines)
 
 

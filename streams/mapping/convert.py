@@ -18,6 +18,7 @@ from streams.errors import TerminalError
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CENT = Decimal("0.01")
+MILLI = Decimal("0.001")
 
 
 @dataclass(frozen=True)
@@ -73,23 +74,38 @@ def _boolean(value: Any) -> bool:
     return value
 
 
-def yuan_to_fen(value: Any) -> int:
-    """Yuan (exact decimal) -> fen (integer); a fraction of a fen is an error, never rounded."""
+def _scaled(value: Any, factor: int, unit: str) -> int:
+    """An exact decimal times ``factor`` as an integer; a remainder is an error, never rounded."""
     try:
         amount = Decimal(value) if not isinstance(value, float) else None
     except (InvalidOperation, TypeError) as exc:
         raise TerminalError(f"not an amount: {value!r}") from exc
     if amount is None:
         raise TerminalError("amounts must be exact decimals, not floats")
-    fen = amount * 100
-    if fen != fen.to_integral_value():
-        raise TerminalError(f"amount {value} yuan has a fraction of a fen")
-    return int(fen)
+    scaled = amount * factor
+    if scaled != scaled.to_integral_value():
+        raise TerminalError(f"{value} has a fraction of a {unit}")
+    return int(scaled)
+
+
+def yuan_to_fen(value: Any) -> int:
+    """Yuan (exact decimal) -> fen (integer); a fraction of a fen is an error, never rounded."""
+    return _scaled(value, 100, "fen")
 
 
 def fen_to_yuan(value: Any) -> Decimal:
     """Fen (integer) -> yuan with two decimals, exact."""
     return (Decimal(_integer(value)) / 100).quantize(CENT)
+
+
+def to_milli(value: Any) -> int:
+    """A quantity with up to three decimals (``numeric(12,3)``) -> integer thousandths, exact."""
+    return _scaled(value, 1000, "thousandth")
+
+
+def from_milli(value: Any) -> Decimal:
+    """Integer thousandths -> a quantity with three decimals, exact."""
+    return (Decimal(_integer(value)) / 1000).quantize(MILLI)
 
 
 def local_micros(zone: str) -> Converter:
@@ -146,6 +162,7 @@ SIMPLE: dict[str, Converter] = {
     "integer": Converter("integer", _integer, _integer),
     "boolean": Converter("boolean", _boolean, _boolean),
     "yuan_to_fen": Converter("yuan_to_fen", yuan_to_fen, fen_to_yuan),
+    "milli": Converter("milli", to_milli, from_milli),
     "iso_utc": Converter("iso_utc", _iso_utc, lambda v: v),
     "identity": Converter("identity", lambda v: v, lambda v: v),
 }

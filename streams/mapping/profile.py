@@ -6,7 +6,7 @@ Loaded and validated once at start; every error names the key in the file and th
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -23,11 +23,32 @@ _MODEL = ConfigDict(frozen=True, extra="forbid")
 
 
 class SideSpec(BaseModel):
-    """A field's column on one system and its conversion."""
+    """A field's column on one system and its conversion.
+
+    With ``minus`` the value is ``column - minus`` (both converted): computed, so never written.
+    """
 
     model_config = _MODEL
     column: str
+    minus: str | None = None
     convert: str | dict[str, Any] = "identity"
+
+    @property
+    def read_only(self) -> bool:
+        """Computed from several columns: the sync reads it and never writes it."""
+        return self.minus is not None
+
+    def read(self, row: Mapping[str, Any]) -> Any:
+        """The canonical value from a row holding the column(s)."""
+        value = self.converter.forward(row[self.column])
+        if self.minus is not None:
+            subtrahend = self.converter.forward(row[self.minus])
+            value = None if value is None or subtrahend is None else value - subtrahend
+        return value
+
+    def columns(self) -> tuple[str, ...]:
+        """The columns the value is read from."""
+        return (self.column,) if self.minus is None else (self.column, self.minus)
 
     @field_validator("convert")
     @classmethod
@@ -58,6 +79,11 @@ class FieldSpec(BaseModel):
     def _coherent(self) -> FieldSpec:
         if self.crm is None and self.erp is None:
             raise ValueError("a field needs a column on crm, erp or both")
+        for system in SYSTEMS:
+            side = self.side(system)
+            if side is not None and side.read_only and (self.policy != "source_of_truth" or self.owner != system):
+                raise ValueError(f"{system} computes this field (minus): it can only be source_of_truth with"
+                                 f" owner: {system}, never written there")
         if self.policy == "source_of_truth":
             if self.owner is None:
                 raise ValueError("policy source_of_truth needs owner: crm or erp")
@@ -215,10 +241,10 @@ class Profile(BaseModel):
         out: dict[str, Any] = {}
         for name, spec in self.fields.items():
             side = spec.side(system)
-            if side is None or side.column not in row:
+            if side is None or any(c not in row for c in side.columns()):
                 continue
             try:
-                value = side.converter.forward(row[side.column])
+                value = side.read(row)
             except TerminalError as exc:
                 raise TerminalError(f"field {name} ({system}.{side.column}): {exc.message}") from exc
             if spec.required and value in (None, ""):
@@ -235,7 +261,7 @@ class Profile(BaseModel):
         out: dict[str, Any] = {}
         for name, value in values.items():
             side = self.fields[name].side(system)
-            if side is not None:
+            if side is not None and not side.read_only:
                 out[side.column] = side.converter.backward(value)
         return out
 
@@ -280,3 +306,29 @@ def load_profile(path: Path) -> Profile:
             hint="add them to the canonical .avsc (with a default, to stay compatible) or fix the name",
         )
     return profile
+
+
+def load_profiles(paths: Sequence[Path]) -> list[Profile]:
+    """Load every profile; two may not share an entity or a source table."""
+    profiles = [load_profile(p) for p in paths]
+    seen: dict[str, Path] = {}
+    for path, profile in zip(paths, profiles, strict=True):
+        for key in [f"entity {profile.entity}", *(f"table {s}.{profile.table_of(s)}" for s in SYSTEMS)]:
+            if key in seen:
+                raise ConfigError(f"mapping profiles {seen[key]} and {path} both define {key}",
+                                  hint="give each entity, and each table, one profile (processors.profiles)")
+            seen[key] = path
+    if not profiles:
+        raise ConfigError("processors.profiles is empty", hint="name at least one mapping profile")
+    return profiles
+
+
+def profile_of(profiles: Sequence[Profile], entity: str | None) -> Profile:
+    """The profile of ``entity`` (the first profile when None)."""
+    if entity is None:
+        return profiles[0]
+    for profile in profiles:
+        if profile.entity == entity:
+            return profile
+    raise ConfigError(f"no mapping profile for entity {entity!r}",
+                      hint=f"one of: {', '.join(p.entity for p in profiles)}")

@@ -117,7 +117,7 @@ def test_missing_prometheus_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_a_worker_that_cannot_start_fails_up_with_its_reason() -> None:
     root = new_root()
-    config = write_config(root, processors={"profile": str(root / "missing.yaml")})
+    config = write_config(root, processors={"profiles": [str(root / "missing.yaml")]})
     result = subprocess.run(cli(config, "up"), capture_output=True, text=True, timeout=300)
     line = one_error_line(result)
     assert "worker did not start" in line and "missing.yaml" in line, line

@@ -77,8 +77,9 @@ def test_prometheus_sees_every_panel_and_alert_and_tells_stalled_from_idle() -> 
         status = subprocess.run(cli(config, "status"), capture_output=True, text=True, timeout=60)
         assert status.returncode == 0, status.stderr
         lines = {ln.split()[1]: ln for ln in status.stdout.splitlines() if ln.strip().startswith(("source", "flow"))}
-        assert set(lines) == {"crm", "erp", "customer"}, status.stdout
+        assert set(lines) == {"crm", "erp", "customer", "product"}, status.stdout
         assert all(("streaming" in lines[s] or "idle" in lines[s]) and "heartbeat" in lines[s] for s in ("crm", "erp"))
-        assert "consumer lag" in lines["customer"] and "dead letters 0" in lines["customer"], status.stdout
+        assert all("consumer lag" in lines[f] and "conflicts waiting" in lines[f] for f in ("customer", "product"))
+        assert "dead letters 0 not replayed" in status.stdout, status.stdout
     finally:
         stop_up(proc)

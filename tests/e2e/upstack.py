@@ -24,7 +24,8 @@ def write_config(root: Path, **sections: dict[str, object]) -> Path:
                      "capture_metrics_port": capture_metrics, "worker_metrics_port": worker_metrics,
                      "seed_accounts": 40},
            "capture": {"connectors_dir": str(REPO / "connectors")},
-           "processors": {"profile": str(REPO / "schemas" / "mappings" / "demo.yaml")}}
+           "processors": {"profiles": [str(REPO / "schemas" / "mappings" / name)
+                                       for name in ("demo.yaml", "demo-products.yaml")]}}
     for key, value in sections.items():
         cfg.setdefault(key, {}).update(value)  # type: ignore[attr-defined]
     path = root / "sync.yaml"

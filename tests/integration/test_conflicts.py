@@ -32,7 +32,7 @@ def stack() -> Iterator[Harness]:
                         "                     policy: latest}"))
     assert "policy: latest}" in profile
     (h.root / "profile.yaml").write_text(profile, encoding="utf-8")
-    h.write_config(processors={"profile": str(h.root / "profile.yaml")})
+    h.write_config(processors={"profiles": [str(h.root / "profile.yaml")]})
     try:
         with running(h.spawn("capture")):
             wait_for(lambda: "crm.public.accounts" in topic_names(h.bootstrap), 120, 0.5, "capture")

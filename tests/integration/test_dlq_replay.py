@@ -23,7 +23,7 @@ def test_replay_after_fixing_the_profile() -> None:
     assert broken != fixed
     profile = h.root / "profile.yaml"
     profile.write_text(broken, encoding="utf-8")
-    h.write_config(processors={"profile": str(profile)})
+    h.write_config(processors={"profiles": [str(profile)]})
     try:
         with running(h.spawn("capture")):
             wait_for(lambda: "crm.public.accounts" in topic_names(h.bootstrap), 120, 0.5, "capture")

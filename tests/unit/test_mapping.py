@@ -85,3 +85,36 @@ def test_profile_errors_name_the_key(tmp_path: Path, edit: tuple[str, str], mess
     with pytest.raises(ConfigError) as err:
         load_profile(bad)
     assert message in err.value.one_line()
+
+
+PRODUCTS = DEMO.with_name("demo-products.yaml")
+
+
+@given(st.integers(min_value=-(10**12), max_value=10**12))
+def test_milli_round_trip_is_exact(milli: int) -> None:
+    conv = build("milli")
+    assert conv.forward(conv.backward(milli)) == milli
+    with pytest.raises(TerminalError, match="fraction of a thousandth"):
+        conv.forward(Decimal("1.0005"))
+
+
+def test_a_computed_side_is_read_and_never_written() -> None:
+    profile = load_profile(PRODUCTS)
+    item = {"sku": "SKU-1", "description": "螺栓", "uom": "PCS", "price_fen": 1250,
+            "on_hand": Decimal("10.500"), "reserved": Decimal("2.250"), "modified_on": 0}
+    values = profile.to_canonical("erp", item)
+    assert values["available_qty_milli"] == 8250 and values["list_price_fen"] == 1250
+    assert profile.to_columns("crm", values)["available_qty"] == Decimal("8.250")
+    assert "on_hand" not in profile.to_columns("erp", values)  # computed there: never written
+    assert "available_qty_milli" not in profile.to_canonical("erp", {k: v for k, v in item.items() if k != "reserved"})
+
+
+def test_a_computed_side_must_be_the_owner(tmp_path: Path) -> None:
+    computed = "erp: {column: on_hand, minus: reserved, convert: milli},\n" + " " * 24
+    text = PRODUCTS.read_text(encoding="utf-8").replace(
+        computed + "policy: source_of_truth, owner: erp", computed + "policy: latest")
+    assert "policy: latest" in text
+    (tmp_path / "p.yaml").write_text(text.replace("../canonical/", str(PRODUCTS.parents[1] / "canonical") + "/"),
+                                     encoding="utf-8")
+    with pytest.raises(ConfigError, match="erp computes this field"):
+        load_profile(tmp_path / "p.yaml")

@@ -1,0 +1,176 @@
+"""Steady-state benchmark: R customer edits per second, half on each system, at a fixed rate.
+
+Each edit writes a value never written before: CRM e-mails (owned by the CRM, synced to the ERP)
+and ERP credit limits (owned by the ERP, synced to the CRM). Audit triggers in a schema capture
+does not read (``bench``) record when each value was committed on its source and when the sync's
+write of it committed on the target, both by the same cluster's clock; latency is their
+difference, edit by edit. The load is a fixed schedule (like ``pgbench --rate``): a slow sync
+cannot slow the load and hide its latency. A value overwritten on its source before the sync wrote
+it is "superseded" (the sync rightly writes only the newer one), not lost.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from streams.bench.report import percentile, write
+from streams.local.harness import Harness, running, topic_names, wait_for, wait_for_identity
+
+AUDIT = """
+CREATE SCHEMA IF NOT EXISTS bench;
+CREATE TABLE IF NOT EXISTS bench.audit (value text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE OR REPLACE FUNCTION bench.note() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO bench.audit (value) VALUES (TG_ARGV[0] || ':' || (to_jsonb(NEW) ->> TG_ARGV[0])); RETURN NEW; END $$;
+"""
+TRIGGERS = {
+    "crm": ("accounts", ["email", "credit_limit"]),
+    "erp": ("customers", ["email", "credit_limit_fen"]),
+}
+
+
+def _install_audit(h: Harness) -> None:
+    for system, (table, columns) in TRIGGERS.items():
+        with h.connect(system) as conn:
+            conn.execute(AUDIT)
+            for column in columns:
+                conn.execute(
+                    f"CREATE TRIGGER bench_{column} AFTER UPDATE OF {column} ON public.{table} FOR EACH ROW"
+                    f" WHEN (NEW.{column} IS DISTINCT FROM OLD.{column}) EXECUTE FUNCTION bench.note('{column}')"
+                )
+
+
+def _audit(h: Harness, system: str) -> dict[str, float]:
+    with h.connect(system) as conn:
+        rows = conn.execute("SELECT value, extract(epoch FROM at) FROM bench.audit").fetchall()
+        conn.execute("TRUNCATE bench.audit")
+    return {value: float(at) for value, at in rows}
+
+
+def _audited(h: Harness, system: str, key: str) -> bool:
+    with h.connect(system) as conn:
+        return conn.execute("SELECT 1 FROM bench.audit WHERE value = %s", (key,)).fetchone() is not None
+
+
+def _wait_quietly(predicate: Any, timeout: float) -> bool:
+    try:
+        wait_for(predicate, timeout, 0.5, "the last edits on the other side")
+    except TimeoutError:
+        return False
+    return True
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """Peak resident memory of a process (VmHWM), in MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def _load(h: Harness, pairs: list[tuple[str, str]], rate: float, seconds: float, tag: str,
+          progress: bool) -> tuple[dict[str, str], float]:
+    """Commit ``rate`` edits/s for ``seconds``; (value key -> target system, achieved rate)."""
+    n = int(rate * seconds)
+    expected: dict[str, str] = {}  # audit key on the source -> the system it must reach
+    start = time.monotonic()
+    with h.connect("crm") as crm, h.connect("erp") as erp:
+        for i in range(n):
+            due = start + i / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            crm_id, erp_id = pairs[(i // 2) % len(pairs)]
+            if i % 2 == 0:
+                email = f"{tag}-{i}@bench.example"
+                crm.execute("UPDATE accounts SET email = %s WHERE id = %s", (email, crm_id))
+                expected[f"email:{email}"] = "erp"
+            else:
+                fen = 10_000_000 + i * 100  # whole yuan, a value never used before in this run
+                erp.execute("UPDATE customers SET credit_limit_fen = %s WHERE cust_no = %s", (fen, erp_id))
+                expected[f"credit_limit_fen:{fen}"] = "crm"
+            if progress and i and i % max(1, int(rate * 10)) == 0:
+                print(f"    {i}/{n} edits", flush=True)
+    return expected, n / max(1e-9, time.monotonic() - start)
+
+
+def _target_key(source_key: str) -> str:
+    """The audit key of the same value on the other system."""
+    column, value = source_key.split(":", 1)
+    if column == "email":
+        return source_key
+    return f"credit_limit:{int(value) // 100}.00"
+
+
+def run(rates: tuple[float, ...] = (200, 1000, 2000), seconds: float = 60.0, drain_s: float = 60.0,
+        out: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run one steady-state step per rate on one freshly started stack; the figures."""
+    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-bench-", dir="/tmp")), seed_accounts=300).start()
+    steps: list[dict[str, Any]] = []
+    try:
+        _install_audit(h)
+        capture, worker = h.spawn("capture"), h.spawn("worker", log_name="worker.log")
+        with running(capture), running(worker):
+            wait_for(lambda: "crm.public.accounts" in topic_names(h.bootstrap), 180, 0.5, "capture")
+            wait_for_identity(h)
+            with h.connect("sync") as conn:
+                pairs = conn.execute("SELECT crm_id, erp_id FROM sync.xref WHERE linked_by = 'exact'").fetchall()
+            time.sleep(10)  # let the first alignment drain (measurement hygiene, not a correctness wait)
+            for system in TRIGGERS:
+                _audit(h, system)
+            for rate in rates:
+                if progress:
+                    print(f"  {rate:g} edits/s for {seconds:g} s ...", flush=True)
+                expected, achieved = _load(h, pairs, rate, seconds, f"r{rate:g}", progress)
+                load_end = time.time()
+
+                last_email = next(k for k in reversed(expected) if k.startswith("email:"))
+                last_limit = _target_key(next(k for k in reversed(expected) if k.startswith("credit")))
+                drained = _wait_quietly(lambda e=last_email, c=last_limit: _audited(h, "erp", e)
+                                        and _audited(h, "crm", c), drain_s)
+                audits = {"crm": _audit(h, "crm"), "erp": _audit(h, "erp")}  # each holds sources and targets
+                latencies, missing = [], 0
+                for key, system in expected.items():
+                    source = audits["crm" if system == "erp" else "erp"].get(key)
+                    applied = audits[system].get(_target_key(key))
+                    if applied is None or source is None:
+                        missing += 1
+                        continue
+                    latencies.append((applied - source) * 1000)
+                targets = [audits["erp"][k] for k in audits["erp"] if k.startswith("email:")]
+                targets += [audits["crm"][k] for k in audits["crm"] if k.startswith("credit_limit:")]
+                applied_by = max(targets, default=load_end)
+                steps.append({
+                    "target_rate_per_s": rate, "achieved_load_rate_per_s": round(achieved, 1),
+                    "edits": len(expected), "applied": len(latencies), "superseded_or_missing": missing,
+                    "drained": drained, "last_applied_after_load_s": round(applied_by - load_end, 2),
+                    "kept_up": drained and achieved >= 0.95 * rate and applied_by - load_end < 5.0,
+                    "latency_ms": {q: round(percentile(latencies, v)) if latencies else None
+                                   for q, v in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))},
+                })
+                if not drained:
+                    break  # a higher rate cannot do better
+            rss = {"capture": peak_rss_mb(capture.pid), "worker": peak_rss_mb(worker.pid)}
+    finally:
+        h.stop()
+    return write({"benchmark": "steady-state", "seconds_per_step": seconds, "steps": steps,
+                  "peak_rss_mb": rss}, out)
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """A table."""
+    lines = ["steady state, customer edits half CRM (e-mail -> ERP) half ERP (credit limit -> CRM):",
+             "  rate/s  achieved  edits  applied  superseded  kept up  p50 ms  p95 ms  p99 ms  max ms"]
+    for s in result["steps"]:
+        lat = s["latency_ms"]
+        lines.append(f"  {s['target_rate_per_s']:>6g}  {s['achieved_load_rate_per_s']:>8g}  {s['edits']:>5}  "
+                     f"{s['applied']:>7}  {s['superseded_or_missing']:>10}  {'yes' if s['kept_up'] else 'NO':>7}  "
+                     + "  ".join(f"{lat[q] if lat[q] is not None else '-':>6}" for q in ("p50", "p95", "p99", "max")))
+    rss = result["peak_rss_mb"]
+    lines.append(f"  peak RSS: capture {rss['capture']} MiB (JVM included), worker {rss['worker']} MiB")
+    return "\n".join(lines)

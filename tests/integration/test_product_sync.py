@@ -1,0 +1,95 @@
+"""Flow F4 on the real stack: ERP stock and price reach the CRM's products (second profile, same worker)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from streams.local.harness import (
+    REPO,
+    Harness,
+    TopicReader,
+    running,
+    scalar,
+    topic_names,
+    wait_for,
+    wait_for_identity,
+)
+
+pytestmark = pytest.mark.integration
+PROFILES = [str(REPO / "schemas" / "mappings" / name) for name in ("demo.yaml", "demo-products.yaml")]
+
+
+@pytest.fixture(scope="module")
+def sync() -> Iterator[Harness]:
+    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-products-", dir="/tmp"))).start()
+    h.write_config(processors={"profiles": PROFILES})
+    try:
+        with running(h.spawn("capture")), running(h.spawn("worker", log_name="worker.log")):
+            wait_for(lambda: "erp.public.items" in topic_names(h.bootstrap), 120, 0.5, "capture")
+            wait_for_identity(h)
+            with h.connect("erp") as erp, h.connect("sync") as conn:
+                items = scalar(erp, "SELECT count(*) FROM items")
+                wait_for(lambda: scalar(conn, "SELECT count(*) FROM sync.xref WHERE entity = 'product'"
+                                              " AND linked_by = 'exact'") == items, 120, 0.5,
+                         "every item linked to its product by code")
+            yield h
+    finally:
+        h.stop()
+
+
+def _crm_product(h: Harness, code: str) -> tuple[Decimal, Decimal]:
+    with h.connect("crm") as crm:
+        row = crm.execute("SELECT list_price, available_qty FROM products WHERE code = %s", (code,)).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def test_stock_and_price_reach_the_crm_exactly(sync: Harness) -> None:
+    with sync.connect("erp") as erp:
+        sku = scalar(erp, "SELECT sku FROM items ORDER BY sku LIMIT 1")
+        erp.execute("UPDATE items SET price_fen = 123456, on_hand = 1000.250, reserved = 10.125 WHERE sku = %s",
+                    (sku,))
+    wait_for(lambda: _crm_product(sync, sku) == (Decimal("1234.56"), Decimal("990.125")), 60, 0.3,
+             "the new price and on hand - reserved in the CRM")
+    with sync.connect("erp") as erp:
+        erp.execute("UPDATE items SET reserved = 990.125 WHERE sku = %s", (sku,))  # reserved alone changes
+    wait_for(lambda: _crm_product(sync, sku) == (Decimal("1234.56"), Decimal("10.125")), 60, 0.3,
+             "availability after a reservation")
+
+
+def test_a_crm_edit_of_stock_is_reverted_to_the_erp_value(sync: Harness) -> None:
+    with sync.connect("erp") as erp:
+        sku, available = erp.execute("SELECT sku, on_hand - reserved FROM items ORDER BY sku OFFSET 1 LIMIT 1"
+                                     ).fetchone()
+    wait_for(lambda: _crm_product(sync, sku)[1] == available, 60, 0.3, "the product in agreement")
+    with sync.connect("crm") as crm:
+        crm.execute("UPDATE products SET available_qty = 999999 WHERE code = %s", (sku,))
+    wait_for(lambda: _crm_product(sync, sku)[1] == available, 60, 0.3, "the CRM edit reverted")
+    with sync.connect("sync") as conn:
+        assert scalar(conn, "SELECT count(*) FROM sync.conflicts WHERE entity = 'product'"
+                            " AND field = 'available_qty_milli' AND kind = 'non_owner_edit'") >= 1
+
+
+def test_a_new_erp_item_joins_the_crm_catalogue_and_the_canonical_topic(sync: Harness) -> None:
+    with sync.connect("erp") as erp:
+        erp.execute("INSERT INTO items (sku, description, uom, price_fen, on_hand, reserved)"
+                    " VALUES ('NEW-001', '新型号减速机', 'SET', 880000, 12.000, 2.500)")
+    with sync.connect("crm") as crm:
+        wait_for(lambda: crm.execute("SELECT name, list_price, available_qty FROM products WHERE code = 'NEW-001'"
+                                     ).fetchall(), 60, 0.3, "the new item in the CRM")
+        assert crm.execute("SELECT name, list_price, available_qty FROM products WHERE code = 'NEW-001'"
+                           ).fetchall() == [("新型号减速机", Decimal("8800.00"), Decimal("9.500"))]
+    reader = TopicReader(sync.bootstrap, sync.registry_url, ["canonical.product.v1"])
+    try:
+        found = reader.wait(lambda rs: [r["value"] for r in rs if r["value"]["code"] == "NEW-001"
+                                        and r["value"]["crm_id"]], 60, "the new product on canonical.product.v1")
+    finally:
+        reader.close()
+    record = found[-1]
+    assert (record["available_qty_milli"], record["list_price_fen"], record["uom"]) == (9500, 880000, "SET")
+    assert record["metadata"]["source_table"] in ("public.items", "public.products")
