@@ -63,6 +63,9 @@ def broker_credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(context) if context is not None else None
 
 
+BATCH = 200  # events per normalize / reconcile step (fewer when fewer are waiting): one store transaction
+
+
 def changes_topic(entity: str) -> str:
     """The internal topic of one entity's mapped changes, keyed (and so partitioned) by global id."""
     return f"sync.changes.{entity}"
@@ -191,118 +194,148 @@ class Processors:
             delay = min(delay * 2, 30.0)
 
     # -- reconcile --------------------------------------------------------------------------
-    def _link(self, profile: Profile, system: str, key: str, row: dict[str, Any]) -> tuple[Link, bool]:
-        """The record's link (resolving a new record's identity), and whether it may be created elsewhere."""
-        entity = profile.entity
-        link = self.store.link_of(entity, system, key)
-        new = link is None
-        if link is None:
-            link = resolve_new(profile, self.settings, self.store, system, key, row)
-        peer_missing = (link.erp_id if system == "crm" else link.crm_id) is None
-        review = self.store.under_review(entity, system, key)
-        if new:
-            metrics.IDENTITY.labels(entity, "review" if review else link.linked_by).inc()
-        return link, peer_missing and not review
+    def _links(self, items: list[tuple[Profile, str, str, dict[str, Any] | None]]) -> list[tuple[Link | None, bool]]:
+        """Each ``(profile, system, key, row)``'s link, and whether it may be created on the other system.
 
-    def _locked(self, entity: str, gid: str, step: Any) -> tuple[Any, list[int], psycopg.Connection[Any]]:
-        """Run ``step(state, now_ms) -> (state, conflicts, result)`` on the entity's row-locked state.
+        A new record's identity is resolved, unless ``row`` is None (a deletion).
+        """
+        known: dict[tuple[str, str], dict[str, Link]] = {}
+        for profile, system, _, _ in items:
+            known.setdefault((profile.entity, system), {})
+        for (entity, system), found in known.items():
+            keys = [k for p, s, k, _ in items if (p.entity, s) == (entity, system)]
+            found.update(self.store.links_of(entity, system, keys))
+        out: list[tuple[Link | None, bool]] = []
+        for profile, system, key, row in items:
+            entity = profile.entity
+            link = known[(entity, system)].get(key)
+            if link is None and row is not None:
+                link = resolve_new(profile, self.settings, self.store, system, key, row)
+                known[(entity, system)][key] = link  # a second change of it in this batch finds it
+                review = self.store.under_review(entity, system, key)
+                metrics.IDENTITY.labels(entity, "review" if review else link.linked_by).inc()
+            if link is None or row is None:
+                out.append((link, False))
+                continue
+            peer_missing = (link.erp_id if system == "crm" else link.crm_id) is None
+            out.append((link, peer_missing and not self.store.under_review(entity, system, key)))
+        return out
 
-        The transaction stays open (the caller commits after the broker took what it sends).
+    def _locked(self, steps: list[tuple[str, str, Any]]) -> tuple[list[tuple[Any, list[int]]], Any]:
+        """Run each ``(entity, gid, step)`` on its entity's row-locked state, in order, in one transaction.
+
+        ``step(state, now_ms) -> (state, conflicts, result)``; returns each ``(result, conflict ids)``.
+        The transaction stays open: the caller commits after the broker took what it sends.
         """
         if self.tx.closed:
             self.tx = psycopg.connect(**self.settings.store.conninfo())
+        out: list[tuple[Any, list[int]]] = []
         try:
-            state = self.store.lock_state(self.tx, entity, gid)  # opens the transaction
-            state, conflicts, result = step(state, int(time.time() * 1000))
-            self.store.save_state(self.tx, entity, gid, state)
-            ids = self.store.add_conflicts(self.tx, entity, gid, conflicts)
+            keys = list(dict.fromkeys((entity, gid) for entity, gid, _ in steps))
+            states = self.store.lock_states(self.tx, keys)
+            now_ms = int(time.time() * 1000)
+            for entity, gid, step in steps:  # a second change of an entity sees the first one's state
+                states[(entity, gid)], conflicts, result = step(states[(entity, gid)], now_ms)
+                ids = self.store.add_conflicts(self.tx, entity, gid, conflicts) if conflicts else []
+                out.append((result, ids))
+            self.store.save_states(self.tx, states)
         except BaseException:
             if not self.tx.closed:
                 self.tx.rollback()
             raise
-        return result, ids, self.tx
+        return out, self.tx
 
     async def _send_then_commit(self, tx: psycopg.Connection[Any], records: list[tuple[str, str, Any]]) -> None:
-        """Send (topic, key, record)s, each acknowledged, then commit the state that produced them."""
+        """Send (topic, key, record)s, wait until the broker acknowledged all, then commit the state."""
         try:
-            for topic, key, record in records:
-                await self._send(topic, key, record)
+            pending = [await self.out[topic].send(key=key.encode(), value=record) for topic, key, record in records]
+            await asyncio.gather(*pending)
         except BaseException:
             tx.rollback()
             raise
         tx.commit()
 
     # -- normalize: raw change -> canonical values, keyed by global id -----------------------
-    async def normalize(self, message: Any) -> None:
-        """Decode and map one raw change event, resolve its identity, pass it on keyed by global id."""
+    def _parse(self, message: Any) -> envelope.ChangeEvent:
         position = envelope.Position(message.topic, message.partition, message.offset)
-        try:
-            value = self.decode.loads(message.value) if message.value is not None else None
-            key = self.decode.loads(message.key) if message.key is not None else None
-            change = envelope.parse(value, key, position)
-        except Exception as exc:  # the registry or the bytes: a dead letter, never a stop
-            if isinstance(exc, SyncError) and not isinstance(exc, TerminalError):
-                raise  # transient: retried by the agent's supervisor, never dropped
-            plain = isinstance(exc, (SyncError, ValueError, TypeError, KeyError))
-            reason = getattr(exc, "message", None) or (str(exc) if plain else f"{type(exc).__name__}: {exc}")
-            await self.dead_letter("decode", reason, message)
-            return
-        system, flow = change.system, self.by_raw[message.topic]
-        profile, entity = flow.profile, flow.entity
-        if change.op in ("t", "tombstone"):
-            metrics.RECONCILE_EVENTS.labels(entity, system, "ignored").inc()
-            return  # truncates are not captured; a tombstone only follows a delete, for compaction
-        source_key = str(change.key[profile.key_of(system)])
-        values: dict[str, Any] | None = None
-        if change.is_delete:
-            link = await self.retrying("identity", self.store.link_of, entity, system, source_key)
-            if link is None:
-                metrics.RECONCILE_EVENTS.labels(entity, system, "ignored").inc()
-                return
-            may_create = False
-        else:
+        value = self.decode.loads(message.value) if message.value is not None else None
+        key = self.decode.loads(message.key) if message.key is not None else None
+        return envelope.parse(value, key, position)
+
+    async def normalize(self, messages: list[Any]) -> None:
+        """Decode and map raw change events, resolve their identity, pass them on keyed by global id."""
+        mapped: list[tuple[Flow, envelope.ChangeEvent, str, dict[str, Any] | None]] = []
+        for message in messages:
             try:
-                values = profile.to_canonical(system, change.row)
-            except TerminalError as exc:
-                await self.dead_letter("map", exc.message, message)
-                return
-            link, may_create = await self.retrying("identity", self._link, profile, system, source_key,
-                                                   dict(change.row))
-        version = profile.sources[system].version  # type: ignore[index]
-        row_version = change.row.get(version.column) if version else None
-        await self._send(flow.changes, link.global_id, change_record(
-            entity, (link.global_id, link.crm_id, link.erp_id), change, source_key, values, row_version,
-            may_create))
-        metrics.STAGE_EVENTS.labels("normalize", "out").inc()
-        metrics.SOURCE_TO_PROCESSOR.labels(system).observe(max(0.0, time.time() - change.commit_ms / 1000))
+                change = self._parse(message)
+            except Exception as exc:  # the registry or the bytes: a dead letter, never a stop
+                if isinstance(exc, SyncError) and not isinstance(exc, TerminalError):
+                    raise  # transient: retried by the agent's supervisor, never dropped
+                plain = isinstance(exc, (SyncError, ValueError, TypeError, KeyError))
+                reason = getattr(exc, "message", None) or (str(exc) if plain else f"{type(exc).__name__}: {exc}")
+                await self.dead_letter("decode", reason, message)
+                continue
+            flow = self.by_raw[message.topic]
+            if change.op in ("t", "tombstone"):
+                metrics.RECONCILE_EVENTS.labels(flow.entity, change.system, "ignored").inc()
+                continue  # truncates are not captured; a tombstone only follows a delete, for compaction
+            values: dict[str, Any] | None = None
+            if not change.is_delete:
+                try:
+                    values = flow.profile.to_canonical(change.system, change.row)
+                except TerminalError as exc:
+                    await self.dead_letter("map", exc.message, message)
+                    continue
+            mapped.append((flow, change, str(change.key[flow.profile.key_of(change.system)]), values))
+        if not mapped:
+            return
+        links = await self.retrying("identity", self._links, [
+            (flow.profile, change.system, key, None if values is None else dict(change.row))
+            for flow, change, key, values in mapped])
+        pending = []
+        for (flow, change, key, values), (link, may_create) in zip(mapped, links, strict=True):
+            if link is None:  # a deletion of a record never linked
+                metrics.RECONCILE_EVENTS.labels(flow.entity, change.system, "ignored").inc()
+                continue
+            version = flow.profile.sources[change.system].version  # type: ignore[index]
+            row_version = change.row.get(version.column) if version else None
+            record = change_record(flow.entity, (link.global_id, link.crm_id, link.erp_id), change, key, values,
+                                   row_version, may_create)
+            pending.append(await self.out[flow.changes].send(key=link.global_id.encode(), value=record))
+            metrics.SOURCE_TO_PROCESSOR.labels(change.system).observe(max(0.0, time.time() - change.commit_ms / 1000))
+        await asyncio.gather(*pending)  # acknowledged by the broker before the raw offsets may be committed
+        metrics.STAGE_EVENTS.labels("normalize", "out").inc(len(pending))
 
     async def _normalize(self, stream: faust.StreamT[Any]) -> AsyncIterator[None]:
-        async for event in stream.events():
-            await self._timed("normalize", self.normalize, event.message)
+        async for events in stream.take_events(BATCH, within=0.01):  # type: ignore[attr-defined]
+            await self._timed("normalize", self.normalize, [e.message for e in events])
             yield None
 
     # -- reconcile: one entity at a time, in the order of its changes ----------------------
-    async def reconcile(self, message: Any) -> None:
-        """Reconcile one change of one entity against its synced state."""
-        flow = self.by_changes[message.topic]
+    def _plan(self, flow: Flow, rec: dict[str, Any]) -> tuple[Any, Any]:
+        """For one decoded change: the locked-state step, and ``finish(result, conflict ids) -> sends``."""
         profile, entity = flow.profile, flow.entity
-        try:
-            rec = self.decode.loads(message.value)
-            values = None if rec["values_json"] is None else json.loads(rec["values_json"])
-            row_version = json.loads(rec["row_version_json"])
-        except Exception as exc:  # written by normalize; a bad one is still never a stop
-            if isinstance(exc, SyncError) and not isinstance(exc, TerminalError):
-                raise
-            await self.dead_letter("reconcile", f"{type(exc).__name__}: {exc}", message)
-            return
         meta = rec["metadata"]
         commit_ms = int(meta["source_commit_time"].timestamp() * 1000)
         change_version = (commit_ms, meta["lsn"] or 0)
         system, gid, event_id = rec["system"], rec["global_id"], meta["event_id"]
         ids = {"crm": rec["crm_id"], "erp": rec["erp_id"]}
-        if values is None:
-            await self._deleted(flow, rec, change_version, commit_ms)
-            return
+        if rec["values_json"] is None:  # a deletion: deactivate the counterpart, never delete it
+            def deleted(state: EntityState, now_ms: int) -> tuple[EntityState, list[Conflict], Any]:
+                rule = profile.deactivation(other(system))
+                return state, [], deactivate(rule, state, system, change_version, now_ms)
+
+            def finish_deleted(cmd: Any, _: list[int]) -> list[tuple[str, str, Any]]:
+                metrics.RECONCILE_EVENTS.labels(entity, system, "deleted").inc()
+                if cmd is None or ids[cmd.system] is None:
+                    return []
+                log.info("%s %s deleted: deactivating %s %s", system, rec["key"], cmd.system, ids[cmd.system])
+                return [(commands_topic(cmd.system), gid,
+                         command_record(entity, gid, ids[cmd.system], cmd, commit_ms, event_id))]
+
+            return deleted, finish_deleted
+        values = json.loads(rec["values_json"])
+        row_version = json.loads(rec["row_version_json"])
 
         def step(state: EntityState, now_ms: int) -> tuple[EntityState, list[Conflict], Any]:
             outcome = apply_change(profile.fields, state, system, values, change_version, row_version, now_ms)
@@ -310,61 +343,65 @@ class Processors:
                       if rec["may_create"] else None)
             return outcome.state, outcome.conflicts, (outcome, create)
 
-        (outcome, create), conflict_ids, tx = await self.retrying("reconcile", self._locked, entity, gid, step)
-        sends: list[tuple[str, str, Any]] = []
-        if create is not None:
-            peer = other(system)
-            sends.append((commands_topic(peer), gid, create_record(entity, gid, peer, create, commit_ms,
-                                                                   event_id)))
-        for cmd in outcome.commands:
-            if ids[cmd.system] is not None:  # else: not linked on that system yet
-                sends.append((commands_topic(cmd.system), gid, command_record(
-                    entity, gid, ids[cmd.system], cmd, commit_ms, event_id)))
-        sends += [(CONFLICTS, gid, conflict_record(entity, gid, conflict_id, c))
-                  for conflict_id, c in zip(conflict_ids, outcome.conflicts, strict=True)]
-        if flow.canonical and outcome.replays == 0:
-            sends.append((flow.canonical, gid, canonical_record(
-                profile, outcome.state, gid, ids["crm"], ids["erp"], meta)))
+        def finish(result: Any, conflict_ids: list[int]) -> list[tuple[str, str, Any]]:
+            outcome, create = result
+            sends: list[tuple[str, str, Any]] = []
+            if create is not None:
+                peer = other(system)
+                sends.append((commands_topic(peer), gid,
+                              create_record(entity, gid, peer, create, commit_ms, event_id)))
+            for cmd in outcome.commands:
+                if ids[cmd.system] is not None:  # else: not linked on that system yet
+                    sends.append((commands_topic(cmd.system), gid, command_record(
+                        entity, gid, ids[cmd.system], cmd, commit_ms, event_id)))
+            sends += [(CONFLICTS, gid, conflict_record(entity, gid, conflict_id, c))
+                      for conflict_id, c in zip(conflict_ids, outcome.conflicts, strict=True)]
+            if flow.canonical and outcome.replays == 0:
+                sends.append((flow.canonical, gid, canonical_record(
+                    profile, outcome.state, gid, ids["crm"], ids["erp"], meta)))
+            m = metrics
+            m.RECONCILE_EVENTS.labels(entity, system, "commands" if outcome.commands else "no_command").inc()
+            m.ECHOES.labels(entity, system).inc(outcome.echoes)
+            for cmd in outcome.commands:
+                m.COMMANDS.labels(entity, cmd.system).inc()
+            for c in outcome.conflicts:
+                m.CONFLICTS.labels(entity, c.field, c.kind, c.policy, c.resolution or "manual_open").inc()
+            return sends
+
+        return step, finish
+
+    async def reconcile(self, messages: list[Any]) -> None:
+        """Reconcile a batch of changes in one sync-store transaction; each entity's in order."""
+        planned: list[tuple[str, str, Any, Any]] = []
+        for message in messages:
+            flow = self.by_changes[message.topic]
+            try:
+                rec = self.decode.loads(message.value)
+                step, finish = self._plan(flow, rec)
+            except Exception as exc:  # written by normalize; a bad one is still never a stop
+                if isinstance(exc, SyncError) and not isinstance(exc, TerminalError):
+                    raise
+                await self.dead_letter("reconcile", f"{type(exc).__name__}: {exc}", message)
+                continue
+            planned.append((flow.entity, rec["global_id"], step, finish))
+        if not planned:
+            return
+        results, tx = await self.retrying("reconcile", self._locked, [(e, g, s) for e, g, s, _ in planned])
+        sends = [send for (_, _, _, finish), (result, ids) in zip(planned, results, strict=True)
+                 for send in finish(result, ids)]
         await self._send_then_commit(tx, sends)
-        m = metrics
-        m.STAGE_EVENTS.labels("reconcile", "out").inc(len(sends))
-        m.RECONCILE_EVENTS.labels(entity, system, "commands" if outcome.commands else "no_command").inc()
-        m.ECHOES.labels(entity, system).inc(outcome.echoes)
-        for cmd in outcome.commands:
-            m.COMMANDS.labels(entity, cmd.system).inc()
-        for c in outcome.conflicts:
-            m.CONFLICTS.labels(entity, c.field, c.kind, c.policy, c.resolution or "manual_open").inc()
-
-    async def _deleted(self, flow: Flow, rec: dict[str, Any], change_version: tuple[int, int],
-                       commit_ms: int) -> None:
-        """A record was deleted: deactivate its counterpart (policy in the profile), never delete it."""
-        system, gid = rec["system"], rec["global_id"]
-        profile, entity = flow.profile, flow.entity
-
-        def step(state: EntityState, now_ms: int) -> tuple[EntityState, list[Conflict], Any]:
-            rule = profile.deactivation(other(system))
-            return state, [], deactivate(rule, state, system, change_version, now_ms)
-
-        cmd, _, tx = await self.retrying("reconcile", self._locked, entity, gid, step)
-        target_key = None if cmd is None else rec[f"{cmd.system}_id"]
-        sends: list[tuple[str, str, Any]] = []
-        if cmd is not None and target_key is not None:
-            log.info("%s %s deleted: deactivating %s %s", system, rec["key"], cmd.system, target_key)
-            sends.append((commands_topic(cmd.system), gid, command_record(
-                entity, gid, target_key, cmd, commit_ms, rec["metadata"]["event_id"])))
-        await self._send_then_commit(tx, sends)
-        metrics.RECONCILE_EVENTS.labels(entity, system, "deleted").inc()
+        metrics.STAGE_EVENTS.labels("reconcile", "out").inc(len(sends))
 
     async def _reconcile(self, stream: faust.StreamT[Any]) -> AsyncIterator[None]:
-        async for event in stream.events():
-            await self._timed("reconcile", self.reconcile, event.message)
+        async for events in stream.take_events(BATCH, within=0.01):  # type: ignore[attr-defined]
+            await self._timed("reconcile", self.reconcile, [e.message for e in events])
             yield None
 
     @staticmethod
-    async def _timed(stage: str, handler: Any, message: Any) -> None:
-        metrics.STAGE_EVENTS.labels(stage, "in").inc()
+    async def _timed(stage: str, handler: Any, messages: list[Any]) -> None:
+        metrics.STAGE_EVENTS.labels(stage, "in").inc(len(messages))
         started = time.monotonic()
-        await handler(message)
+        await handler(messages)
         metrics.STAGE_SECONDS.labels(stage).observe(time.monotonic() - started)
 
     # -- health: consumer lag and the manual-conflict queue, every few seconds ----------------

@@ -78,7 +78,7 @@ STAGE_EVENTS = Counter(
     "sync_stage_events_total", "Events into and out of each processing stage.", ["stage", "io"]
 )
 STAGE_SECONDS = Histogram(
-    "sync_stage_seconds", "Processing time of one event (one batch for the appliers) per stage.", ["stage"],
+    "sync_stage_seconds", "Processing time of one batch of events, per stage.", ["stage"],
     buckets=LAG_BUCKETS,
 )
 SOURCE_TO_PROCESSOR = Histogram(

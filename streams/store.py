@@ -126,6 +126,13 @@ class Store:
         row = self.conn.execute(query, (entity, source_id)).fetchone()
         return Link(*row) if row else None
 
+    def links_of(self, entity: str, system: str, source_ids: list[str]) -> dict[str, Link]:
+        """The cross-reference rows holding ``system``'s ``source_ids`` (one round trip)."""
+        column = sql.Identifier(f"{system}_id")
+        query = sql.SQL("SELECT global_id::text, crm_id, erp_id, linked_by, {} FROM sync.xref"
+                        " WHERE entity = %s AND {} = ANY(%s)").format(column, column)
+        return {str(r[4]): Link(*r[:4]) for r in self.conn.execute(query, (entity, source_ids)).fetchall()}
+
     def add_link(self, entity: str, crm_id: str | None, erp_id: str | None, linked_by: str,
                  score: float | None = None) -> Link:
         """Insert a cross-reference row (a new global id); an existing one for either id wins."""
@@ -193,6 +200,31 @@ class Store:
             "UPDATE sync.entity_state SET state = %s, updated_at = now() WHERE entity = %s AND global_id = %s",
             (_json(state.to_json()), entity, global_id),
         )
+
+    def lock_states(self, conn: psycopg.Connection[Any], keys: Sequence[tuple[str, str]]
+                    ) -> dict[tuple[str, str], EntityState]:
+        """Several entities' states, row-locked (in key order) until ``conn``'s transaction ends; two queries."""
+        entities, gids = [k[0] for k in keys], [k[1] for k in keys]
+        conn.execute(
+            "INSERT INTO sync.entity_state (entity, global_id, state)"
+            " SELECT e, g, '{}' FROM unnest(%s::text[], %s::uuid[]) AS k(e, g) ORDER BY e, g ON CONFLICT DO NOTHING",
+            (entities, gids),
+        )
+        rows = conn.execute(
+            "SELECT s.entity, s.global_id::text, s.state FROM sync.entity_state s"
+            " JOIN unnest(%s::text[], %s::uuid[]) AS k(e, g) ON s.entity = k.e AND s.global_id = k.g"
+            " ORDER BY s.entity, s.global_id FOR UPDATE OF s",
+            (entities, gids),
+        ).fetchall()
+        return {(r[0], r[1]): EntityState.from_json(r[2]) for r in rows}
+
+    def save_states(self, conn: psycopg.Connection[Any], states: dict[tuple[str, str], EntityState]) -> None:
+        """Write several entities' states (inside the locking transaction)."""
+        with conn.cursor() as cur:
+            cur.executemany(
+                "UPDATE sync.entity_state SET state = %s, updated_at = now() WHERE entity = %s AND global_id = %s",
+                [(_json(state.to_json()), entity, gid) for (entity, gid), state in states.items()],
+            )
 
     def add_conflicts(self, conn: psycopg.Connection[Any], entity: str, global_id: str,
                       conflicts: Iterable[Conflict]) -> list[int]:

@@ -18,6 +18,8 @@ from typing import Any
 
 from streams.bench.report import percentile, write
 from streams.local.harness import Harness, running, topic_names, wait_for, wait_for_identity
+from streams.local.ports import free_port
+from streams.local.stack import scrape
 
 AUDIT = """
 CREATE SCHEMA IF NOT EXISTS bench;
@@ -60,6 +62,18 @@ def _wait_quietly(predicate: Any, timeout: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+def _idle(port: int) -> bool:
+    """The worker has nothing left to read: no consumer lag, every event into a stage out of it."""
+    samples = scrape(port)
+    if not samples or "sync_consumer_lag_messages" not in samples:
+        return False
+    time.sleep(5.5)  # the lag gauge is refreshed every 5 s: require it on two refreshes
+    again = scrape(port)
+    return again is not None and all(
+        v == 0 for s in (samples, again) for _, v in s.get("sync_consumer_lag_messages", [])
+    )
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -111,6 +125,8 @@ def run(rates: tuple[float, ...] = (200, 1000, 2000), seconds: float = 60.0, dra
         out: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Run one steady-state step per rate on one freshly started stack; the figures."""
     h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-bench-", dir="/tmp")), seed_accounts=300).start()
+    port = free_port()
+    h.write_config(processors={"metrics_port": port})
     steps: list[dict[str, Any]] = []
     try:
         _install_audit(h)
@@ -120,7 +136,9 @@ def run(rates: tuple[float, ...] = (200, 1000, 2000), seconds: float = 60.0, dra
             wait_for_identity(h)
             with h.connect("sync") as conn:
                 pairs = conn.execute("SELECT crm_id, erp_id FROM sync.xref WHERE linked_by = 'exact'").fetchall()
-            time.sleep(10)  # let the first alignment drain (measurement hygiene, not a correctness wait)
+            if progress:
+                print("  waiting for the first alignment to finish ...", flush=True)
+            wait_for(lambda: _idle(port) and _idle(port), 600, 5.0, "the worker to finish the first alignment")
             for system in TRIGGERS:
                 _audit(h, system)
             for rate in rates:
