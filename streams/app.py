@@ -2,11 +2,11 @@
 
 normalize maps each raw change to canonical values, resolves its identity and re-keys it by global
 id onto ``sync.changes.<entity>``; reconcile consumes that topic, so one entity's changes stay in
-order on one partition and several workers share entities. Agents only decode, call the pure core
-and send or apply. State lives in the sync store; the entity's row there is locked while one change
-of it is reconciled, so a partition moving between workers mid-change stays safe. Commands are
-sent (and acknowledged by the broker) before the state that issued them commits: a crash repeats
-them, and compare-and-set writes make the repeat harmless.
+order on one partition and several workers share entities. Agents take events in batches, decode,
+call the pure core and send or apply. State lives in the sync store; an entity's row there is
+locked while a batch holding its changes is reconciled, so a partition moving between workers
+stays safe. Commands are sent (and acknowledged by the broker) before the state that issued them
+commits: a crash repeats them, and compare-and-set writes make the repeat harmless.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ class Processors:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
-    # -- reconcile --------------------------------------------------------------------------
+    # -- identity and locked state ----------------------------------------------------------
     def _links(self, items: list[tuple[Profile, str, str, dict[str, Any] | None]]) -> list[tuple[Link | None, bool]]:
         """Each ``(profile, system, key, row)``'s link, and whether it may be created on the other system.
 
@@ -208,7 +208,7 @@ class Processors:
         out: list[tuple[Link | None, bool]] = []
         for profile, system, key, row in items:
             entity = profile.entity
-            link = known[(entity, system)].get(key)
+            link, review = known[(entity, system)].get(key), None
             if link is None and row is not None:
                 link = resolve_new(profile, self.settings, self.store, system, key, row)
                 known[(entity, system)][key] = link  # a second change of it in this batch finds it
@@ -218,7 +218,9 @@ class Processors:
                 out.append((link, False))
                 continue
             peer_missing = (link.erp_id if system == "crm" else link.crm_id) is None
-            out.append((link, peer_missing and not self.store.under_review(entity, system, key)))
+            if peer_missing and review is None:
+                review = self.store.under_review(entity, system, key)
+            out.append((link, peer_missing and not review))
         return out
 
     def _locked(self, steps: list[tuple[str, str, Any]]) -> tuple[list[tuple[Any, list[int]]], Any]:

@@ -50,6 +50,16 @@ CREATE TABLE IF NOT EXISTS sync_meta.debezium_signal (
 """
 
 
+def is_heartbeat(topic: str) -> bool:
+    """Debezium's heartbeat topic, or the heartbeat action query's table (it changes every beat)."""
+    return topic.startswith(HEARTBEAT_PREFIX) or topic.endswith(".sync_meta.heartbeat")
+
+
+def is_data(topic: str, source: str) -> bool:
+    """A change of a business table (not a heartbeat, signal or transaction marker)."""
+    return topic.startswith(f"{source}.") and ".sync_meta." not in topic and not topic.endswith(".transaction")
+
+
 def marker_topic(source: str) -> str:
     """The topic whose presence tells capture the broker still holds this source's events."""
     return f"_crm-erp-sync.capture.{source}"
@@ -158,7 +168,7 @@ class BrokerWriter:
                 delivery,
             )
             counts[topic] = counts.get(topic, 0) + 1
-            if value is not None and topic.startswith(f"{self.source}.") and not topic.endswith(".transaction"):
+            if value is not None and is_data(topic, self.source):
                 sample = bytes(value)
         produced = time.monotonic()
         left = self.producer.flush(self.flush_timeout)
@@ -173,9 +183,9 @@ class BrokerWriter:
         now = time.time()
         for topic, n in counts.items():
             metrics.CAPTURE_EVENTS.labels(self.source, topic).inc(n)
-            if topic.startswith(HEARTBEAT_PREFIX):
+            if is_heartbeat(topic):
                 metrics.CAPTURE_LAST_HEARTBEAT.labels(self.source).set(now)
-            else:
+            elif is_data(topic, self.source):
                 metrics.CAPTURE_LAST_EVENT.labels(self.source).set(now)
         metrics.CAPTURE_BATCHES.labels(self.source).inc()
         metrics.CAPTURE_BATCH_SECONDS.labels(self.source).observe(time.monotonic() - started)

@@ -98,3 +98,16 @@ def test_a_source_is_idle_while_it_heartbeats_and_stalled_when_it_does_not(
     event_age: float | None, heartbeat_age: float | None, state: str
 ) -> None:
     assert source_state(event_age, heartbeat_age) == state
+
+
+@pytest.mark.parametrize("topic, heartbeat, data", [
+    ("__debezium-heartbeat.crm", True, False),
+    ("crm.sync_meta.heartbeat", True, False),  # the heartbeat action query's table changes every beat
+    ("crm.sync_meta.debezium_signal", False, False),
+    ("crm.transaction", False, False),
+    ("crm.public.accounts", False, True),
+])
+def test_only_business_changes_count_as_events(topic: str, heartbeat: bool, data: bool) -> None:
+    from streams.capture.runner import is_data, is_heartbeat
+
+    assert (is_heartbeat(topic), is_data(topic, "crm")) == (heartbeat, data)
