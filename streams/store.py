@@ -183,23 +183,11 @@ class Store:
     # -- entity state -----------------------------------------------------------------------
     def lock_state(self, conn: psycopg.Connection[Any], entity: str, global_id: str) -> EntityState:
         """The entity's state, row-locked until ``conn``'s transaction ends (serialises workers)."""
-        conn.execute(
-            "INSERT INTO sync.entity_state (entity, global_id, state) VALUES (%s, %s, '{}')"
-            " ON CONFLICT DO NOTHING",
-            (entity, global_id),
-        )
-        row = conn.execute(
-            "SELECT state FROM sync.entity_state WHERE entity = %s AND global_id = %s FOR UPDATE",
-            (entity, global_id),
-        ).fetchone()
-        return EntityState.from_json(row[0] if row else {})
+        return self.lock_states(conn, [(entity, global_id)])[(entity, global_id)]
 
     def save_state(self, conn: psycopg.Connection[Any], entity: str, global_id: str, state: EntityState) -> None:
         """Write the entity's state (inside the locking transaction)."""
-        conn.execute(
-            "UPDATE sync.entity_state SET state = %s, updated_at = now() WHERE entity = %s AND global_id = %s",
-            (_json(state.to_json()), entity, global_id),
-        )
+        self.save_states(conn, {(entity, global_id): state})
 
     def lock_states(self, conn: psycopg.Connection[Any], keys: Sequence[tuple[str, str]]
                     ) -> dict[tuple[str, str], EntityState]:

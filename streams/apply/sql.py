@@ -23,8 +23,8 @@ CREATE INDEX IF NOT EXISTS created_by_key ON sync_meta.created (entity, key);
 """
 
 CREATED_LOOKUP = "SELECT key FROM sync_meta.created WHERE entity = %s AND global_id = %s"
-CREATED_BY_KEY = "SELECT global_id FROM sync_meta.created WHERE entity = %s AND key = %s"
-CREATED_OF_ENTITY = "SELECT key, global_id FROM sync_meta.created WHERE entity = %s"
+CREATED_OF_ENTITY = ("SELECT key, global_id FROM sync_meta.created"
+                     " WHERE entity = %(entity)s AND (%(key)s::text IS NULL OR key = %(key)s)")
 CREATED_INSERT = "INSERT INTO sync_meta.created (entity, global_id, key) VALUES (%s, %s, %s)"
 
 

@@ -36,11 +36,11 @@ def records(profile: Profile, settings: Settings, system: str) -> list[Record]:
     ]
 
 
-def created_by_sync(profile: Profile, settings: Settings, system: str) -> dict[str, str]:
-    """Rows the sync's applier created on ``system``: key -> the global id they were created for."""
+def created_by_sync(profile: Profile, settings: Settings, system: str, key: str | None = None) -> dict[str, str]:
+    """Rows the sync's applier created on ``system`` (all, or the one with ``key``): key -> global id."""
     try:
         with psycopg.connect(**settings.database(system).conninfo()) as conn:
-            rows = conn.execute(CREATED_OF_ENTITY, (profile.entity,)).fetchall()
+            rows = conn.execute(CREATED_OF_ENTITY, {"entity": profile.entity, "key": key}).fetchall()
     except psycopg.errors.UndefinedTable:
         return {}  # no applier has written there yet
     return {str(key): str(gid) for key, gid in rows}

@@ -6,10 +6,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import psycopg
-
-from streams.apply.sql import CREATED_BY_KEY
-from streams.identity.bootstrap import records
+from streams.identity.bootstrap import created_by_sync, records
 from streams.identity.match import Index, Record
 from streams.mapping.profile import Profile
 from streams.settings import Settings
@@ -18,21 +15,11 @@ from streams.store import Link, Store
 log = logging.getLogger(__name__)
 
 
-def _created_here(profile: Profile, settings: Settings, system: str, key: str) -> str | None:
-    """The global id of a row the sync itself created on ``system`` (its applier noted it)."""
-    try:
-        with psycopg.connect(**settings.database(system).conninfo()) as conn:
-            row = conn.execute(CREATED_BY_KEY, (profile.entity, key)).fetchone()
-    except psycopg.errors.UndefinedTable:
-        return None  # no applier has written there yet
-    return str(row[0]) if row else None
-
-
 def resolve_new(profile: Profile, settings: Settings, store: Store, system: str, key: str,
                 row: Mapping[str, Any]) -> Link:
     """Link a record first seen now: one the sync created, a match on the other system, or itself alone."""
     entity = profile.entity
-    created = _created_here(profile, settings, system, key)
+    created = created_by_sync(profile, settings, system, key).get(key)
     if created is not None:
         attached = store.attach(entity, created, system, key, "created")
         if attached is not None:

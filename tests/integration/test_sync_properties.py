@@ -6,13 +6,11 @@ import random
 import signal
 import tempfile
 import threading
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
 from streams.local.harness import (
@@ -26,6 +24,7 @@ from streams.local.harness import (
     wait_for_identity,
 )
 from streams.local.ports import free_port
+from streams.local.stack import scrape
 from streams.mapping.profile import load_profile
 
 pytestmark = pytest.mark.integration
@@ -36,14 +35,11 @@ COMMANDS = ["sync.commands.crm", "sync.commands.erp"]
 
 def metric(port: int, name: str, **labels: str) -> float:
     """Sum of a counter's samples matching ``labels`` on a worker's endpoint."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+    samples = scrape(port)
+    if samples is None:
+        raise OSError(f"no metrics on port {port}")
+    return sum(v for sample_labels, v in samples.get(name, [])
+               if all(sample_labels.get(k) == v2 for k, v2 in labels.items()))
 
 
 def messages(h: Harness, topics: list[str]) -> int:
