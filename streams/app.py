@@ -27,6 +27,8 @@ from faust.serializers import codecs as faust_codecs
 
 from streams import codecs, envelope, metrics, transport
 from streams.apply.executor import Applier, Delivery
+from streams.documents.engine import Documents, Touch
+from streams.documents.spec import DocumentProfile
 from streams.errors import SyncError, TerminalError, TransientError
 from streams.identity.resolver import resolve_new
 from streams.mapping.profile import Profile
@@ -37,6 +39,7 @@ from streams.reconcile.records import (
     command_record,
     conflict_record,
     create_record,
+    metadata,
 )
 from streams.settings import Settings
 from streams.store import Link, Store
@@ -106,9 +109,11 @@ class Flow:
 class Processors:
     """The Faust app of the mapping profiles (one flow each), with its store and appliers."""
 
-    def __init__(self, settings: Settings, profiles: Sequence[Profile]) -> None:
+    def __init__(self, settings: Settings, profiles: Sequence[Profile],
+                 documents: DocumentProfile | None = None) -> None:
         self.settings = settings
         self.flows = [Flow(p) for p in profiles]
+        self.document_profile = documents or DocumentProfile()
         self.by_raw = {topic: flow for flow in self.flows for topic in flow.raw_topics}
         self.by_changes = {flow.changes: flow for flow in self.flows}
         outputs = {
@@ -121,11 +126,14 @@ class Processors:
             outputs[flow.changes] = "sync/change.avsc"
             if flow.canonical:
                 outputs[flow.canonical] = str(flow.profile.canonical_schema.relative_to(codecs.SCHEMAS))
+        for rule in self.document_profile.canonical:
+            outputs[rule.topic] = str(rule.schema_path.relative_to(codecs.SCHEMAS))
         codecs.register(settings, outputs)
         self.decode = faust_codecs.get_codec(codecs.DECODE)
         self.store = Store(settings.store.conninfo())
         self.store.migrate()
         self.tx = psycopg.connect(**settings.store.conninfo())
+        self.documents = Documents(self.document_profile, settings, Store(settings.store.conninfo()))
         self.app = faust.App(
             settings.processors.app_id,
             broker=[f"kafka://{b}" for b in settings.kafka.bootstrap_servers.split(",")],
@@ -147,15 +155,18 @@ class Processors:
             name: self.app.topic(name, key_serializer="raw", value_serializer=codecs.encoder_name(name))
             for name in outputs
         }
-        raw = self.app.topic(*self.by_raw, key_serializer="raw", value_serializer="raw")
+        raw_topics = list(dict.fromkeys([*self.by_raw, *self.documents.topics]))
+        raw = self.app.topic(*raw_topics, key_serializer="raw", value_serializer="raw")
         self.app.agent(raw, name="normalize")(self._normalize)
         changes = self.app.topic(*self.by_changes, key_serializer="raw", value_serializer="raw")
         self.app.agent(changes, name="reconcile")(self._reconcile)
         self.app.timer(5.0, name="health")(self._health)
+        if self.document_profile.creates:
+            self.app.timer(5.0, name="pending-documents")(self._pending_documents)
         for flow in self.flows:
             metrics.init_processor_series(flow.entity)
         for system in ("crm", "erp"):
-            applier = Applier(profiles, system, settings.database(system).conninfo())
+            applier = Applier(profiles, system, settings.database(system).conninfo(), self.document_profile)
             source = self.app.topic(commands_topic(system), key_serializer="raw", value_serializer="raw")
             self.app.agent(source, name=f"apply-{system}")(self._applier(applier))
 
@@ -167,7 +178,7 @@ class Processors:
     async def dead_letter(self, stage: str, reason: str, message: Any) -> None:
         """Send the original bytes with the reason to the dead-letter topic, and index it."""
         flow = self.by_raw.get(message.topic)
-        if flow is not None:  # a raw event: counted as finished by normalize
+        if flow is not None and stage != "document":  # a raw event: counted as finished by normalize
             metrics.RECONCILE_EVENTS.labels(flow.entity, message.topic.split(".")[0], "dead_letter").inc()
         log.warning("dead letter (%s) %s/%s/%s: %s", stage, message.topic, message.partition, message.offset, reason)
         metrics.DEAD_LETTERS.labels(stage, metrics.DEAD_LETTER_REASONS.get(stage, "other")).inc()
@@ -267,6 +278,7 @@ class Processors:
     async def normalize(self, messages: list[Any]) -> None:
         """Decode and map raw change events, resolve their identity, pass them on keyed by global id."""
         mapped: list[tuple[Flow, envelope.ChangeEvent, str, dict[str, Any] | None]] = []
+        touching: list[tuple[Any, envelope.ChangeEvent]] = []
         for message in messages:
             try:
                 change = self._parse(message)
@@ -277,7 +289,11 @@ class Processors:
                 reason = getattr(exc, "message", None) or (str(exc) if plain else f"{type(exc).__name__}: {exc}")
                 await self.dead_letter("decode", reason, message)
                 continue
-            flow = self.by_raw[message.topic]
+            if message.topic in self.documents.by_topic and change.op not in ("t", "tombstone"):
+                touching.append((message, change))
+            flow = self.by_raw.get(message.topic)
+            if flow is None:
+                continue
             if change.op in ("t", "tombstone"):
                 metrics.RECONCILE_EVENTS.labels(flow.entity, change.system, "ignored").inc()
                 continue  # truncates are not captured; a tombstone only follows a delete, for compaction
@@ -289,6 +305,8 @@ class Processors:
                     await self.dead_letter("map", exc.message, message)
                     continue
             mapped.append((flow, change, str(change.key[flow.profile.key_of(change.system)]), values))
+        if touching:
+            await self._documents(touching)
         if not mapped:
             return
         links = await self.retrying("identity", self._links, [
@@ -307,6 +325,61 @@ class Processors:
             metrics.SOURCE_TO_PROCESSOR.labels(change.system).observe(max(0.0, time.time() - change.commit_ms / 1000))
         await asyncio.gather(*pending)  # acknowledged by the broker before the raw offsets may be committed
         metrics.STAGE_EVENTS.labels("normalize", "out").inc(len(pending))
+
+    # -- documents: a change names a document; its rule reads it whole -------------------------
+    def _touches(self, changes: list[tuple[Any, envelope.ChangeEvent]]) -> list[tuple[Touch | str, Any]]:
+        """Each document the changes touch once (its first change is the cause), or a reason it is invalid."""
+        out: dict[Any, tuple[Touch | str, Any]] = {}
+        for message, change in changes:
+            try:
+                touched = self.documents.touched(message.topic, change.table, change.row)
+            except TerminalError as exc:
+                out[id(message)] = (exc.message, message)
+                continue
+            for rule, key in touched:
+                out.setdefault((rule.name, key), (Touch(rule, key, metadata(change)), message))
+        return list(out.values())
+
+    def _run_documents(self, touches: list[tuple[Touch | str, Any]]) -> list[tuple[list[Any], str | None, Any]]:
+        """Run each touched document's rule: its sends, or the reason it is invalid (a dead letter)."""
+        out: list[tuple[list[Any], str | None, Any]] = []
+        for touch, message in touches:
+            if isinstance(touch, str):
+                out.append(([], touch, message))
+                continue
+            try:
+                sends = self.documents.run(touch)
+            except TerminalError as exc:
+                metrics.DOCUMENTS.labels(touch.rule.name, "invalid").inc()
+                out.append(([], f"{touch.rule.name} {touch.key}: {exc.message}", message))
+                continue
+            metrics.DOCUMENTS.labels(touch.rule.name, "sent" if sends else "unchanged").inc()
+            out.append((sends, None, message))
+        return out
+
+    async def _documents(self, changes: list[tuple[Any, envelope.ChangeEvent]]) -> None:
+        touches = await self.retrying("documents", self._touches, changes)
+        results = await self.retrying("documents", self._run_documents, touches)
+        pending = []
+        for sends, reason, message in results:
+            if reason is not None:
+                await self.dead_letter("document", reason, message)
+            for topic, key, record in sends:
+                pending.append(await self.out[topic].send(key=key.encode(), value=record))
+        await asyncio.gather(*pending)
+        metrics.STAGE_EVENTS.labels("normalize", "out").inc(len(pending))
+
+    async def _pending_documents(self) -> None:
+        """Try the documents waiting for a reference again (an account linked since, say)."""
+        touches = await self.retrying("documents", self.documents.pending)
+        results = await self.retrying("documents", self._run_documents, [(t, None) for t in touches])
+        pending = [await self.out[topic].send(key=key.encode(), value=record)
+                   for sends, _, _ in results for topic, key, record in sends]
+        await asyncio.gather(*pending)
+        counts = await self.retrying("documents", self.documents.store.documents_summary)
+        for rule in self.document_profile.creates:
+            for state in ("pending", "diverged"):
+                metrics.DOCUMENTS_WAITING.labels(rule.name, state).set(counts.get((rule.name, state), 0))
 
     async def _normalize(self, stream: faust.StreamT[Any]) -> AsyncIterator[None]:
         async for events in stream.take_events(BATCH, within=0.01):  # type: ignore[attr-defined]

@@ -74,22 +74,28 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from confluent_kafka.admin import AdminClient
 
     from streams.app import CONFLICTS, DLQ, Processors, commands_topic
+    from streams.documents.spec import load_documents
     from streams.identity.bootstrap import bootstrap
     from streams.mapping.profile import load_profiles
     from streams.topics import COMPACTED, Topics
 
     profiles = load_profiles(settings.processors.profiles)
+    documents = load_documents(settings.processors.documents)
     topics = Topics(AdminClient(settings.kafka.client_config()), settings.kafka.replication_factor)
     topics.refresh()
     for name in (commands_topic("crm"), commands_topic("erp"), CONFLICTS, DLQ):
         topics.ensure(name, 1)
-    processors = Processors(settings, profiles)
+    processors = Processors(settings, profiles, documents)
+    for name in processors.documents.topics:
+        topics.ensure(name, 1)
     for flow in processors.flows:
         for name in flow.raw_topics:
             topics.ensure(name, 1)
         topics.ensure(flow.changes, settings.processors.partitions)
         if flow.canonical:
             topics.ensure(flow.canonical, 1, COMPACTED)
+    for rule in documents.canonical:
+        topics.ensure(rule.topic, 1, COMPACTED)
     from streams import metrics
 
     metrics.serve(settings.processors.metrics_port, settings.metrics_host)
@@ -172,6 +178,27 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_documents(settings: Settings, args: argparse.Namespace) -> int:
+    """Documents waiting for a reference (pending) or changed after creation (diverged); accept one."""
+    store = _store(settings)
+    if args.accept:
+        from streams.documents.engine import Documents
+        from streams.documents.spec import load_documents
+
+        documents = Documents(load_documents(settings.processors.documents), settings, store)
+        try:
+            if not documents.accept(args.accept):
+                raise SyncError(f"no diverged document {args.accept}", hint="crm-erp-sync documents --diverged")
+        finally:
+            documents.close()
+        print(f"document {args.accept} accepted: as it is now, it is the new baseline")
+        return 0
+    states = ["diverged"] if args.diverged else ["pending"] if args.pending else ["pending", "diverged"]
+    print(_table(store.documents(states), ["rule", "state", "global_id", "crm_id", "erp_id", "updated_at",
+                                           "reason"]))
+    return 0
+
+
 def cmd_identity(settings: Settings, args: argparse.Namespace) -> int:
     """The identity review queue, and a person's link / unlink decisions."""
     from streams.identity.decide import link, unlink
@@ -228,12 +255,15 @@ def cmd_registry(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     """Run a benchmark on its own local services and print its figures."""
-    from streams.bench import capture, steady, sync
+    from streams.bench import capture, orders, steady, sync
 
     out = args.out or Path(f"bench-results/{args.which}.json")
     if args.which == "capture":
         result = capture.run(updates=args.updates, out=out)
         print(capture.format_result(result))
+    elif args.which == "orders":
+        result = orders.run(deals=args.deals, out=out)
+        print(orders.format_result(result))
     elif args.which == "steady":
         rates = tuple(float(r) for r in args.rates.split(","))
         result = steady.run(rates=rates, seconds=args.seconds, out=out)
@@ -288,6 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument("action", choices=["list", "show", "replay"])
     dlq.add_argument("id", type=int, nargs="?", help="one dead letter (replay: default all not yet replayed)")
     dlq.set_defaults(func=cmd_dlq)
+    docs = sub.add_parser("documents", help="documents pending (waiting for a linked account) or diverged"
+                                            " (edited after creation); accept a diverged one")
+    docs_which = docs.add_mutually_exclusive_group()
+    docs_which.add_argument("--pending", action="store_true", help="only documents waiting to be created")
+    docs_which.add_argument("--diverged", action="store_true", help="only documents changed after creation")
+    docs_which.add_argument("--accept", metavar="GLOBAL_ID", help="a person settled it on the target")
+    docs.set_defaults(func=cmd_documents)
     ident = sub.add_parser("identity", help="identity: the review queue of ambiguous matches; link or unlink")
     ident.add_argument("action", choices=["review", "link", "unlink"])
     ident.add_argument("--crm", help="the CRM record's id (link, unlink)")
@@ -297,13 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("registry", help="serve the embedded schema registry alone (on registry.url)"
                    ).set_defaults(func=cmd_registry)
     bench = sub.add_parser("bench", help="benchmarks on freshly started local services (not the running stack)")
-    bench.add_argument("which", choices=["capture", "sync", "steady"],
+    bench.add_argument("which", choices=["capture", "sync", "steady", "orders"],
                        help="capture: N single-row CRM updates -> broker; sync: CRM edit -> ERP commit latency;"
-                            " steady: fixed-rate edits on both systems, per-edit latency and peak memory")
+                            " steady: fixed-rate edits on both systems, per-edit latency and peak memory;"
+                            " orders: deals won in a burst -> ERP sales orders")
     bench.add_argument("--updates", type=int, default=100_000, help="capture: single-row updates (default 100000)")
     bench.add_argument("--rate", type=float, default=5.0, help="sync: edits per second, fixed rate (default 5)")
     bench.add_argument("--seconds", type=float, default=60.0,
                        help="sync, steady: duration of the load (per rate) (default 60)")
+    bench.add_argument("--deals", type=int, default=500, help="orders: deals won in a burst (default 500)")
     bench.add_argument("--rates", default="200,1000,2000",
                        help="steady: edits per second, one step each, comma-separated (default 200,1000,2000)")
     bench.add_argument("--out", type=Path, default=None, help="JSON output (default bench-results/<which>.json)")

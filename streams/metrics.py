@@ -98,9 +98,14 @@ CONFLICT_OLDEST_OPEN = Gauge(
     "sync_conflict_oldest_open_age_seconds", "Age of the oldest manual conflict waiting (0 when none).", ["entity"]
 )
 APPLY_ERRORS = Counter("sync_apply_errors_total", "Commands a target rejected, by error kind.", ["system", "kind"])
+DOCUMENTS = Counter("sync_documents_total", "Documents the document rules handled, by rule and outcome.",
+                    ["rule", "outcome"])
+DOCUMENTS_WAITING = Gauge("sync_documents_waiting", "Created documents waiting (pending) or diverged, by rule.",
+                          ["rule", "state"])
 STAGES = ("normalize", "reconcile", "apply-crm", "apply-erp")
 APPLY_ERROR_KINDS = ("DataError", "IntegrityError", "ProgrammingError")
 DEAD_LETTER_REASONS = {"decode": "undecodable", "map": "invalid_value", "reconcile": "invalid_change",
+                       "document": "invalid_document",
                        "apply-crm": "rejected_by_target", "apply-erp": "rejected_by_target"}
 
 

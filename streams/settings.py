@@ -157,6 +157,8 @@ class ProcessorSettings(BaseModel):
 
     # The mapping profiles, one flow each (a single path is a list of one).
     profiles: list[Path] = [Path("schemas/mappings/demo.yaml"), Path("schemas/mappings/demo-products.yaml")]
+    # Document profiles (orders and their lines, rollups, canonical documents); [] turns them off.
+    documents: list[Path] = [Path("schemas/mappings/demo-orders.yaml")]
     app_id: str = Field("crm-erp-sync", pattern=r"^[\w.-]+$")  # the consumer group; a new one replays
     partitions: int = Field(4, ge=1, le=256)  # of sync.changes.<entity>: how many workers can share reconcile
     metrics_port: int = Field(0, ge=0, le=65535)
@@ -164,7 +166,7 @@ class ProcessorSettings(BaseModel):
     rebalance_timeout_s: float = Field(20.0, gt=1)
     fetch_max_wait_ms: int = Field(50, ge=1, le=5000)  # longest a fetch waits for data: latency per topic hop
 
-    @field_validator("profiles", mode="before")
+    @field_validator("profiles", "documents", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, (str, Path)) else value
@@ -276,7 +278,8 @@ def _resolve(settings: Settings, base: Path) -> Settings:
 
     local = settings.local.model_copy(update={"state_dir": absolute(settings.local.state_dir)})
     capture_update: dict[str, Any] = {"connectors_dir": absolute(settings.capture.connectors_dir)}
-    processors_update: dict[str, Any] = {"profiles": [absolute(p) for p in settings.processors.profiles]}
+    processors_update: dict[str, Any] = {"profiles": [absolute(p) for p in settings.processors.profiles],
+                                         "documents": [absolute(p) for p in settings.processors.documents]}
     if local.enabled and "metrics_port" not in settings.capture.model_fields_set:
         capture_update["metrics_port"] = local.capture_metrics_port
     if local.enabled and "metrics_port" not in settings.processors.model_fields_set:

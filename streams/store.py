@@ -77,6 +77,17 @@ CREATE TABLE IF NOT EXISTS sync.dead_letters (
   UNIQUE (stage, topic, partition, "offset")
 );
 ALTER TABLE sync.dead_letters ADD COLUMN IF NOT EXISTS replayed_at timestamptz;
+CREATE TABLE IF NOT EXISTS sync.documents (
+  rule       text NOT NULL,           -- the document profile's create rule
+  global_id  uuid NOT NULL,
+  source_id  text NOT NULL,
+  state      text NOT NULL,           -- pending | sent | linked | diverged
+  reason     text,
+  digest     text,                    -- of the document as created (or first linked)
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (rule, global_id)
+);
+CREATE INDEX IF NOT EXISTS documents_waiting ON sync.documents (state) WHERE state IN ('pending', 'diverged');
 """
 
 MISSING_JSON = {"missing": True}
@@ -153,6 +164,15 @@ class Store:
         if not self.conn.execute(query, (source_id, linked_by, entity, global_id)).rowcount:
             return None
         return self.link_of(entity, system, source_id)
+
+    def link_pair(self, entity: str, crm_id: str, erp_id: str, linked_by: str) -> Link:
+        """The link of a CRM and an ERP record known to be the same (a document naming its counterpart)."""
+        crm, erp = self.link_of(entity, "crm", crm_id), self.link_of(entity, "erp", erp_id)
+        if crm is not None and crm.erp_id is None and erp is None:
+            return self.attach(entity, crm.global_id, "erp", erp_id, linked_by) or crm
+        if erp is not None and erp.crm_id is None and crm is None:
+            return self.attach(entity, erp.global_id, "crm", crm_id, linked_by) or erp
+        return crm or erp or self.add_link(entity, crm_id, erp_id, linked_by)
 
     def under_review(self, entity: str, system: str, source_id: str) -> bool:
         """True while a person must decide what ``system``'s record is linked to."""
@@ -284,6 +304,44 @@ class Store:
         cur = self.conn.execute(query, params)
         names = [d.name for d in cur.description or []]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    # -- documents --------------------------------------------------------------------------
+    def document(self, rule: str, global_id: str) -> dict[str, Any] | None:
+        """The state of one created document."""
+        rows = self._dicts("SELECT state, reason, digest FROM sync.documents WHERE rule = %s AND global_id = %s",
+                           (rule, global_id))
+        return rows[0] if rows else None
+
+    def save_document(self, rule: str, global_id: str, source_id: str, state: str, reason: str | None,
+                      digest: str | None) -> None:
+        """Record where a document stands (a digest of None keeps the stored one)."""
+        self.conn.execute(
+            "INSERT INTO sync.documents (rule, global_id, source_id, state, reason, digest)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (rule, global_id) DO UPDATE SET state = EXCLUDED.state,"
+            " reason = EXCLUDED.reason, digest = coalesce(EXCLUDED.digest, documents.digest), updated_at = now()"
+            " WHERE (documents.state, documents.reason, documents.digest)"
+            " IS DISTINCT FROM (EXCLUDED.state, EXCLUDED.reason, coalesce(EXCLUDED.digest, documents.digest))",
+            (rule, global_id, source_id, state, reason, digest),
+        )
+
+    def forget_document(self, rule: str, global_id: str) -> None:
+        """A document no longer waiting to be created (e.g. a pending deal reopened)."""
+        self.conn.execute("DELETE FROM sync.documents WHERE rule = %s AND global_id = %s AND state = 'pending'",
+                          (rule, global_id))
+
+    def documents(self, states: Sequence[str], limit: int = 100) -> list[dict[str, Any]]:
+        """Documents in ``states``, oldest first, with their target ids."""
+        return self._dicts(
+            "SELECT d.rule, d.global_id::text AS global_id, d.source_id, x.crm_id, x.erp_id, d.state, d.reason,"
+            " d.updated_at FROM sync.documents d LEFT JOIN sync.xref x ON x.global_id = d.global_id"
+            " WHERE d.state = ANY(%s) ORDER BY d.updated_at LIMIT %s",
+            (list(states), limit),
+        )
+
+    def documents_summary(self) -> dict[tuple[str, str], int]:
+        """How many documents each rule has in each state."""
+        rows = self.conn.execute("SELECT rule, state, count(*) FROM sync.documents GROUP BY rule, state").fetchall()
+        return {(r[0], r[1]): int(r[2]) for r in rows}
 
     # -- dead letters -----------------------------------------------------------------------
     def dead_letters_pending(self) -> int:

@@ -19,10 +19,13 @@ from streams.apply.sql import (
     CREATED_LOOKUP,
     PROGRESS_DDL,
     compare_and_set,
+    insert_many,
     insert_returning,
     progress_select,
     progress_upsert,
+    set_row,
 )
+from streams.documents.spec import CreateRule, DocumentProfile, RollupRule
 from streams.errors import TerminalError, TransientError
 from streams.mapping.profile import Profile, SourceSpec
 
@@ -54,8 +57,10 @@ class BatchResult:
 class Applier:
     """Compare-and-set writer for one system, for the entities of every profile (commands name theirs)."""
 
-    def __init__(self, profiles: Sequence[Profile], system: str, conninfo: dict[str, Any]) -> None:
+    def __init__(self, profiles: Sequence[Profile], system: str, conninfo: dict[str, Any],
+                 documents: DocumentProfile | None = None) -> None:
         self.profiles = {p.entity: p for p in profiles}
+        self.rules = {r.name: r for r in documents.rules} if documents else {}
         self.system = system
         self.conninfo = {**conninfo, "application_name": f"crm-erp-sync apply {system}"}
         self.conn: psycopg.Connection[Any] | None = None
@@ -109,6 +114,47 @@ class Applier:
         conn.execute(CREATED_INSERT, (cmd["entity"], cmd["global_id"], str(row[0])))
         return 1
 
+    def _rule(self, cmd: dict[str, Any], kind: type[Any]) -> Any:
+        rule = self.rules.get(cmd["field"])
+        if not isinstance(rule, kind) or rule.target != self.system:
+            raise TerminalError(f"no document rule {cmd['field']!r} writing to {self.system} in the profiles")
+        return rule
+
+    def _create_document(self, conn: psycopg.Connection[Any], cmd: dict[str, Any]) -> int:
+        """Insert a document's header and lines unless this global id was created here before; 1 if it did.
+
+        A credit check, when the rule has one, runs here: against the target's receivables as they are
+        in this transaction.
+        """
+        if conn.execute(CREATED_LOOKUP, (cmd["entity"], cmd["global_id"])).fetchone():
+            return 0  # a replayed or repeated create: the document exists
+        rule: CreateRule = self._rule(cmd, CreateRule)
+        spec, doc = rule.target_spec, json.loads(cmd["values_json"])
+        header = dict(doc["header"])
+        check = spec.credit_check
+        if check is not None:
+            found = conn.execute(check.query, {**header, "total": doc["total"]}).fetchone()
+            if found is None:
+                raise TerminalError(f"{rule.name}: the credit check found no row for {header}")
+            header[check.column] = check.hold if found[0] else check.ok
+        row = conn.execute(insert_returning(spec.table, list(header), spec.key), list(header.values())).fetchone()
+        assert row is not None
+        if spec.lines is not None and doc["lines"]:
+            lines = [{**line, spec.lines.parent: row[0], **({spec.lines.number: n} if spec.lines.number else {})}
+                     for n, line in enumerate(doc["lines"], 1)]
+            with conn.cursor() as cur:
+                cur.executemany(insert_many(spec.lines.table, list(lines[0])), [list(x.values()) for x in lines])
+        conn.execute(CREATED_INSERT, (cmd["entity"], cmd["global_id"], str(row[0])))
+        log.info("%s %s created as %s %s", rule.name, cmd["global_id"], self.system, row[0])
+        return 1
+
+    def _set_row(self, conn: psycopg.Connection[Any], cmd: dict[str, Any]) -> int:
+        """Write a rollup's values onto its row, unless it already holds them; 1 if it wrote."""
+        rule: RollupRule = self._rule(cmd, RollupRule)
+        values = json.loads(cmd["values_json"])
+        statement = set_row(rule.target_table, rule.target_key, list(values))
+        return conn.execute(statement, {**values, "__key": cmd["key"]}).rowcount
+
     def apply(self, batch: Sequence[Delivery]) -> BatchResult:
         """Apply a batch in one transaction (a failing command is reported, the rest still apply)."""
         result = BatchResult()
@@ -126,19 +172,24 @@ class Applier:
                         continue
                     last[(d.topic, d.partition)] = max(d.offset, last.get((d.topic, d.partition), -1))
                     try:
-                        if d.command.get("op", "set") == "create":
+                        op = d.command.get("op", "set")
+                        if op in ("create", "document"):
                             with conn.transaction():  # a savepoint: one bad command does not sink the batch
-                                count = self._create(conn, d.command)
+                                count = (self._create if op == "create" else self._create_document)(conn, d.command)
                             result.created += count
                             continue
-                        statement, params = self._params(d.command)
                         with conn.transaction():  # a savepoint: one bad command does not sink the batch
-                            count = conn.execute(statement, params).rowcount
+                            if op == "row":
+                                count = self._set_row(conn, d.command)
+                            else:
+                                statement, params = self._params(d.command)
+                                count = conn.execute(statement, params).rowcount
                     except TerminalError as exc:
                         result.failed.append((d, exc.message))
                         continue
                     except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
-                        result.failed.append((d, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"))
+                        detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
+                        result.failed.append((d, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}{detail}"))
                         continue
                     if count:
                         result.written += 1

@@ -23,6 +23,7 @@ CREATE INDEX IF NOT EXISTS created_by_key ON sync_meta.created (entity, key);
 """
 
 CREATED_LOOKUP = "SELECT key FROM sync_meta.created WHERE entity = %s AND global_id = %s"
+CREATED_LOOKUP_NAMED = "SELECT key FROM sync_meta.created WHERE entity = %(entity)s AND global_id = %(gid)s"
 CREATED_OF_ENTITY = ("SELECT key, global_id FROM sync_meta.created"
                      " WHERE entity = %(entity)s AND (%(key)s::text IS NULL OR key = %(key)s)")
 CREATED_INSERT = "INSERT INTO sync_meta.created (entity, global_id, key) VALUES (%s, %s, %s)"
@@ -34,6 +35,27 @@ def insert_returning(table: str, columns: list[str], key_column: str) -> sql.Com
     return sql.SQL("INSERT INTO {}.{} ({}) VALUES ({}) RETURNING {}").format(
         sql.Identifier(schema), sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(c) for c in columns),
         sql.SQL(", ").join(sql.Placeholder() for _ in columns), sql.Identifier(key_column),
+    )
+
+
+def insert_many(table: str, columns: list[str]) -> sql.Composed:
+    """``INSERT`` one row (for ``executemany``)."""
+    schema, _, name = table.partition(".")
+    return sql.SQL("INSERT INTO {}.{} ({}) VALUES ({})").format(
+        sql.Identifier(schema), sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+        sql.SQL(", ").join(sql.Placeholder() for _ in columns),
+    )
+
+
+def set_row(table: str, key_column: str, columns: list[str]) -> sql.Composed:
+    """``UPDATE`` columns of one row (named parameters, the key as ``__key``) unless it holds those values."""
+    schema, _, name = table.partition(".")
+    idents = [sql.Identifier(c) for c in columns]
+    params = [sql.Placeholder(c) for c in columns]
+    return sql.SQL("UPDATE {}.{} SET {} WHERE {} = %(__key)s AND ({}) IS DISTINCT FROM ({})").format(
+        sql.Identifier(schema), sql.Identifier(name),
+        sql.SQL(", ").join(sql.SQL("{} = {}").format(i, p) for i, p in zip(idents, params, strict=True)),
+        sql.Identifier(key_column), sql.SQL(", ").join(idents), sql.SQL(", ").join(params),
     )
 
 

@@ -183,7 +183,7 @@ class Harness:
             "kafka": {"bootstrap_servers": self.bootstrap},
             "registry": {"url": self.registry_url},
             "capture": {"connectors_dir": str(REPO / "connectors")},
-            "processors": {"profiles": [str(REPO / "schemas" / "mappings" / "demo.yaml")],
+            "processors": {"profiles": [str(REPO / "schemas" / "mappings" / "demo.yaml")], "documents": [],
                            "session_timeout_s": 6, "rebalance_timeout_s": 10},
             "local": {"enabled": False, "state_dir": str(self.root / "state")},
         }

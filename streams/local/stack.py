@@ -169,7 +169,8 @@ class Stack:
             ("capture", ", ".join(f"{x} -> {x}.public.* (Avro)" for x in s.capture.sources)),
             ("processors",
              f"Faust worker, profiles {', '.join(p.name for p in s.processors.profiles)};"
-             " conflicts: crm-erp-sync conflicts list"),
+             + (f" documents {', '.join(p.name for p in s.processors.documents)};" if s.processors.documents else "")
+             + " conflicts: crm-erp-sync conflicts list"),
         ]
         if s.local.enabled and s.local.prometheus:
             rows.append(("metrics", f"Prometheus {prometheus.url(s)} (alerts: monitoring/prometheus/alerts.yml);"
@@ -349,6 +350,10 @@ def _flows(settings: Settings) -> dict[str, Any]:
             waiting, oldest = store.open_conflicts_summary(entity)
             flows[entity] = {"consumer_lag": lag, "conflicts_waiting": waiting, "oldest_waiting_s": oldest}
         flows["dead_letters"] = dead
+        documents: dict[str, int] = {}
+        for (_, state), n in store.documents_summary().items():
+            documents[state] = documents.get(state, 0) + n
+        flows["documents"] = {state: documents.get(state, 0) for state in ("pending", "diverged")}
     except psycopg.errors.UndefinedTable:
         return {entity: {"store": "holds no sync state yet (no worker has run)"} for entity in entities}
     finally:
@@ -380,6 +385,10 @@ def format_status(info: dict[str, Any]) -> str:
     for flow, part in info.get("flows", {}).items():
         if flow == "dead_letters":
             lines.append(f"  dead letters {part} not replayed (crm-erp-sync dlq list)")
+            continue
+        if flow == "documents":
+            lines.append(f"  documents {part['pending']} pending, {part['diverged']} diverged"
+                         " (crm-erp-sync documents)")
             continue
         if "error" in part or "store" in part:
             lines.append(f"  flow {flow:<8} {part.get('error') or 'sync store ' + part['store']}")

@@ -40,6 +40,20 @@ def create_record(entity: str, global_id: str, system: str, values: dict[str, An
     }
 
 
+def document_command(op: str, rule: Any, global_id: str, target_key: str, payload: dict[str, Any],
+                     meta: dict[str, Any]) -> dict[str, Any]:
+    """A document command: ``document`` (create it with its lines) or ``row`` (set a rollup's columns).
+
+    ``field`` names the rule, whose target the applier takes from its own copy of the profile.
+    """
+    return {
+        "command_id": str(uuid.uuid4()), "entity": rule.entity, "global_id": global_id, "system": rule.target,
+        "key": target_key, "field": rule.name, "value_json": "null", "expect_json": "null",
+        "expect_row_json": "null", "issued_at": datetime.now(tz=UTC), "cause_commit_time": meta["source_commit_time"],
+        "cause_event": meta["event_id"], "op": op, "values_json": _json(payload),
+    }
+
+
 def conflict_record(entity: str, global_id: str, conflict_id: int, c: Conflict,
                     now: datetime | None = None) -> dict[str, Any]:
     """A ``schemas/sync/conflict.avsc`` record."""
@@ -51,7 +65,8 @@ def conflict_record(entity: str, global_id: str, conflict_id: int, c: Conflict,
     }
 
 
-def _personal(value: Any, how: str) -> Any:
+def personal_value(value: Any, how: str) -> Any:
+    """A personal field as a consumer may see it: ``clear``, ``mask`` (first two characters) or ``hash``."""
     if value is None or how == "clear":
         return value
     if how == "mask":
@@ -88,7 +103,7 @@ def canonical_record(profile: Profile, state: EntityState, global_id: str, crm_i
     how = profile.canonical.personal if profile.canonical else "hash"
     values = state.merged(profile.fields)
     record: dict[str, Any] = {
-        name: _personal(values.get(name), how) if spec.personal else values.get(name)
+        name: personal_value(values.get(name), how) if spec.personal else values.get(name)
         for name, spec in profile.fields.items()
     }
     record.update({"global_id": global_id, "crm_id": crm_id, "erp_id": erp_id, "deleted": False, "metadata": meta})

@@ -25,7 +25,8 @@ def write_config(root: Path, **sections: dict[str, object]) -> Path:
                      "seed_accounts": 40},
            "capture": {"connectors_dir": str(REPO / "connectors")},
            "processors": {"profiles": [str(REPO / "schemas" / "mappings" / name)
-                                       for name in ("demo.yaml", "demo-products.yaml")]}}
+                                       for name in ("demo.yaml", "demo-products.yaml")],
+                          "documents": [str(REPO / "schemas" / "mappings" / "demo-orders.yaml")]}}
     for key, value in sections.items():
         cfg.setdefault(key, {}).update(value)  # type: ignore[attr-defined]
     path = root / "sync.yaml"

@@ -1,0 +1,398 @@
+"""Flows F2, F3 and F5 on the real stack: won deal -> ERP sales order, fulfilment back, returns, canonical."""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streams.documents.spec import load_documents
+from streams.local.harness import (
+    REPO,
+    Harness,
+    TopicReader,
+    running,
+    scalar,
+    topic_names,
+    wait_for,
+    wait_for_identity,
+)
+from streams.local.ports import free_port
+from streams.local.stack import scrape
+from streams.mapping.profile import load_profiles
+
+pytestmark = pytest.mark.integration
+MAPPINGS = REPO / "schemas" / "mappings"
+PROFILES = [str(MAPPINGS / "demo.yaml"), str(MAPPINGS / "demo-products.yaml")]
+DOCUMENTS = [str(MAPPINGS / "demo-orders.yaml")]
+
+
+@pytest.fixture(scope="module")
+def sync() -> Iterator[Harness]:
+    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-orders-", dir="/tmp"))).start()
+    h.write_config(processors={"profiles": PROFILES, "documents": DOCUMENTS})
+    try:
+        with running(h.spawn("capture")), running(h.spawn("worker", log_name="worker.log")):
+            wait_for(lambda: "erp.public.return_orders" in topic_names(h.bootstrap), 120, 0.5, "capture")
+            wait_for_identity(h)
+            yield h
+    finally:
+        h.stop()
+
+
+TAKEN: set[str] = set()  # customers a test already used
+
+
+def customer(h: Harness, limit_fen: int = 10**12, blocked: bool = False) -> tuple[str, str]:
+    """A linked (CRM account, ERP customer) pair without deals or orders; (account id, cust_no)."""
+    with h.connect("sync") as conn, h.connect("erp") as erp, h.connect("crm") as crm:
+        used = {r[0] for r in erp.execute("SELECT DISTINCT cust_no FROM sales_orders").fetchall()} | TAKEN
+        dealing = {str(r[0]) for r in crm.execute("SELECT DISTINCT account_id FROM opportunities").fetchall()}
+        pairs = conn.execute("SELECT crm_id, erp_id FROM sync.xref WHERE entity = 'customer'"
+                             " AND crm_id IS NOT NULL AND erp_id IS NOT NULL ORDER BY erp_id").fetchall()
+        account, cust_no = next((c, e) for c, e in pairs if e not in used and c not in dealing)
+        erp.execute("UPDATE customers SET credit_limit_fen = %s, blocked = %s WHERE cust_no = %s",
+                    (limit_fen, blocked, cust_no))
+    TAKEN.add(cust_no)
+    return account, cust_no
+
+
+def win_deal(h: Harness, account: str, lines: list[tuple[str, str, str]], currency: str = "CNY",
+             one_transaction: bool = False) -> str:
+    """A deal with (sku, quantity, unit price in yuan) lines, won; its id."""
+    deal = str(uuid.uuid4())
+    with h.connect("crm", autocommit=False) as crm:
+        crm.execute("INSERT INTO opportunities (id, account_id, title, stage, currency) VALUES (%s, %s, %s, %s, %s)",
+                    (deal, account, "集成测试订单", "closed_won" if one_transaction else "negotiation", currency))
+        for sku, qty, price in lines:
+            crm.execute("INSERT INTO opportunity_lines (opportunity_id, product_code, quantity, unit_price)"
+                        " VALUES (%s, %s, %s, %s)", (deal, sku, Decimal(qty), Decimal(price)))
+        crm.commit()
+        if not one_transaction:
+            crm.execute("UPDATE opportunities SET stage = 'closed_won' WHERE id = %s", (deal,))
+            crm.commit()
+    return deal
+
+
+def order_of(h: Harness, cust_no: str) -> list[tuple[Any, ...]]:
+    with h.connect("erp") as erp:
+        return erp.execute("SELECT order_no, status, total_fen, currency FROM sales_orders WHERE cust_no = %s",
+                           (cust_no,)).fetchall()
+
+
+def one_order(h: Harness, cust_no: str, what: str) -> tuple[Any, ...]:
+    rows = wait_for(lambda: order_of(h, cust_no), 60, 0.3, what)
+    assert len(rows) == 1, rows
+    return tuple(rows[0])
+
+
+def deal_status(h: Harness, deal: str) -> tuple[Any, Any]:
+    with h.connect("crm") as crm:
+        row = crm.execute("SELECT erp_order_no, fulfillment_status FROM opportunities WHERE id = %s",
+                          (deal,)).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def skus(h: Harness, n: int) -> list[str]:
+    with h.connect("erp") as erp:
+        return [r[0] for r in erp.execute("SELECT sku FROM items ORDER BY sku LIMIT %s", (n,)).fetchall()]
+
+
+def test_won_deal_becomes_one_order_with_exact_lines(sync: Harness) -> None:
+    account, cust_no = customer(sync)
+    a, b, c = skus(sync, 3)
+    deal = win_deal(sync, account, [(a, "3", "1299.99"), (b, "2.5", "0.07"), (c, "1", "100000.01")])
+    order_no, status, total, currency = one_order(sync, cust_no, "the won deal's ERP order")
+    assert (status, currency) == (20, "CNY")
+    assert total == 3 * 129999 + 18 + 10000001  # 2.5 x 7 fen = 17.5, half up to 18
+    with sync.connect("erp") as erp:
+        lines = erp.execute("SELECT line_no, sku, qty, price_fen FROM sales_order_lines WHERE order_no = %s"
+                            " ORDER BY line_no", (order_no,)).fetchall()
+    assert sorted((s, q, p) for _, s, q, p in lines) == sorted(
+        [(a, Decimal("3.000"), 129999), (b, Decimal("2.500"), 7), (c, Decimal("1.000"), 10000001)])
+    assert [n for n, *_ in lines] == [1, 2, 3]
+    wait_for(lambda: deal_status(sync, deal) == (order_no, "ordered"), 60, 0.3, "the order number on the deal")
+
+
+def test_a_deal_and_its_lines_in_one_transaction(sync: Harness) -> None:
+    account, cust_no = customer(sync)
+    deal = win_deal(sync, account, [(s, "4", "10.00") for s in skus(sync, 3)], one_transaction=True)
+    order_no, _, total, _ = one_order(sync, cust_no, "the order of a deal written in one transaction")
+    assert total == 3 * 4 * 1000
+    with sync.connect("erp") as erp:
+        assert scalar(erp, "SELECT count(*) FROM sales_order_lines WHERE order_no = %s", order_no) == 3
+    wait_for(lambda: deal_status(sync, deal)[0] == order_no, 60, 0.3, "the order number on the deal")
+
+
+def test_credit_hold_for_a_blocked_customer_and_over_the_limit(sync: Harness) -> None:
+    blocked_account, blocked = customer(sync, blocked=True)
+    small_account, small = customer(sync, limit_fen=50_000)  # 500 yuan
+    sku = skus(sync, 1)[0]
+    deal_blocked = win_deal(sync, blocked_account, [(sku, "1", "1.00")])
+    deal_over = win_deal(sync, small_account, [(sku, "1", "500.01")])
+    assert one_order(sync, blocked, "the blocked customer's order")[1] == 15
+    assert one_order(sync, small, "the order over the limit")[1] == 15
+    wait_for(lambda: deal_status(sync, deal_blocked)[1] == "credit_hold", 60, 0.3, "credit_hold on the deal")
+    wait_for(lambda: deal_status(sync, deal_over)[1] == "credit_hold", 60, 0.3, "credit_hold on the deal")
+    within_account, within = customer(sync, limit_fen=50_000)
+    win_deal(sync, within_account, [(sku, "1", "500.00")])
+    assert one_order(sync, within, "the order just within the limit")[1] == 20
+
+
+def test_a_deal_of_an_unlinked_account_waits_then_goes_through(sync: Harness) -> None:
+    with sync.connect("crm") as crm:
+        account = str(crm.execute("INSERT INTO accounts (name, tier, email) VALUES ('待链接测试科技', 'C',"
+                                  " 'pending@example.com') RETURNING id").fetchone()[0])  # type: ignore[index]
+    deal = win_deal(sync, account, [(skus(sync, 1)[0], "2", "50.00")])
+
+    def pending() -> Any:
+        with sync.connect("sync") as conn:
+            return conn.execute("SELECT reason FROM sync.documents d JOIN sync.xref x USING (global_id)"
+                                " WHERE d.state = 'pending' AND x.crm_id = %s", (deal,)).fetchone()
+
+    reason = wait_for(pending, 60, 0.3, "the deal pending")[0]
+    assert account in reason and "not linked" in reason
+    listing = _cli(sync, "documents", "--pending")
+    assert deal in listing and "not linked" in listing
+    with sync.connect("crm") as crm:  # tier A: the account becomes an ERP customer, and so linked
+        crm.execute("UPDATE accounts SET tier = 'A' WHERE id = %s", (account,))
+
+    def cust_no() -> Any:
+        with sync.connect("sync") as conn:
+            return scalar(conn, "SELECT erp_id FROM sync.xref WHERE entity = 'customer' AND crm_id = %s", account)
+
+    erp_customer = wait_for(cust_no, 60, 0.3, "the account created in the ERP")
+    with sync.connect("erp") as erp:
+        erp.execute("UPDATE customers SET credit_limit_fen = 10000000 WHERE cust_no = %s", (erp_customer,))
+    order_no, *_ = one_order(sync, erp_customer, "the pending deal's order once linked")
+    wait_for(lambda: deal_status(sync, deal)[0] == order_no, 60, 0.3, "the order number on the deal")
+    assert pending() is None
+
+
+def _cli(h: Harness, *args: str) -> str:
+    import subprocess
+
+    done = subprocess.run(h.cli(*args), capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout
+
+
+def account_money(h: Harness, account: str) -> tuple[Decimal, Any]:
+    with h.connect("crm") as crm:
+        row = crm.execute("SELECT ar_balance, last_payment_at FROM accounts WHERE id = %s", (account,)).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def test_fulfilment_invoices_and_payments_reach_the_crm_exactly(sync: Harness) -> None:
+    account, cust_no = customer(sync)
+    deal = win_deal(sync, account, [(skus(sync, 1)[0], "3", "333.33")])
+    order_no, _, total, _ = one_order(sync, cust_no, "the order")
+    assert total == 99999
+    with sync.connect("erp") as erp:
+        erp.execute("INSERT INTO shipments (order_no, shipped_on, carrier) VALUES (%s, current_date, '顺丰速运')",
+                    (order_no,))
+    wait_for(lambda: deal_status(sync, deal)[1] == "shipped", 60, 0.3, "shipped on the deal")
+    with sync.connect("erp") as erp:
+        invoice = erp.execute("INSERT INTO invoices (order_no, amount_fen, issued_on, due_on)"
+                              " VALUES (%s, %s, current_date, current_date + 30) RETURNING invoice_no",
+                              (order_no, total)).fetchone()[0]  # type: ignore[index]
+    wait_for(lambda: deal_status(sync, deal)[1] == "invoiced", 60, 0.3, "invoiced on the deal")
+    wait_for(lambda: account_money(sync, account)[0] == Decimal("999.99"), 60, 0.3, "the receivable")
+    with sync.connect("erp") as erp:
+        erp.execute("INSERT INTO payments (invoice_no, amount_fen, received_on)"
+                    " VALUES (%s, 33333, '2026-11-20 10:15:00')", (invoice,))
+    wait_for(lambda: account_money(sync, account)[0] == Decimal("666.66"), 60, 0.3, "a partial payment")
+    paid_at = account_money(sync, account)[1]
+    assert paid_at.isoformat() == "2026-11-20T02:15:00+00:00"  # Asia/Shanghai local time, as an instant
+    assert deal_status(sync, deal)[1] == "invoiced"
+    with sync.connect("erp") as erp:
+        erp.execute("INSERT INTO payments (invoice_no, amount_fen, received_on)"
+                    " VALUES (%s, 66666, '2026-11-21 09:00:00')", (invoice,))
+    wait_for(lambda: account_money(sync, account)[0] == Decimal("0.00"), 60, 0.3, "paid in full")
+    wait_for(lambda: deal_status(sync, deal)[1] == "paid", 60, 0.3, "paid on the deal")
+    assert account_money(sync, account)[1].isoformat() == "2026-11-21T01:00:00+00:00"
+
+
+def test_a_return_case_round_trip(sync: Harness) -> None:
+    account, cust_no = customer(sync)
+    deal = win_deal(sync, account, [(skus(sync, 1)[0], "1", "10.00")])
+    order_no, *_ = one_order(sync, cust_no, "the order")
+    wait_for(lambda: deal_status(sync, deal)[0] == order_no, 60, 0.3, "the deal linked to its order")
+    with sync.connect("crm") as crm:
+        case = str(crm.execute("INSERT INTO cases (account_id, opportunity_id, kind, subject) VALUES"
+                               " (%s, %s, 'return', '包装破损退货') RETURNING id",
+                               (account, deal)).fetchone()[0])  # type: ignore[index]
+
+    def returned() -> Any:
+        with sync.connect("erp") as erp:
+            return erp.execute("SELECT return_no, reason, status FROM return_orders WHERE order_no = %s",
+                               (order_no,)).fetchall()
+
+    rows = wait_for(returned, 60, 0.3, "the ERP return order")
+    assert len(rows) == 1 and rows[0][1:] == ("包装破损退货", "requested")
+
+    def case_state() -> tuple[Any, Any]:
+        with sync.connect("crm") as crm:
+            row = crm.execute("SELECT erp_return_no, status FROM cases WHERE id = %s", (case,)).fetchone()
+        assert row is not None
+        return row[0], row[1]
+
+    wait_for(lambda: case_state() == (rows[0][0], "pending"), 60, 0.3, "the return number on the case")
+    with sync.connect("erp") as erp:
+        erp.execute("UPDATE return_orders SET status = 'refunded' WHERE return_no = %s", (rows[0][0],))
+    wait_for(lambda: case_state() == (rows[0][0], "closed"), 60, 0.3, "the refunded return closes the case")
+    assert len(returned()) == 1
+
+
+def test_canonical_sales_order_read_by_a_plain_consumer(sync: Harness) -> None:
+    account, cust_no = customer(sync)
+    a, b = skus(sync, 2)
+    deal = win_deal(sync, account, [(a, "1.5", "20.00"), (b, "2", "30.00")])
+    order_no, *_ = one_order(sync, cust_no, "the order")
+    reader = TopicReader(sync.bootstrap, sync.registry_url, ["canonical.sales_order.v1"])
+    try:
+        found = reader.wait(lambda rs: [r for r in rs if r["value"]["order_no"] == order_no], 60,
+                            "the order on canonical.sales_order.v1")
+    finally:
+        reader.close()
+    record = found[-1]["value"]
+    assert found[-1]["key"] == record["global_id"].encode()
+    assert (record["crm_id"], record["erp_id"], record["cust_no"], record["total_fen"]) == (
+        deal, order_no, cust_no, 3000 + 6000)
+    assert [(x["sku"], x["qty_milli"], x["price_fen"]) for x in record["lines"]] == [(a, 1500, 2000), (b, 2000, 3000)]
+    meta = record["metadata"]  # the change that caused it: the order's header or one of its lines
+    assert meta["source_system"] == "erp"
+    assert meta["source_table"] in ("public.sales_orders", "public.sales_order_lines")
+
+
+def dead_letters(h: Harness) -> list[tuple[str, str]]:
+    with h.connect("sync") as conn:
+        return [(r[0], r[1]) for r in conn.execute("SELECT stage, reason FROM sync.dead_letters").fetchall()]
+
+
+def test_bad_orders_are_dead_letters_and_the_rest_flows(sync: Harness) -> None:
+    sku = skus(sync, 1)[0]
+    unknown_account, unknown = customer(sync)
+    negative_account, negative = customer(sync)
+    usd_account, usd = customer(sync)
+    good_account, good = customer(sync)
+    win_deal(sync, unknown_account, [(sku, "1", "1.00"), ("NO-SUCH-SKU", "1", "1.00")])
+    negative_deal = win_deal(sync, negative_account, [(sku, "-2", "1.00")])
+    usd_deal = win_deal(sync, usd_account, [(sku, "1", "1.00")], currency="USD")
+    win_deal(sync, good_account, [(sku, "1", "1.00")])
+    one_order(sync, good, "the good deal's order, after the bad ones")
+
+    def reasons() -> list[tuple[str, str]]:
+        found = dead_letters(sync)
+        wanted = ["NO-SUCH-SKU", negative_deal, usd_deal]
+        return found if all(any(w in r for _, r in found) for w in wanted) else []
+
+    found = wait_for(reasons, 60, 0.3, "three dead letters")
+    unknown_reason = next(r for s, r in found if "NO-SUCH-SKU" in r)
+    assert "sales_order_lines" in unknown_reason and "is not present in table \"items\"" in unknown_reason
+    of_deal = {deal: [r for s, r in found if s == "document" and deal in r] for deal in (negative_deal, usd_deal)}
+    assert any("line 1 quantity is -2" in r and "positive" in r for r in of_deal[negative_deal])
+    assert any("header currency is 'USD'" in r and "CNY" in r for r in of_deal[usd_deal])
+    assert order_of(sync, unknown) == order_of(sync, negative) == order_of(sync, usd) == []
+
+
+def test_replaying_every_topic_still_gives_one_order(sync: Harness) -> None:
+    account, cust_no = customer(sync)
+    win_deal(sync, account, [(s, "1", "9.99") for s in skus(sync, 3)])
+    before = one_order(sync, cust_no, "the order")
+    port = free_port()
+    sync.write_config(processors={"profiles": PROFILES, "documents": DOCUMENTS, "metrics_port": port,
+                                  "app_id": "crm-erp-sync-replay"})
+    rules = load_documents([Path(d) for d in DOCUMENTS]).rules
+    raw = sorted({f"{r.source}.{t}" for r in rules for t in r.watch}
+                 | {f"{s}.{p.table_of(s)}" for p in load_profiles([Path(x) for x in PROFILES]) for s in ("crm", "erp")})
+    total = _count(sync, raw)
+    with running(sync.spawn("worker", log_name="replay.log")):  # a new consumer group reads from the start
+
+        def replayed() -> bool:
+            samples = scrape(port) or {}
+            seen = sum(v for labels, v in samples.get("sync_stage_events_total", [])
+                       if labels.get("stage") == "normalize" and labels.get("io") == "in")
+            return seen >= total
+
+        wait_for(replayed, 180, 1.0, "the replay of every raw topic")
+        commands = _count(sync, ["sync.commands.erp", "sync.commands.crm"])
+        wait_for(lambda: sum(v for _, v in (scrape(port) or {}).get("sync_apply_commands_total", [])) >= commands,
+                 120, 1.0, "the replayed commands handled")
+    assert one_order(sync, cust_no, "the order after the replay") == before
+    with sync.connect("erp") as erp, sync.connect("sync") as conn:
+        orders = {r[0] for r in erp.execute("SELECT order_no FROM sales_orders").fetchall()}
+        created = dict(erp.execute("SELECT global_id, key FROM sync_meta.created WHERE entity = 'sales_order'"
+                                   ).fetchall())
+        deals = dict(conn.execute("SELECT global_id::text, crm_id FROM sync.xref WHERE entity = 'sales_order'"
+                                  ).fetchall())
+    assert set(created.values()) <= orders  # every order the sync made is recorded with its deal's global id
+    by_deal = [deals[gid] for gid in created]
+    assert len(by_deal) == len(set(by_deal)), "a deal ordered twice"
+
+
+def _count(h: Harness, topics: list[str]) -> int:
+    reader = TopicReader(h.bootstrap, h.registry_url, topics, decode=False)
+    try:
+        while reader.poll(1.0):
+            pass
+        return len(reader.records)
+    finally:
+        reader.close()
+
+
+def test_a_repeated_create_command_makes_no_second_order(sync: Harness) -> None:
+    from streams.apply.executor import Applier, Delivery
+    from streams.reconcile.records import document_command
+
+    cust_no = customer(sync)[1]
+    documents = load_documents([Path(d) for d in DOCUMENTS])
+    rule = documents.creates[0]
+    sku = skus(sync, 1)[0]
+    payload = {"header": {"cust_no": cust_no, "currency": "CNY", "total_fen": 500},
+               "lines": [{"sku": sku, "qty": "5", "price_fen": 100}], "total": 500}
+    meta = {"source_commit_time": datetime.now(tz=UTC), "event_id": "test/0/0"}
+    command = document_command("document", rule, str(uuid.uuid4()), "", payload, meta)
+    applier = Applier(load_profiles([Path(x) for x in PROFILES]), "erp", sync.conninfo("erp"), documents)
+    try:
+        first = applier.apply([Delivery("test.commands", 0, 1, command)])
+        again = applier.apply([Delivery("test.commands", 0, 2, command)])  # a later offset: not skipped as replayed
+    finally:
+        assert applier.conn is not None
+        applier.conn.close()
+    assert (first.created, again.created, again.replayed) == (1, 0, 0)
+    assert len(order_of(sync, cust_no)) == 1
+
+
+def test_a_deal_edited_after_its_order_is_flagged_not_pushed(sync: Harness) -> None:
+    account, cust_no = customer(sync)
+    deal = win_deal(sync, account, [(skus(sync, 1)[0], "2", "10.00")])
+    order_no, _, total, _ = one_order(sync, cust_no, "the order")
+    wait_for(lambda: deal_status(sync, deal)[0] == order_no, 60, 0.3, "the deal linked to its order")
+
+    def state() -> Any:
+        with sync.connect("sync") as conn:
+            return conn.execute("SELECT d.state, d.reason, d.global_id::text FROM sync.documents d"
+                                " JOIN sync.xref x USING (global_id) WHERE x.crm_id = %s", (deal,)).fetchone()
+
+    wait_for(lambda: (state() or [None])[0] == "linked", 60, 0.3, "the order recorded as created")
+    with sync.connect("crm") as crm:
+        crm.execute("UPDATE opportunity_lines SET quantity = 5 WHERE opportunity_id = %s", (deal,))
+    flagged = wait_for(lambda: (s := state()) and s[0] == "diverged" and s, 60, 0.3, "the edit flagged")
+    assert order_no in flagged[1] and "change it there" in flagged[1]
+    assert deal in _cli(sync, "documents", "--diverged")
+    assert one_order(sync, cust_no, "the order, unchanged")[2] == total
+    assert "accepted" in _cli(sync, "documents", "--accept", flagged[2])
+    assert state()[0] == "linked"
+    with sync.connect("crm") as crm:  # reopened after acceptance: flagged again
+        crm.execute("UPDATE opportunities SET stage = 'negotiation' WHERE id = %s", (deal,))
+    reopened = wait_for(lambda: (s := state()) and s[0] == "diverged" and s, 60, 0.3, "the reopened deal flagged")
+    assert "stage negotiation" in reopened[1]
+    assert len(order_of(sync, cust_no)) == 1

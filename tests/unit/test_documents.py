@@ -1,0 +1,119 @@
+"""Document profiles and the pure parts of document rules: mapping, amounts, fingerprints, validation."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from streams.apply.sql import set_row
+from streams.documents.engine import digest, line_amount, plan_document
+from streams.documents.spec import CreateRule, load_documents
+from streams.errors import ConfigError, TerminalError
+
+DEMO = Path(__file__).resolve().parents[2] / "schemas" / "mappings" / "demo-orders.yaml"
+
+
+def demo_rule() -> CreateRule:
+    return next(r for r in load_documents([DEMO]).creates if r.name == "sales_order")
+
+
+def test_the_demo_profile_loads_every_flow() -> None:
+    profile = load_documents([DEMO])
+    assert [r.name for r in profile.creates] == ["sales_order", "return_order"]
+    assert {r.name for r in profile.rollups} == {"fulfilment", "receivables", "return_status"}
+    topics = {r.topic for r in profile.canonical}
+    assert topics == {f"canonical.{n}.v1" for n in ("sales_order", "invoice", "payment", "shipment", "inventory",
+                                                      "return")}
+    for rule in profile.canonical:
+        assert {"global_id", "crm_id", "erp_id", "deleted", "metadata"} <= rule.schema_fields()
+
+
+def test_a_won_deal_maps_to_order_columns_with_an_exact_total() -> None:
+    header = {"id": "d1", "account_id": "a1", "stage": "closed_won", "currency": "cny", "erp_order_no": None}
+    lines = [{"product_code": "P001-A", "quantity": Decimal("3"), "unit_price": Decimal("1299.99")},
+             {"product_code": "P002-B", "quantity": Decimal("2.5"), "unit_price": Decimal("0.07")}]
+    out_header, out_lines, total = plan_document(demo_rule(), header, lines)
+    assert out_lines == [{"sku": "P001-A", "qty": Decimal("3"), "price_fen": 129999},
+                         {"sku": "P002-B", "qty": Decimal("2.5"), "price_fen": 7}]
+    assert total == 389997 + 18  # 2.5 x 7 = 17.5 fen, half up
+    assert out_header == {"currency": "CNY", "total_fen": total}  # cust_no comes from the identity link
+
+
+@pytest.mark.parametrize(("qty", "price", "fen"), [("1", "1", 1), ("0.5", "3", 2), ("0.499", "1", 0),
+                                                   ("1000000.001", "100", 100000000)])
+def test_line_amounts_round_half_up_to_the_fen(qty: str, price: str, fen: int) -> None:
+    assert line_amount({"q": Decimal(qty), "p": int(price)}, ("q", "p")) == fen
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"currency": "USD"}, "header currency is 'USD'; the target accepts only CNY"),
+    ({"quantity": Decimal("-2")}, "line 1 quantity is -2: it must be positive"),
+    ({"quantity": Decimal("0")}, "line 1 quantity is 0: it must be positive"),
+    ({"unit_price": "abc"}, "line 1 unit_price"),
+])
+def test_invalid_deals_are_terminal_errors_naming_the_column(change: dict[str, object], message: str) -> None:
+    header = {"stage": "closed_won", "currency": "CNY", "account_id": "a1"}
+    line = {"product_code": "P001-A", "quantity": Decimal("1"), "unit_price": Decimal("1.00")}
+    header.update({k: v for k, v in change.items() if k in header})
+    line.update({k: v for k, v in change.items() if k in line})
+    with pytest.raises(TerminalError) as caught:
+        plan_document(demo_rule(), header, [line])
+    assert message in caught.value.message
+
+
+def test_the_fingerprint_ignores_line_order_and_sees_any_edit() -> None:
+    a, b = {"sku": "A", "qty": Decimal("1")}, {"sku": "B", "qty": Decimal("2")}
+    assert digest({"x": 1}, [a, b]) == digest({"x": 1}, [b, a])
+    assert digest({"x": 1}, [a, b]) != digest({"x": 1}, [a, {**b, "qty": Decimal("3")}])
+    assert digest({"x": 1}, [a]) != digest({"x": 2}, [a])
+
+
+def _load(tmp_path: Path, data: dict[str, object]) -> None:
+    path = tmp_path / "docs.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    load_documents([path])
+
+
+def _rule(**changes: object) -> dict[str, object]:
+    rule: dict[str, object] = {
+        "name": "order", "entity": "order", "source": "crm", "watch": {"public.deals": "id"},
+        "header": "SELECT * FROM public.deals WHERE id = %(key)s",
+        "target": {"table": "public.orders", "key": "no", "columns": {"cust": {"ref": "account_id"}}},
+        "refs": {"account_id": {"entity": "customer"}},
+    }
+    rule.update(changes)
+    return rule
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"refs": {}}, "ref 'account_id' is not in refs"),
+    ({"header": "SELECT * FROM public.deals WHERE id = %(id)s"}, "take one parameter, %(key)s"),
+    ({"watch": {"deals": "id"}}, "must be schema.table"),
+    ({"watch": {"public.deals": {"column": "id", "query": "SELECT 1"}}}, "either column"),
+    ({"require_lines": True}, "require_lines needs a lines query"),
+    ({"target": {"table": "public.orders", "key": "no", "columns": {"t": {"total": True}}}}, "needs target.lines"),
+    ({"source": "sap"}, "source"),
+])
+def test_a_bad_document_profile_names_the_key(tmp_path: Path, changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _load(tmp_path, {"creates": [_rule(**changes)]})
+    assert message in caught.value.message and "docs.yaml" in caught.value.message
+
+
+def test_rule_names_are_unique_and_unknown_sections_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="rule names must be unique: order"):
+        _load(tmp_path, {"creates": [_rule(), _rule()]})
+    with pytest.raises(ConfigError, match="creates, rollups and canonical"):
+        _load(tmp_path, {"orders": []})
+    with pytest.raises(ConfigError, match="cannot read document profile"):
+        load_documents([tmp_path / "missing.yaml"])
+
+
+def test_a_rollup_writes_only_when_a_value_differs() -> None:
+    text = set_row("public.accounts", "id", ["ar_balance", "last_payment_at"]).as_string(None)
+    assert text == ('UPDATE "public"."accounts" SET "ar_balance" = %(ar_balance)s, "last_payment_at" ='
+                    ' %(last_payment_at)s WHERE "id" = %(__key)s AND ("ar_balance", "last_payment_at")'
+                    ' IS DISTINCT FROM (%(ar_balance)s, %(last_payment_at)s)')
