@@ -332,7 +332,8 @@ class Processors:
         out: dict[Any, tuple[Touch | str, Any]] = {}
         for message, change in changes:
             try:
-                touched = self.documents.touched(message.topic, change.table, change.row)
+                before = change.before if change.op == "u" else None
+                touched = self.documents.touched(message.topic, change.table, change.row, before)
             except TerminalError as exc:
                 out[id(message)] = (exc.message, message)
                 continue

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from streams.bench.report import percentile, write
+from streams.bench.steady import worker_idle
 from streams.local.harness import REPO, Harness, running, topic_names, wait_for, wait_for_identity
+from streams.local.ports import free_port
 
 MAPPINGS = REPO / "schemas" / "mappings"
 AUDIT = """
@@ -56,16 +58,19 @@ def _prepare(h: Harness, deals: int) -> list[str]:
 def run(deals: int = 500, out: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Run and return the figures (also written as JSON to ``out``)."""
     h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-bench-", dir="/tmp")), seed_accounts=300).start()
+    port = free_port()
     h.write_config(processors={"profiles": [str(MAPPINGS / "demo.yaml"), str(MAPPINGS / "demo-products.yaml")],
-                               "documents": [str(MAPPINGS / "demo-orders.yaml")]})
+                               "documents": [str(MAPPINGS / "demo-orders.yaml")], "metrics_port": port})
     try:
         with running(h.spawn("capture")), running(h.spawn("worker", log_name="worker.log")):
             wait_for(lambda: "erp.public.return_orders" in topic_names(h.bootstrap), 180, 0.5, "capture")
             wait_for_identity(h)
             ids = _prepare(h, deals)
-            time.sleep(5)  # let the start-up snapshot's tail drain (measurement hygiene, not a correctness wait)
             if progress:
-                print(f"  {deals} deals prepared; winning them", flush=True)
+                print(f"  {deals} deals prepared; waiting for the worker to finish the start-up work ...", flush=True)
+            wait_for(lambda: worker_idle(port) and worker_idle(port), 600, 5.0, "the worker to finish the start-up")
+            if progress:
+                print("  winning them", flush=True)
             started = time.monotonic()
             with h.connect("crm") as crm:
                 for deal in ids:

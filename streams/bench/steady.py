@@ -65,7 +65,7 @@ def _wait_quietly(predicate: Any, timeout: float) -> bool:
     return True
 
 
-def _idle(port: int) -> bool:
+def worker_idle(port: int) -> bool:
     """The worker has nothing left to read: no consumer lag, every event into a stage out of it."""
     samples = scrape(port)
     if not samples or "sync_consumer_lag_messages" not in samples:
@@ -139,7 +139,8 @@ def run(rates: tuple[float, ...] = (200, 1000, 2000), seconds: float = 60.0, dra
                 pairs = conn.execute("SELECT crm_id, erp_id FROM sync.xref WHERE linked_by = 'exact'").fetchall()
             if progress:
                 print("  waiting for the first alignment to finish ...", flush=True)
-            wait_for(lambda: _idle(port) and _idle(port), 600, 5.0, "the worker to finish the first alignment")
+            wait_for(lambda: worker_idle(port) and worker_idle(port), 600, 5.0,
+                     "the worker to finish the first alignment")
             for system in TRIGGERS:
                 _audit(h, system)
             for rate in rates:

@@ -141,8 +141,10 @@ class Reader:
     def _read(self, queries: Sequence[str], params: Mapping[str, Any]) -> list[list[dict[str, Any]]]:
         conn = self._connect()
         try:
-            with conn.transaction():
-                return [conn.execute(q, params).fetchall() for q in queries]
+            with conn.pipeline():  # BEGIN, the queries and COMMIT in one round trip
+                with conn.transaction():
+                    cursors = [conn.execute(q, params) for q in queries]
+                return [c.fetchall() for c in cursors]
         except psycopg.OperationalError as exc:
             self.conn = None
             raise TransientError(f"{self.system} database unavailable: {exc}".strip()) from exc
@@ -176,11 +178,17 @@ class Documents:
         return list(self.by_topic)
 
     # -- which documents a change touches ---------------------------------------------------
-    def touched(self, topic: str, table: str, row: Mapping[str, Any]) -> list[tuple[Rule, str]]:
-        """Each rule watching ``table`` and the key of the document the row belongs to (if any)."""
+    def touched(self, topic: str, table: str, row: Mapping[str, Any],
+                before: Mapping[str, Any] | None = None) -> list[tuple[Rule, str]]:
+        """Each rule watching ``table`` and the key of the document the row belongs to (if any).
+
+        ``before`` (of an update) lets a rule that watches some columns only (``changed``) skip the others.
+        """
         out = []
         for rule in self.by_topic.get(topic, []):
             lookup = rule.watch[table]
+            if not lookup.touches(row, before):
+                continue  # e.g. the sync's own rollup onto the deal: nothing the document is made of
             if lookup.column is not None:
                 if lookup.column not in row:
                     raise TerminalError(f"{rule.name}: watched table {table} has no column {lookup.column}")
@@ -212,10 +220,10 @@ class Documents:
         return [Touch(rules[d["rule"]], d["source_id"], meta_of[rules[d["rule"]].source])
                 for d in self.store.documents(["pending"], limit=1000) if d["rule"] in rules]
 
-    def _link(self, entity: str, system: str, key: str, mint: bool) -> Link | None:
-        """The record's link: known, made by the sync's applier, or (``mint``) new on its own."""
+    def _link(self, entity: str, system: str, key: str, mint: bool, made_here: bool = True) -> Link | None:
+        """The record's link: known, made by the sync's applier (``made_here``), or (``mint``) new on its own."""
         link = self.store.link_of(entity, system, key)
-        if link is not None:
+        if link is not None or not made_here:
             return link
         created = self.readers[system].created(entity, key)
         if created is not None:
@@ -253,7 +261,7 @@ class Documents:
             return []  # deleted: what was created stays
         header, lines, ready = document
         existing = header.get(rule.existing) if rule.existing else None
-        link = self._link(rule.entity, source, key, mint=False)
+        link = self._link(rule.entity, source, key, mint=False, made_here=False)  # it is created on the target
         if existing and (link is None or getattr(link, f"{target}_id") is None):
             link = self.store.link_pair(rule.entity, *((key, str(existing)) if source == "crm"
                                                       else (str(existing), key)), "exact")

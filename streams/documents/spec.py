@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,12 +45,17 @@ class Lookup(BaseModel):
     model_config = _MODEL
     column: str | None = None
     query: str | None = None  # one row, one column: the document key; parameters are the row's columns
+    changed: list[str] | None = None  # an update touches the document only if one of these columns changed
 
     @model_validator(mode="after")
     def _one(self) -> Lookup:
         if (self.column is None) == (self.query is None):
             raise ValueError("give either column (holding the document key) or query (returning it)")
         return self
+
+    def touches(self, row: Mapping[str, Any], before: Mapping[str, Any] | None) -> bool:
+        """Whether a change (``before``: the old row of an update) is news for the document."""
+        return not (self.changed and before is not None and all(before.get(c) == row.get(c) for c in self.changed))
 
 
 def _watch(value: Any) -> Any:

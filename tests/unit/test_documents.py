@@ -117,3 +117,13 @@ def test_a_rollup_writes_only_when_a_value_differs() -> None:
     assert text == ('UPDATE "public"."accounts" SET "ar_balance" = %(ar_balance)s, "last_payment_at" ='
                     ' %(last_payment_at)s WHERE "id" = %(__key)s AND ("ar_balance", "last_payment_at")'
                     ' IS DISTINCT FROM (%(ar_balance)s, %(last_payment_at)s)')
+
+
+def test_an_update_of_unwatched_columns_is_no_news() -> None:
+    lookup = demo_rule().watch["public.opportunities"]
+    old = {"id": "d1", "stage": "closed_won", "currency": "CNY", "account_id": "a1", "erp_order_no": None,
+           "fulfillment_status": None}
+    assert not lookup.touches({**old, "fulfillment_status": "shipped"}, old)  # the sync's own rollup
+    assert lookup.touches({**old, "stage": "negotiation"}, old)
+    assert lookup.touches(old, None)  # an insert, a delete or a snapshot read
+    assert demo_rule().watch["public.opportunity_lines"].touches({"quantity": 2}, {"quantity": 2})  # no `changed`
