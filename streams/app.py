@@ -30,6 +30,7 @@ from streams.apply.executor import Applier, Delivery
 from streams.documents.engine import Documents, Touch
 from streams.documents.spec import DocumentProfile
 from streams.errors import SyncError, TerminalError, TransientError
+from streams.identity.bootstrap import created_by_sync
 from streams.identity.resolver import resolve_new
 from streams.mapping.profile import Profile
 from streams.reconcile.core import Conflict, EntityState, apply_change, deactivate, other, request_create
@@ -214,8 +215,15 @@ class Processors:
         for profile, system, _, _ in items:
             known.setdefault((profile.entity, system), {})
         for (entity, system), found in known.items():
-            keys = [k for p, s, k, _ in items if (p.entity, s) == (entity, system)]
-            found.update(self.store.links_of(entity, system, keys))
+            of_entity = [(p, k, row) for p, s, k, row in items if (p.entity, s) == (entity, system)]
+            found.update(self.store.links_of(entity, system, [k for _, k, _ in of_entity]))
+            new = [k for _, k, row in of_entity if k not in found and row is not None]
+            if new:  # rows the sync created there itself: one lookup for the batch, not one per row
+                for key, gid in created_by_sync(of_entity[0][0], self.settings, system, new).items():
+                    link = self.store.attach(entity, gid, system, key, "created")
+                    if link is not None:
+                        found[key] = link
+                        metrics.IDENTITY.labels(entity, "created").inc()
         out: list[tuple[Link | None, bool]] = []
         for profile, system, key, row in items:
             entity = profile.entity

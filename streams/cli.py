@@ -255,17 +255,20 @@ def cmd_registry(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     """Run a benchmark on its own local services and print its figures."""
-    from streams.bench import capture, orders, steady, sync
+    from streams.bench import capture, full, orders, steady, sync
 
     out = args.out or Path(f"bench-results/{args.which}.json")
-    if args.which == "capture":
+    rates = tuple(float(r) for r in args.rates.split(","))
+    if args.which == "all":
+        result = full.run(rates=rates, seconds=args.seconds, edits=args.edits, accounts=args.accounts, out=out)
+        print(full.format_result(result))
+    elif args.which == "capture":
         result = capture.run(updates=args.updates, out=out)
         print(capture.format_result(result))
     elif args.which == "orders":
         result = orders.run(deals=args.deals, out=out)
         print(orders.format_result(result))
     elif args.which == "steady":
-        rates = tuple(float(r) for r in args.rates.split(","))
         result = steady.run(rates=rates, seconds=args.seconds, out=out)
         print(steady.format_result(result))
     else:
@@ -334,14 +337,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("registry", help="serve the embedded schema registry alone (on registry.url)"
                    ).set_defaults(func=cmd_registry)
     bench = sub.add_parser("bench", help="benchmarks on freshly started local services (not the running stack)")
-    bench.add_argument("which", choices=["capture", "sync", "steady", "orders"],
-                       help="capture: N single-row CRM updates -> broker; sync: CRM edit -> ERP commit latency;"
+    bench.add_argument("which", nargs="?", default="all",
+                       choices=["all", "capture", "sync", "steady", "orders"],
+                       help="all (default): steady state, native logical replication, backlog drain and initial"
+                            " sync in one run, as one table; capture: N single-row CRM updates -> broker;"
+                            " sync: CRM edit -> ERP commit latency;"
                             " steady: fixed-rate edits on both systems, per-edit latency and peak memory;"
                             " orders: deals won in a burst -> ERP sales orders")
     bench.add_argument("--updates", type=int, default=100_000, help="capture: single-row updates (default 100000)")
     bench.add_argument("--rate", type=float, default=5.0, help="sync: edits per second, fixed rate (default 5)")
     bench.add_argument("--seconds", type=float, default=60.0,
                        help="sync, steady: duration of the load (per rate) (default 60)")
+    bench.add_argument("--edits", type=int, default=100_000,
+                       help="all: backlog edits, and the anchor's burst (default 100000)")
+    bench.add_argument("--accounts", type=int, default=100_000, help="all: initial-sync accounts (default 100000)")
     bench.add_argument("--deals", type=int, default=500, help="orders: deals won in a burst (default 500)")
     bench.add_argument("--rates", default="200,1000,2000",
                        help="steady: edits per second, one step each, comma-separated (default 200,1000,2000)")

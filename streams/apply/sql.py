@@ -25,7 +25,7 @@ CREATE INDEX IF NOT EXISTS created_by_key ON sync_meta.created (entity, key);
 CREATED_LOOKUP = "SELECT key FROM sync_meta.created WHERE entity = %s AND global_id = %s"
 CREATED_LOOKUP_NAMED = "SELECT key FROM sync_meta.created WHERE entity = %(entity)s AND global_id = %(gid)s"
 CREATED_OF_ENTITY = ("SELECT key, global_id FROM sync_meta.created"
-                     " WHERE entity = %(entity)s AND (%(key)s::text IS NULL OR key = %(key)s)")
+                     " WHERE entity = %(entity)s AND (%(keys)s::text[] IS NULL OR key = ANY(%(keys)s))")
 CREATED_INSERT = "INSERT INTO sync_meta.created (entity, global_id, key) VALUES (%s, %s, %s)"
 
 

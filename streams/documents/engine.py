@@ -154,7 +154,7 @@ class Reader:
     def created(self, entity: str, key: str) -> str | None:
         """The global id the sync's applier created ``key`` for, if it did."""
         try:
-            rows = self.read([CREATED_OF_ENTITY], {"entity": entity, "key": key})[0]
+            rows = self.read([CREATED_OF_ENTITY], {"entity": entity, "keys": [key]})[0]
         except TerminalError:
             return None  # no applier has written here yet
         return str(rows[0]["global_id"]) if rows else None

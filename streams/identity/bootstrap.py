@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -36,11 +37,13 @@ def records(profile: Profile, settings: Settings, system: str) -> list[Record]:
     ]
 
 
-def created_by_sync(profile: Profile, settings: Settings, system: str, key: str | None = None) -> dict[str, str]:
-    """Rows the sync's applier created on ``system`` (all, or the one with ``key``): key -> global id."""
+def created_by_sync(profile: Profile, settings: Settings, system: str,
+                    keys: Sequence[str] | None = None) -> dict[str, str]:
+    """Rows the sync's applier created on ``system`` (all, or those with ``keys``): key -> global id."""
     try:
         with psycopg.connect(**settings.database(system).conninfo()) as conn:
-            rows = conn.execute(CREATED_OF_ENTITY, {"entity": profile.entity, "key": key}).fetchall()
+            rows = conn.execute(CREATED_OF_ENTITY, {"entity": profile.entity,
+                                                    "keys": None if keys is None else list(keys)}).fetchall()
     except psycopg.errors.UndefinedTable:
         return {}  # no applier has written there yet
     return {str(key): str(gid) for key, gid in rows}

@@ -19,7 +19,7 @@ def resolve_new(profile: Profile, settings: Settings, store: Store, system: str,
                 row: Mapping[str, Any]) -> Link:
     """Link a record first seen now: one the sync created, a match on the other system, or itself alone."""
     entity = profile.entity
-    created = created_by_sync(profile, settings, system, key).get(key)
+    created = created_by_sync(profile, settings, system, [key]).get(key)
     if created is not None:
         attached = store.attach(entity, created, system, key, "created")
         if attached is not None:

@@ -1,0 +1,122 @@
+"""Backlog drain and initial sync: how fast the sync works through a pile of changes.
+
+- backlog: N customer edits committed on the CRM while the worker is stopped (capture running, so
+  they wait in the broker), then the worker started: changes per second until every linked ERP
+  customer holds its account's last e-mail.
+- initial: N active tier-A accounts on the CRM only (none in the ERP), then capture and worker
+  started: time until all N exist in the ERP.
+
+Each on its own freshly started local services; peak memory (VmHWM) of both processes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from streams.bench.steady import peak_rss_mb, worker_idle
+from streams.local.harness import Harness, TopicReader, running, scalar, topic_names, wait_for, wait_for_identity
+from streams.local.ports import free_port
+from streams.local.stack import scrape
+
+
+def _normalized(port: int) -> float:
+    samples = scrape(port) or {}
+    return sum(v for labels, v in samples.get("sync_stage_events_total", [])
+               if labels.get("stage") == "normalize" and labels.get("io") == "in")
+
+
+def _harness(seed_accounts: int) -> tuple[Harness, int]:
+    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-bench-", dir="/tmp")), seed_accounts=seed_accounts).start()
+    port = free_port()
+    h.write_config(processors={"metrics_port": port})
+    return h, port
+
+
+def backlog(edits: int, progress: bool = True) -> dict[str, Any]:
+    """N CRM edits piled up while the worker is stopped, then drained; changes per second."""
+    h, port = _harness(300)
+    try:
+        with running(h.spawn("capture")) as capture:
+            with running(h.spawn("worker", log_name="worker.log")):
+                wait_for(lambda: "crm.public.accounts" in topic_names(h.bootstrap), 180, 0.5, "capture")
+                wait_for_identity(h)
+                wait_for(lambda: worker_idle(port) and worker_idle(port), 600, 5.0, "the first alignment")
+            with h.connect("sync") as conn:
+                pairs = dict(conn.execute("SELECT crm_id, erp_id FROM sync.xref WHERE entity = 'customer'"
+                                          " AND crm_id IS NOT NULL AND erp_id IS NOT NULL").fetchall())
+            reader = TopicReader(h.bootstrap, h.registry_url, ["crm.public.accounts"], decode=False)
+            try:
+                while reader.poll(1.0):
+                    pass
+                before = len(reader.records)
+                if progress:
+                    print(f"  worker stopped; committing {edits} CRM edits ...", flush=True)
+                with h.connect("crm") as crm:
+                    rows = int(scalar(crm, "SELECT count(*) FROM accounts"))
+                    done, k = 0, 0
+                    while done < edits:  # one statement per transaction, every row (the last one: fewer)
+                        take = min(rows, edits - done)
+                        crm.execute("UPDATE accounts SET email = 'b' || %s || '-' || left(id::text, 8) ||"
+                                    " '@bench.example' WHERE id IN (SELECT id FROM accounts ORDER BY id LIMIT %s)",
+                                    (k, take))
+                        done, k = done + take, k + 1
+                reader.wait(lambda rs: len(rs) - before >= edits, 900, "capture of the backlog")
+            finally:
+                reader.records.clear()
+                reader.close()
+            if progress:
+                print("  backlog in the broker; starting the worker ...", flush=True)
+            with h.connect("crm") as crm:
+                final = {str(r[0]): r[1] for r in crm.execute("SELECT id, email FROM accounts").fetchall()}
+            started = time.monotonic()
+            worker = h.spawn("worker", log_name="worker.log")
+            with running(worker):
+                wait_for(lambda: _normalized(port) > 0, 300, 0.2, "the worker's first event")
+                first = time.monotonic()
+
+                def aligned() -> bool:
+                    with h.connect("erp") as erp:
+                        got = dict(erp.execute("SELECT cust_no, email FROM customers").fetchall())
+                    return all(got.get(erp_id) == final[crm_id] for crm_id, erp_id in pairs.items())
+
+                wait_for(aligned, 3600, 1.0, "every ERP customer at its account's last e-mail")
+                end = time.monotonic()
+                rss = {"capture": peak_rss_mb(capture.pid), "worker": peak_rss_mb(worker.pid)}
+    finally:
+        h.stop()
+    return {"benchmark": "backlog-drain", "edits": edits, "linked_pairs": len(pairs),
+            "worker_start_s": round(first - started, 1), "drain_s": round(end - first, 1),
+            "changes_per_s": round(edits / max(end - first, 1e-9)), "peak_rss_mb": rss}
+
+
+def initial(accounts: int, progress: bool = True) -> dict[str, Any]:
+    """N accounts on the CRM only; time until all exist in the ERP."""
+    h = _harness(0)[0]
+    try:
+        with h.connect("crm", autocommit=False) as crm, crm.cursor() as cur:
+            cur.executemany("INSERT INTO accounts (id, name, tier, email, status) VALUES (%s, %s, 'A', %s, 'active')",
+                            [(uuid.uuid4(), f"初始同步测试{i:06d}号公司", f"init{i}@bench.example")
+                             for i in range(accounts)])
+            crm.commit()
+        if progress:
+            print(f"  {accounts} CRM accounts, none in the ERP; starting capture and worker ...", flush=True)
+        started = time.monotonic()
+        with running(h.spawn("capture")) as capture, running(h.spawn("worker", log_name="worker.log")) as worker:
+            def created() -> bool:
+                with h.connect("erp") as erp:
+                    n = int(scalar(erp, "SELECT count(*) FROM customers"))
+                if progress and int(time.monotonic() - started) % 30 == 0:
+                    print(f"    {n}/{accounts} in the ERP", flush=True)
+                return n >= accounts
+
+            wait_for(created, 7200, 1.0, "every account in the ERP")
+            end = time.monotonic()
+            rss = {"capture": peak_rss_mb(capture.pid), "worker": peak_rss_mb(worker.pid)}
+    finally:
+        h.stop()
+    return {"benchmark": "initial-sync", "accounts": accounts, "seconds": round(end - started, 1),
+            "accounts_per_s": round(accounts / (end - started)), "peak_rss_mb": rss}
