@@ -382,6 +382,9 @@ class Processors:
         """Try the documents waiting for a reference again (an account linked since, say)."""
         touches = await self.retrying("documents", self.documents.pending)
         results = await self.retrying("documents", self._run_documents, [(t, None) for t in touches])
+        for _, reason, _ in results:
+            if reason is not None:  # its next change is a dead letter; until then it stays pending
+                log.warning("pending document now invalid: %s", reason)
         pending = [await self.out[topic].send(key=key.encode(), value=record)
                    for sends, _, _ in results for topic, key, record in sends]
         await asyncio.gather(*pending)

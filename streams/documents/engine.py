@@ -230,8 +230,10 @@ class Documents:
             link = self.store.attach(entity, created, system, key, "created")
             if link is not None:
                 return link
-        if not mint:
-            return None
+        return self._single(entity, system, key) if mint else None
+
+    def _single(self, entity: str, system: str, key: str) -> Link:
+        """A new link of a record known on ``system`` only."""
         return self.store.add_link(entity, key if system == "crm" else None, key if system == "erp" else None,
                                    "single")
 
@@ -290,7 +292,7 @@ class Documents:
             for name, spec in rule.target_spec.columns.items():
                 if spec.ref == column:
                     out_header[name] = peer_id
-        link = link or self._own_link(rule, key)
+        link = link or self._single(rule.entity, rule.source, key)
         self.store.save_document(rule.name, link.global_id, key, "sent", None,
                                  self._fingerprint(rule, header, lines, ready))
         payload = {"header": out_header, "lines": out_lines, "total": total}
@@ -327,13 +329,8 @@ class Documents:
             return True
         return False
 
-    def _own_link(self, rule: CreateRule, key: str) -> Link:
-        source = rule.source
-        return self.store.add_link(rule.entity, key if source == "crm" else None, key if source == "erp" else None,
-                                   "single")
-
     def _wait(self, rule: CreateRule, key: str, link: Link | None, reason: str) -> list[Send]:
-        link = link or self._own_link(rule, key)
+        link = link or self._single(rule.entity, rule.source, key)
         self.store.save_document(rule.name, link.global_id, key, "pending", reason, None)
         return []
 

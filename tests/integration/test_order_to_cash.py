@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -196,9 +197,18 @@ def test_fulfilment_invoices_and_payments_reach_the_crm_exactly(sync: Harness) -
     order_no, _, total, _ = one_order(sync, cust_no, "the order")
     assert total == 99999
     with sync.connect("erp") as erp:
-        erp.execute("INSERT INTO shipments (order_no, shipped_on, carrier) VALUES (%s, current_date, '顺丰速运')",
-                    (order_no,))
+        shipment = erp.execute("INSERT INTO shipments (order_no, shipped_on, carrier, tracking_no) VALUES"
+                               " (%s, current_date, '顺丰速运', 'SF1234567890') RETURNING shipment_no",
+                               (order_no,)).fetchone()[0]  # type: ignore[index]
     wait_for(lambda: deal_status(sync, deal)[1] == "shipped", 60, 0.3, "shipped on the deal")
+    reader = TopicReader(sync.bootstrap, sync.registry_url, ["canonical.shipment.v1"])
+    try:  # the tracking number leads to a person's address: consumers see it hashed (profile: personal)
+        found = reader.wait(lambda rs: [r for r in rs if r["value"]["shipment_no"] == shipment], 60,
+                            "the shipment on canonical.shipment.v1")
+    finally:
+        reader.close()
+    assert found[-1]["value"]["tracking_no"] == hashlib.sha256(b"SF1234567890").hexdigest()
+    assert found[-1]["value"]["order_no"] == order_no
     with sync.connect("erp") as erp:
         invoice = erp.execute("INSERT INTO invoices (order_no, amount_fen, issued_on, due_on)"
                               " VALUES (%s, %s, current_date, current_date + 30) RETURNING invoice_no",

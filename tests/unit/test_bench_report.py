@@ -1,0 +1,45 @@
+"""The one-table report of `crm-erp-sync bench`: ours next to native logical replication."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams.bench.full import TARGETS, format_result
+from streams.bench.report import percentile
+
+
+def _lat(p50: int, p99: int) -> dict[str, int]:
+    return {"p50": p50, "p95": p99, "p99": p99, "max": p99}
+
+
+def result() -> dict[str, Any]:
+    rss = {"capture": 300.0, "worker": 120.0}
+    return {
+        "steady": {"steps": [{"target_rate_per_s": 200, "kept_up": True, "latency_ms": _lat(150, 400)}],
+                   "peak_rss_mb": rss},
+        "anchor": {"steps": [{"rate_per_s": 200, "kept_up": True, "latency_ms": _lat(1, 4)},
+                             {"rate_per_s": 1000, "kept_up": True, "latency_ms": _lat(1, 5)}],
+                   "burst": {"changes_per_s": 2000}},
+        "backlog": {"edits": 100000, "changes_per_s": 500, "peak_rss_mb": rss},
+        "initial": {"accounts": 20000, "seconds": 250.0, "accounts_per_s": 80, "peak_rss_mb": rss},
+        "targets": TARGETS,
+    }
+
+
+def test_the_table_puts_ours_next_to_native_with_ratios() -> None:
+    lines = format_result(result()).splitlines()
+    steady_200 = next(x for x in lines if x.startswith("steady 200"))
+    assert "150/400/400/400 ms, kept up" in steady_200 and "1/4/4/4 ms, kept up" in steady_200
+    assert "100.0x (p99)" in steady_200
+    steady_1000 = next(x for x in lines if x.startswith("steady 1000"))
+    assert "not run (a lower rate fell behind)" in steady_1000  # ours stopped after a failed step
+    backlog = next(x for x in lines if x.startswith("backlog of 100000 edits"))
+    assert "500" in backlog and "2000 (applied as committed)" in backlog and "0.2x" in backlog
+    assert any("initial sync of 20000 accounts" in x and "250.0 s (80/s)" in x for x in lines)
+    assert lines[-1].startswith("targets: p99 <= 1000 ms at 1000 edits/s")
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert (percentile(values, 0.5), percentile(values, 0.99), percentile(values, 1.0)) == (51.0, 100.0, 100.0)
+    assert percentile([], 0.5) != percentile([], 0.5)  # NaN when nothing was measured
