@@ -40,6 +40,8 @@ def _lat(step: dict[str, Any] | None) -> str:
         return "not run (a lower rate fell behind)"
     lat = step["latency_ms"]
     kept = "kept up" if step["kept_up"] else "NOT kept up"
+    if lat["p50"] is None:
+        return f"none applied before the wait ended, {kept}"
     return "/".join(str(lat[q]) if lat[q] is not None else "-" for q in ("p50", "p95", "p99", "max")) + f" ms, {kept}"
 
 

@@ -15,10 +15,13 @@ def _lat(p50: int, p99: int) -> dict[str, int]:
 def result() -> dict[str, Any]:
     rss = {"capture": 300.0, "worker": 120.0}
     return {
-        "steady": {"steps": [{"target_rate_per_s": 200, "kept_up": True, "latency_ms": _lat(150, 400)}],
+        "steady": {"steps": [{"target_rate_per_s": 200, "kept_up": True, "latency_ms": _lat(150, 400)},
+                             {"target_rate_per_s": 1000, "kept_up": False,
+                              "latency_ms": {"p50": None, "p95": None, "p99": None, "max": None}}],
                    "peak_rss_mb": rss},
         "anchor": {"steps": [{"rate_per_s": 200, "kept_up": True, "latency_ms": _lat(1, 4)},
-                             {"rate_per_s": 1000, "kept_up": True, "latency_ms": _lat(1, 5)}],
+                             {"rate_per_s": 1000, "kept_up": True, "latency_ms": _lat(1, 5)},
+                             {"rate_per_s": 2000, "kept_up": True, "latency_ms": _lat(1, 6)}],
                    "burst": {"changes_per_s": 2000}},
         "backlog": {"edits": 100000, "changes_per_s": 500, "peak_rss_mb": rss},
         "initial": {"accounts": 20000, "seconds": 250.0, "accounts_per_s": 80, "peak_rss_mb": rss},
@@ -32,7 +35,9 @@ def test_the_table_puts_ours_next_to_native_with_ratios() -> None:
     assert "150/400/400/400 ms, kept up" in steady_200 and "1/4/4/4 ms, kept up" in steady_200
     assert "100.0x (p99)" in steady_200
     steady_1000 = next(x for x in lines if x.startswith("steady 1000"))
-    assert "not run (a lower rate fell behind)" in steady_1000  # ours stopped after a failed step
+    assert "none applied before the wait ended, NOT kept up" in steady_1000 and "- (p99)" in steady_1000
+    steady_2000 = next(x for x in lines if x.startswith("steady 2000"))
+    assert "not run (a lower rate fell behind)" in steady_2000  # ours stopped after a failed step
     backlog = next(x for x in lines if x.startswith("backlog of 100000 edits"))
     assert "500" in backlog and "2000 (applied as committed)" in backlog and "0.2x" in backlog
     assert any("initial sync of 20000 accounts" in x and "250.0 s (80/s)" in x for x in lines)
