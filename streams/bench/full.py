@@ -18,21 +18,20 @@ TARGETS = {"p99_ms_at_1000_per_s": 1000, "drain_changes_per_s": 10_000, "initial
 
 def run(rates: tuple[float, ...], seconds: float, edits: int, accounts: int, out: Path | None,
         progress: bool = True) -> dict[str, Any]:
-    """Run them all; the figures (also written as JSON to ``out``)."""
-    if progress:
-        print("steady state ...", flush=True)
-    ours_steady = steady.run(rates=rates, seconds=seconds, out=None, progress=progress)
-    if progress:
-        print("native logical replication (the anchor) ...", flush=True)
-    native = anchor.run(rates, seconds, edits, progress)
-    if progress:
-        print(f"backlog drain of {edits} edits ...", flush=True)
-    backlog = drain.backlog(edits, progress)
-    if progress:
-        print(f"initial sync of {accounts} accounts ...", flush=True)
-    initial = drain.initial(accounts, progress)
-    return write({"benchmark": "all", "seconds_per_step": seconds, "steady": ours_steady, "anchor": native,
-                  "backlog": backlog, "initial": initial, "targets": TARGETS}, out)
+    """Run them all; the figures, written as JSON to ``out`` after each part (a stopped run keeps its figures)."""
+    result: dict[str, Any] = {"benchmark": "all", "seconds_per_step": seconds, "targets": TARGETS}
+    parts: list[tuple[str, str, Any]] = [
+        ("steady", "steady state", lambda: steady.run(rates=rates, seconds=seconds, out=None, progress=progress)),
+        ("anchor", "native logical replication (the anchor)", lambda: anchor.run(rates, seconds, edits, progress)),
+        ("backlog", f"backlog drain of {edits} edits", lambda: drain.backlog(edits, progress)),
+        ("initial", f"initial sync of {accounts} accounts", lambda: drain.initial(accounts, progress)),
+    ]
+    for key, what, part in parts:
+        if progress:
+            print(f"{what} ...", flush=True)
+        result[key] = part()
+        write(result, out)
+    return result
 
 
 def _lat(step: dict[str, Any] | None) -> str:
