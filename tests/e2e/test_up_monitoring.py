@@ -4,6 +4,7 @@ returns data under traffic, and a stalled source is told apart from an idle one.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import urllib.parse
 import urllib.request
@@ -81,5 +82,6 @@ def test_prometheus_sees_every_panel_and_alert_and_tells_stalled_from_idle() -> 
         assert all(("streaming" in lines[s] or "idle" in lines[s]) and "heartbeat" in lines[s] for s in ("crm", "erp"))
         assert all("consumer lag" in lines[f] and "conflicts waiting" in lines[f] for f in ("customer", "product"))
         assert "dead letters 0 not replayed" in status.stdout, status.stdout
+        assert re.search(r"documents \d+ pending, \d+ diverged \(crm-erp-sync documents\)", status.stdout)
     finally:
         stop_up(proc)
