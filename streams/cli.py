@@ -182,7 +182,14 @@ def cmd_documents(settings: Settings, args: argparse.Namespace) -> int:
     """Documents waiting for a reference (pending) or changed after creation (diverged); accept one."""
     store = _store(settings)
     if args.accept:
+        import uuid
+
         from streams.documents.engine import Documents
+        try:
+            uuid.UUID(args.accept)
+        except ValueError:
+            raise SyncError(f"{args.accept!r} is not a global id",
+                            hint="crm-erp-sync documents --diverged lists them") from None
         from streams.documents.spec import load_documents
 
         documents = Documents(load_documents(settings.processors.documents), settings, store)

@@ -329,13 +329,14 @@ class Store:
         self.conn.execute("DELETE FROM sync.documents WHERE rule = %s AND global_id = %s AND state = 'pending'",
                           (rule, global_id))
 
-    def documents(self, states: Sequence[str], limit: int = 100) -> list[dict[str, Any]]:
-        """Documents in ``states``, oldest first, with their target ids."""
+    def documents(self, states: Sequence[str], limit: int = 100, global_id: str | None = None
+                  ) -> list[dict[str, Any]]:
+        """Documents in ``states`` (of one global id, if given), oldest first, with their target ids."""
         return self._dicts(
             "SELECT d.rule, d.global_id::text AS global_id, d.source_id, x.crm_id, x.erp_id, d.state, d.reason,"
             " d.updated_at FROM sync.documents d LEFT JOIN sync.xref x ON x.global_id = d.global_id"
-            " WHERE d.state = ANY(%s) ORDER BY d.updated_at LIMIT %s",
-            (list(states), limit),
+            " WHERE d.state = ANY(%s) AND (%s::uuid IS NULL OR d.global_id = %s::uuid) ORDER BY d.updated_at LIMIT %s",
+            (list(states), global_id, global_id, limit),
         )
 
     def documents_summary(self) -> dict[tuple[str, str], int]:

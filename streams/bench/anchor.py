@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streams.bench.report import percentile
+from streams.bench.report import latency_summary
 from streams.local.harness import Harness, wait_for
 
 TABLE = """
@@ -93,8 +93,7 @@ def _step(h: Harness, rate: float, seconds: float, tag: str) -> dict[str, Any]:
     ms = [(applied[e] - t) * 1000 for e, t in committed.items() if e in applied]
     return {"rate_per_s": rate, "achieved_rate_per_s": round(achieved), "edits": n, "applied": len(ms),
             "kept_up": drained and achieved >= 0.95 * rate and bool(ms) and max(ms) <= 5000,
-            "latency_ms": {"p50": round(percentile(ms, 0.5)), "p95": round(percentile(ms, 0.95)),
-                           "p99": round(percentile(ms, 0.99)), "max": round(max(ms)) if ms else None}}
+            "latency_ms": latency_summary(ms)}
 
 
 def _burst(h: Harness, edits: int) -> dict[str, Any]:

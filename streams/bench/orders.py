@@ -16,7 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from streams.bench.report import percentile, write
+from streams.bench.report import latency_line, latency_summary, write
 from streams.bench.steady import worker_idle
 from streams.local.harness import REPO, Harness, running, topic_names, wait_for, wait_for_identity
 from streams.local.ports import free_port
@@ -100,8 +100,7 @@ def run(deals: int = 500, out: Path | None = None, progress: bool = True) -> dic
     ms = [(float(at[o]) - float(won[gid_of[g]])) * 1000 for o, g in order_gid.items() if g in gid_of and o in at]
     result = {"benchmark": "orders", "flow": "F2 won deal -> ERP sales order (3 lines)", "deals": deals,
               "measured": len(ms), "burst_s": round(burst_s, 2), "all_created_s": round(total_s, 1),
-              "latency_ms": {"p50": round(percentile(ms, 0.5)), "p95": round(percentile(ms, 0.95)),
-                             "p99": round(percentile(ms, 0.99)), "max": round(max(ms))}}
+              "latency_ms": latency_summary(ms)}
     return write(result, out)
 
 
@@ -110,4 +109,4 @@ def format_result(result: dict[str, Any]) -> str:
     lat = result["latency_ms"]
     return (f"{result['deals']} deals won in a burst ({result['burst_s']} s) -> ERP sales orders, closed_won commit"
             f" -> order written ({result['measured']} measured; all created after {result['all_created_s']} s):\n"
-            f"  p50 {lat['p50']} ms  p95 {lat['p95']} ms  p99 {lat['p99']} ms  max {lat['max']} ms")
+            f"  {latency_line(lat)}")

@@ -21,3 +21,14 @@ def write(result: dict[str, Any], out: Path | None) -> dict[str, Any]:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
+
+
+def latency_summary(ms: list[float]) -> dict[str, int | None]:
+    """p50 / p95 / p99 / max of latencies in milliseconds (None each when nothing was measured)."""
+    return {q: round(percentile(ms, v)) if ms else None
+            for q, v in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))}
+
+
+def latency_line(lat: dict[str, int | None]) -> str:
+    """``p50 … ms  p95 … ms  p99 … ms  max … ms``."""
+    return "  ".join(f"{q} {lat[q]} ms" for q in ("p50", "p95", "p99", "max"))

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streams.bench.report import percentile, write
+from streams.bench.report import latency_summary, write
 from streams.local.harness import Harness, running, topic_names, wait_for, wait_for_identity
 from streams.local.ports import free_port
 from streams.local.stack import scrape
@@ -172,8 +172,7 @@ def run(rates: tuple[float, ...] = (200, 1000, 2000), seconds: float = 60.0, dra
                     # Kept up: the load ran at its rate, and no applied edit waited more than KEPT_UP_MAX_S.
                     "kept_up": drained and achieved >= 0.95 * rate and bool(latencies)
                     and max(latencies) <= KEPT_UP_MAX_S * 1000,
-                    "latency_ms": {q: round(percentile(latencies, v)) if latencies else None
-                                   for q, v in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))},
+                    "latency_ms": latency_summary(latencies),
                 })
                 if not drained:
                     break  # a higher rate cannot do better

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from streams.bench.report import percentile, write
+from streams.bench.report import latency_line, latency_summary, write
 from streams.local.harness import Harness, running, topic_names, wait_for, wait_for_identity
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -70,8 +70,7 @@ def run(rate: float = 5.0, seconds: float = 60.0, out: Path | None = None, progr
         h.stop()
     ms = [x * 1000 for x in latencies]
     result = {"benchmark": "sync-latency", "flow": "customer crm->erp", "rate_per_s": rate, "edits": n,
-              "measured": len(ms), "latency_ms": {"p50": round(percentile(ms, 0.5)), "p95": round(percentile(ms, 0.95)),
-                                                  "p99": round(percentile(ms, 0.99)), "max": round(max(ms))}}
+              "measured": len(ms), "latency_ms": latency_summary(ms)}
     return write(result, out)
 
 
@@ -80,4 +79,4 @@ def format_result(result: dict[str, Any]) -> str:
     lat = result["latency_ms"]
     return (f"customer sync latency, CRM edit -> ERP commit, {result['rate_per_s']}/s for {result['edits']} edits "
             f"(last edit per record measured: {result['measured']}):\n"
-            f"  p50 {lat['p50']} ms  p95 {lat['p95']} ms  p99 {lat['p99']} ms  max {lat['max']} ms")
+            f"  {latency_line(lat)}")

@@ -319,9 +319,9 @@ class Documents:
     def accept(self, global_id: str) -> bool:
         """A person settled a diverged document: as it is now, it becomes the baseline. False if none."""
         rules = {r.name: r for r in self.profile.creates}
-        for row in self.store.documents(["diverged"], limit=100_000):
+        for row in self.store.documents(["diverged"], global_id=global_id):
             rule = rules.get(row["rule"])
-            if row["global_id"] != global_id or rule is None:
+            if rule is None:
                 continue
             document = self._read_document(rule, row["source_id"])
             fingerprint = self._fingerprint(rule, *document) if document else None

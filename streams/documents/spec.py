@@ -22,11 +22,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from streams.errors import ConfigError
 from streams.mapping.convert import Converter, build
+from streams.mapping.profile import first_error, read_yaml
 
 System = Literal["crm", "erp"]
 _MODEL = ConfigDict(frozen=True, extra="forbid")
@@ -243,21 +243,11 @@ class DocumentProfile(BaseModel):
         return [*self.creates, *self.rollups, *self.canonical]
 
 
-def _where(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc if not str(p).startswith(("function-", "literal[")))
-
-
 def load_documents(paths: list[Path]) -> DocumentProfile:
     """Read and validate document profiles into one; :class:`ConfigError` names the key and the fix."""
     merged: dict[str, list[Any]] = {"creates": [], "rollups": [], "canonical": []}
     for path in paths:
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read document profile {path}: {exc.strerror}",
-                              hint="fix processors.documents") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"document profile {path} is not valid YAML: {exc}".replace("\n", " ")) from exc
+        data = read_yaml(path, "document profile", hint="fix processors.documents")
         if not isinstance(data, dict) or set(data) - set(merged):
             raise ConfigError(f"document profile {path} must be a mapping of creates, rollups and canonical",
                               hint="see schemas/mappings/demo-orders.yaml")
@@ -267,9 +257,7 @@ def load_documents(paths: list[Path]) -> DocumentProfile:
         try:
             part = DocumentProfile(**data)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            key = _where(tuple(err["loc"]))
-            message = str(err["msg"]).removeprefix("Value error, ")
+            key, message = first_error(exc)
             raise ConfigError(f"document profile {path}: {key or 'top level'}: {message}",
                               hint=f"fix {key or 'the file'} in {path.name}") from exc
         for rule in part.canonical:
@@ -283,5 +271,5 @@ def load_documents(paths: list[Path]) -> DocumentProfile:
     try:
         return DocumentProfile(**merged)
     except ValidationError as exc:
-        raise ConfigError(f"document profiles: {str(exc.errors()[0]['msg']).removeprefix('Value error, ')}",
+        raise ConfigError(f"document profiles: {first_error(exc)[1]}",
                           hint="give every rule its own name") from exc

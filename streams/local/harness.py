@@ -311,3 +311,14 @@ class TopicReader:
     def close(self) -> None:
         """Close the consumer."""
         self.consumer.close()
+
+
+def records_in(harness: Harness, topics: Sequence[str]) -> int:
+    """Records in the topics, counted by reading them (Tansu reports high watermarks as 0)."""
+    reader = TopicReader(harness.bootstrap, harness.registry_url, topics, decode=False)
+    try:
+        while reader.poll(1.0):
+            pass
+        return len(reader.records)
+    finally:
+        reader.close()

@@ -266,18 +266,26 @@ class Profile(BaseModel):
         return out
 
 
-def _where(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc if not str(p).startswith(("function-", "literal[")))
+def first_error(exc: ValidationError) -> tuple[str, str]:
+    """The dotted key of a validation error and its message, as a person reads them."""
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal[")))
+    return key, str(err["msg"]).removeprefix("Value error, ")
+
+
+def read_yaml(path: Path, what: str, hint: str | None = None) -> Any:
+    """A YAML file's content; :class:`ConfigError` when it cannot be read or parsed."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}", hint=hint) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}".replace("\n", " ")) from exc
 
 
 def load_profile(path: Path) -> Profile:
     """Read and validate a profile; :class:`ConfigError` names the key and the fix."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read mapping profile {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"mapping profile {path} is not valid YAML: {exc}".replace("\n", " ")) from exc
+    data = read_yaml(path, "mapping profile")
     if not isinstance(data, dict):
         raise ConfigError(f"mapping profile {path} must be a mapping (entity, sources, fields, ...)")
     schema = data.get("canonical_schema")
@@ -286,9 +294,7 @@ def load_profile(path: Path) -> Profile:
     try:
         profile = Profile(**data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = _where(tuple(err["loc"]))
-        message = str(err["msg"]).removeprefix("Value error, ")
+        key, message = first_error(exc)
         raise ConfigError(
             f"mapping profile {path}: {key or 'top level'}: {message}",
             hint=f"fix {key or 'the file'} in {path.name}; see the comments at the top of the demo profile",

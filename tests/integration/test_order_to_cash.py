@@ -18,6 +18,7 @@ from streams.local.harness import (
     REPO,
     Harness,
     TopicReader,
+    records_in,
     running,
     scalar,
     topic_names,
@@ -323,7 +324,7 @@ def test_replaying_every_topic_still_gives_one_order(sync: Harness) -> None:
     rules = load_documents([Path(d) for d in DOCUMENTS]).rules
     raw = sorted({f"{r.source}.{t}" for r in rules for t in r.watch}
                  | {f"{s}.{p.table_of(s)}" for p in load_profiles([Path(x) for x in PROFILES]) for s in ("crm", "erp")})
-    total = _count(sync, raw)
+    total = records_in(sync, raw)
     with running(sync.spawn("worker", log_name="replay.log")):  # a new consumer group reads from the start
 
         def replayed() -> bool:
@@ -333,7 +334,7 @@ def test_replaying_every_topic_still_gives_one_order(sync: Harness) -> None:
             return seen >= total
 
         wait_for(replayed, 180, 1.0, "the replay of every raw topic")
-        commands = _count(sync, ["sync.commands.erp", "sync.commands.crm"])
+        commands = records_in(sync, ["sync.commands.erp", "sync.commands.crm"])
         wait_for(lambda: sum(v for _, v in (scrape(port) or {}).get("sync_apply_commands_total", [])) >= commands,
                  120, 1.0, "the replayed commands handled")
     assert one_order(sync, cust_no, "the order after the replay") == before
@@ -346,16 +347,6 @@ def test_replaying_every_topic_still_gives_one_order(sync: Harness) -> None:
     assert set(created.values()) <= orders  # every order the sync made is recorded with its deal's global id
     by_deal = [deals[gid] for gid in created]
     assert len(by_deal) == len(set(by_deal)), "a deal ordered twice"
-
-
-def _count(h: Harness, topics: list[str]) -> int:
-    reader = TopicReader(h.bootstrap, h.registry_url, topics, decode=False)
-    try:
-        while reader.poll(1.0):
-            pass
-        return len(reader.records)
-    finally:
-        reader.close()
 
 
 def test_a_repeated_create_command_makes_no_second_order(sync: Harness) -> None:

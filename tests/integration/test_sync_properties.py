@@ -17,6 +17,7 @@ from streams.local.harness import (
     REPO,
     Harness,
     TopicReader,
+    records_in,
     running,
     scalar,
     topic_names,
@@ -42,17 +43,6 @@ def metric(port: int, name: str, **labels: str) -> float:
                if all(sample_labels.get(k) == v2 for k, v2 in labels.items()))
 
 
-def messages(h: Harness, topics: list[str]) -> int:
-    """Records in the topics, counted by reading them (Tansu reports high watermarks as 0)."""
-    reader = TopicReader(h.bootstrap, h.registry_url, topics, decode=False)
-    try:
-        while reader.poll(1.0):
-            pass
-        return len(reader.records)
-    finally:
-        reader.close()
-
-
 def caught_up(h: Harness, port: int) -> bool:
     """The worker finished every raw event and applied every command in the topics."""
     try:
@@ -60,7 +50,7 @@ def caught_up(h: Harness, port: int) -> bool:
         applied = metric(port, "sync_apply_commands_total")
     except OSError:
         return False  # the worker is still starting
-    return reconciled > 0 and reconciled >= messages(h, RAW) and applied >= messages(h, COMMANDS)
+    return reconciled > 0 and reconciled >= records_in(h, RAW) and applied >= records_in(h, COMMANDS)
 
 
 def wait_quiet(h: Harness, port: int, what: str) -> None:
@@ -298,7 +288,7 @@ def test_replaying_every_raw_topic_changes_neither_database(stack: tuple[Harness
     with running(h.spawn("worker", log_name="replay.log")):  # a new consumer group reads from the start
         wait_quiet(h, port, "the replay to finish")
         assert metric(port, "sync_apply_commands_total", outcome="written") == 0
-        assert metric(port, "sync_reconcile_events_total") >= messages(h, RAW) > 0
+        assert metric(port, "sync_reconcile_events_total") >= records_in(h, RAW) > 0
     with h.connect("crm") as crm, h.connect("erp") as erp:
         after = (crm.execute("SELECT * FROM accounts ORDER BY id").fetchall(),
                  erp.execute("SELECT * FROM customers ORDER BY cust_no").fetchall())
