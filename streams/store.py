@@ -38,6 +38,10 @@ CREATE TABLE IF NOT EXISTS sync.entity_state (
   updated_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (entity, global_id)
 );
+CREATE SEQUENCE IF NOT EXISTS sync.entity_state_version;
+-- A new value on every write: a worker's cached copy is current while the row still has its version.
+ALTER TABLE sync.entity_state ADD COLUMN IF NOT EXISTS version bigint NOT NULL
+  DEFAULT nextval('sync.entity_state_version');
 CREATE TABLE IF NOT EXISTS sync.conflicts (
   id          bigserial PRIMARY KEY,
   entity      text NOT NULL,
@@ -105,6 +109,34 @@ class Link:
 
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
+
+
+class StateCache:
+    """The entity states one worker wrote last, with the version each got; at most ``limit`` (oldest go first).
+
+    Valid only while the row keeps that version: anyone else's write (another worker after a
+    rebalance, a person resolving a conflict) gives the row a new one, and it is read again.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._states: dict[tuple[str, str], tuple[int, EntityState]] = {}
+
+    def versions(self, keys: Sequence[tuple[str, str]]) -> list[int]:
+        """The cached version of each key (-1 when not cached)."""
+        return [self._states[k][0] if k in self._states else -1 for k in keys]
+
+    def get(self, key: tuple[str, str]) -> EntityState:
+        """The cached state (callers never change it in place)."""
+        return self._states[key][1]
+
+    def put(self, saved: dict[tuple[str, str], tuple[int, EntityState]]) -> None:
+        """Remember states committed at their versions."""
+        for key, entry in saved.items():
+            self._states.pop(key, None)  # re-inserted: the most recently written go last
+            self._states[key] = entry
+        while len(self._states) > self.limit:
+            del self._states[next(iter(self._states))]
 
 
 class Store:
@@ -183,6 +215,16 @@ class Store:
         ).fetchone()
         return row is not None
 
+    def reviewing(self, entity: str, system: str, source_ids: Sequence[str]) -> set[str]:
+        """Which of ``system``'s ``source_ids`` are :meth:`under_review` (one round trip)."""
+        rows = self.conn.execute(
+            "SELECT s.id FROM unnest(%s::text[]) AS s(id) WHERE EXISTS (SELECT 1 FROM sync.identity_review r"
+            " WHERE r.entity = %s AND r.status = 'open'"
+            " AND ((r.system = %s AND r.source_id = s.id) OR (r.system <> %s AND r.candidates ? s.id)))",
+            (list(source_ids), entity, system, system),
+        ).fetchall()
+        return {str(r[0]) for r in rows}
+
     def add_review(self, entity: str, system: str, source_id: str, candidates: Sequence[str], reason: str) -> None:
         """Queue an ambiguous record for a person (once)."""
         self.conn.execute(
@@ -209,30 +251,45 @@ class Store:
         """Write the entity's state (inside the locking transaction)."""
         self.save_states(conn, {(entity, global_id): state})
 
-    def lock_states(self, conn: psycopg.Connection[Any], keys: Sequence[tuple[str, str]]
-                    ) -> dict[tuple[str, str], EntityState]:
-        """Several entities' states, row-locked (in key order) until ``conn``'s transaction ends; two queries."""
+    def lock_states(self, conn: psycopg.Connection[Any], keys: Sequence[tuple[str, str]],
+                    cache: StateCache | None = None) -> dict[tuple[str, str], EntityState]:
+        """Several entities' states, row-locked (in key order) until ``conn``'s transaction ends; two queries.
+
+        A state ``cache`` holds at the row's current version is not read again (nor parsed).
+        """
         entities, gids = [k[0] for k in keys], [k[1] for k in keys]
         conn.execute(
             "INSERT INTO sync.entity_state (entity, global_id, state)"
             " SELECT e, g, '{}' FROM unnest(%s::text[], %s::uuid[]) AS k(e, g) ORDER BY e, g ON CONFLICT DO NOTHING",
             (entities, gids),
         )
+        known = cache.versions(keys) if cache is not None else [-1] * len(keys)
         rows = conn.execute(
-            "SELECT s.entity, s.global_id::text, s.state FROM sync.entity_state s"
-            " JOIN unnest(%s::text[], %s::uuid[]) AS k(e, g) ON s.entity = k.e AND s.global_id = k.g"
+            "SELECT s.entity, s.global_id::text, CASE WHEN s.version = k.v THEN NULL ELSE s.state END"
+            " FROM sync.entity_state s"
+            " JOIN unnest(%s::text[], %s::uuid[], %s::bigint[]) AS k(e, g, v) ON s.entity = k.e AND s.global_id = k.g"
             " ORDER BY s.entity, s.global_id FOR UPDATE OF s",
-            (entities, gids),
+            (entities, gids, known),
         ).fetchall()
-        return {(r[0], r[1]): EntityState.from_json(r[2]) for r in rows}
+        return {(r[0], r[1]): cache.get((r[0], r[1])) if r[2] is None and cache is not None
+                else EntityState.from_json(r[2]) for r in rows}
 
-    def save_states(self, conn: psycopg.Connection[Any], states: dict[tuple[str, str], EntityState]) -> None:
-        """Write several entities' states (inside the locking transaction)."""
-        with conn.cursor() as cur:
-            cur.executemany(
-                "UPDATE sync.entity_state SET state = %s, updated_at = now() WHERE entity = %s AND global_id = %s",
-                [(_json(state.to_json()), entity, gid) for (entity, gid), state in states.items()],
-            )
+    def save_states(self, conn: psycopg.Connection[Any], states: dict[tuple[str, str], EntityState]
+                    ) -> dict[tuple[str, str], int]:
+        """Write several entities' states (inside the locking transaction) in one statement; their new versions.
+
+        The arrays go in binary: psycopg's text-format array quoting costs ~0.7 ms per state.
+        """
+        keys = list(states)
+        with conn.cursor(binary=True) as cur:
+            rows = cur.execute(
+                "UPDATE sync.entity_state s SET state = k.state::jsonb, updated_at = now(),"
+                " version = nextval('sync.entity_state_version')"
+                " FROM unnest(%b::text[], %b::uuid[], %b::text[]) AS k(e, g, state)"
+                " WHERE s.entity = k.e AND s.global_id = k.g RETURNING s.entity, s.global_id::text, s.version",
+                ([k[0] for k in keys], [k[1] for k in keys], [_json(states[k].to_json()) for k in keys]),
+            ).fetchall()
+        return {(r[0], r[1]): int(r[2]) for r in rows}
 
     def add_conflicts(self, conn: psycopg.Connection[Any], entity: str, global_id: str,
                       conflicts: Iterable[Conflict]) -> list[int]:

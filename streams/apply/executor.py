@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import Any
 
 import psycopg
@@ -148,15 +149,70 @@ class Applier:
         log.info("%s %s created as %s %s", rule.name, cmd["global_id"], self.system, row[0])
         return 1
 
-    def _set_row(self, conn: psycopg.Connection[Any], cmd: dict[str, Any]) -> int:
-        """Write a rollup's values onto its row, unless it already holds them; 1 if it wrote."""
+    def _row_params(self, cmd: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """A rollup's values onto its row, unless it already holds them (the statement and its parameters)."""
         rule: RollupRule = self._rule(cmd, RollupRule)
         values = json.loads(cmd["values_json"])
-        statement = set_row(rule.target_table, rule.target_key, list(values))
-        return conn.execute(statement, {**values, "__key": cmd["key"]}).rowcount
+        return set_row(rule.target_table, rule.target_key, list(values)), {**values, "__key": cmd["key"]}
+
+    def _write_params(self, cmd: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        return self._row_params(cmd) if cmd.get("op") == "row" else self._params(cmd)
+
+    @staticmethod
+    def _counted(d: Delivery, count: int, result: BatchResult) -> None:
+        if count:
+            result.written += 1
+            cause = d.command.get("cause_commit_time")
+            if cause is not None:
+                result.written_cause_times.append((d.command["entity"], cause.timestamp()))
+        else:
+            result.skipped += 1
+
+    def _one(self, conn: psycopg.Connection[Any], d: Delivery, result: BatchResult) -> None:
+        """One command in its own savepoint: a bad one is reported and does not sink the batch."""
+        try:
+            op = d.command.get("op", "set")
+            with conn.transaction():
+                if op in ("create", "document"):
+                    result.created += (self._create if op == "create" else self._create_document)(conn, d.command)
+                    return
+                statement, params = self._write_params(d.command)
+                count = conn.execute(statement, params).rowcount
+        except TerminalError as exc:
+            result.failed.append((d, exc.message))
+            return
+        except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
+            detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
+            result.failed.append((d, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}{detail}"))
+            return
+        self._counted(d, count, result)
+
+    def _writes(self, conn: psycopg.Connection[Any], group: list[Delivery], result: BatchResult) -> None:
+        """Field and row writes in one pipelined round trip; if one fails, each again in its own savepoint."""
+        planned = []
+        for d in group:
+            try:
+                planned.append((d, *self._write_params(d.command)))
+            except TerminalError as exc:
+                result.failed.append((d, exc.message))
+        if not planned:
+            return
+        try:
+            with conn.transaction(), conn.pipeline():
+                cursors = [(d, conn.execute(statement, params)) for d, statement, params in planned]
+        except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError):
+            for d, _, _ in planned:  # rolled back to the savepoint: find the bad ones, keep the rest
+                self._one(conn, d, result)
+            return
+        for d, cur in cursors:
+            self._counted(d, cur.rowcount, result)
 
     def apply(self, batch: Sequence[Delivery]) -> BatchResult:
-        """Apply a batch in one transaction (a failing command is reported, the rest still apply)."""
+        """Apply a batch in one transaction (a failing command is reported, the rest still apply).
+
+        Runs of field and row writes go to the database pipelined (one round trip per run); creates
+        run one by one (each reads what it inserted).
+        """
         result = BatchResult()
         conn = self.connect()
         try:
@@ -166,38 +222,19 @@ class Applier:
                     for partition, offset in conn.execute(progress_select(), (topic,)).fetchall():
                         done[(topic, partition)] = offset
                 last: dict[tuple[str, int], int] = {}
+                todo: list[Delivery] = []
                 for d in batch:
                     if d.offset <= done.get((d.topic, d.partition), -1):
                         result.replayed += 1
                         continue
                     last[(d.topic, d.partition)] = max(d.offset, last.get((d.topic, d.partition), -1))
-                    try:
-                        op = d.command.get("op", "set")
-                        if op in ("create", "document"):
-                            with conn.transaction():  # a savepoint: one bad command does not sink the batch
-                                count = (self._create if op == "create" else self._create_document)(conn, d.command)
-                            result.created += count
-                            continue
-                        with conn.transaction():  # a savepoint: one bad command does not sink the batch
-                            if op == "row":
-                                count = self._set_row(conn, d.command)
-                            else:
-                                statement, params = self._params(d.command)
-                                count = conn.execute(statement, params).rowcount
-                    except TerminalError as exc:
-                        result.failed.append((d, exc.message))
-                        continue
-                    except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
-                        detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
-                        result.failed.append((d, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}{detail}"))
-                        continue
-                    if count:
-                        result.written += 1
-                        cause = d.command.get("cause_commit_time")
-                        if cause is not None:
-                            result.written_cause_times.append((d.command["entity"], cause.timestamp()))
+                    todo.append(d)
+                for writes, group in groupby(todo, key=lambda d: d.command.get("op", "set") in ("set", "row")):
+                    if writes:
+                        self._writes(conn, list(group), result)
                     else:
-                        result.skipped += 1
+                        for d in group:
+                            self._one(conn, d, result)
                 for (topic, partition), offset in last.items():
                     conn.execute(progress_upsert(), (topic, partition, offset))
         except psycopg.OperationalError as exc:

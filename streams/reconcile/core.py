@@ -32,7 +32,6 @@ indistinguishable from the sync's own echo (Debezium cannot filter PostgreSQL re
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -87,6 +86,11 @@ class FieldState:
     deferred: dict[str, Any] = field(default_factory=dict)
     open_conflict: bool = False
 
+    def copy(self) -> FieldState:
+        """A copy to change without touching this one (the values themselves are never mutated)."""
+        return FieldState(self.synced, dict(self.seen), dict(self.versions), dict(self.changed_at),
+                          dict(self.inflight), dict(self.deferred), self.open_conflict)
+
     def intended(self, system: str) -> Any:
         """The value ``system`` will hold once the sync's writes to it are done."""
         if system in self.deferred:
@@ -126,6 +130,11 @@ class EntityState:
     values: dict[str, dict[str, Any]] = field(default_factory=dict)  # latest canonical values per system
     latest: dict[str, Version] = field(default_factory=dict)  # version of those values
     created: dict[str, int] = field(default_factory=dict)  # system -> when its creation was requested (ms)
+
+    def copy(self) -> EntityState:
+        """A copy to change without touching this one; far cheaper than ``copy.deepcopy``."""
+        return EntityState({k: v.copy() for k, v in self.fields.items()}, dict(self.rows),
+                           {k: dict(v) for k, v in self.values.items()}, dict(self.latest), dict(self.created))
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able form for the store."""
@@ -174,7 +183,7 @@ class _Step:
     """Applying one change: the working state plus what it produced."""
 
     def __init__(self, state: EntityState, now_ms: int) -> None:
-        self.out = Outcome(copy.deepcopy(state))
+        self.out = Outcome(state.copy())
         self.now_ms = now_ms
 
     def send(self, fs: FieldState, system: str, name: str, value: Any) -> None:

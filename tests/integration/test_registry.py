@@ -77,3 +77,17 @@ def test_serializer_round_trip_and_ids_survive_restart(harness: Harness, server:
         assert decoded == {"id": "C100001", "limit": Decimal("99999999999.99")}
     finally:
         again.stop()
+
+
+def test_the_sync_codecs_agree_with_the_official_serializer_both_ways(server: RegistryServer) -> None:
+    from streams.codecs import AvroDecode, AvroEncode
+
+    client = SchemaRegistryClient({"url": server.url})
+    record = {"id": "C100002", "limit": Decimal("12345.67"), "name": "上海某某有限公司"}
+    ours = AvroEncode(client, "reg-codec", json.dumps(V2)).dumps(record)
+    official = AvroSerializer(client, json.dumps(V2))(record, SerializationContext("reg-codec", MessageField.VALUE))
+    assert ours == official  # same registration, same id, same bytes
+    assert AvroDeserializer(client)(ours, None) == record
+    assert AvroDecode(client).loads(official) == record
+    with pytest.raises(ValueError, match="not Confluent wire-format Avro"):
+        AvroDecode(client).loads(b"plain text, not avro")

@@ -237,3 +237,14 @@ def test_deletion_deactivates_the_other_record_once() -> None:
     assert cmd is not None and (cmd.system, cmd.field, cmd.value, cmd.expect, cmd.expect_row) == (
         "crm", "status", "inactive", "active", None)
     assert deactivate(rule, state, "erp", (20, 0), 21) is None  # the replayed delete
+
+
+def test_a_change_leaves_the_state_it_was_given_as_it_was() -> None:
+    """The worker caches states between batches: a step works on a copy, never on the cached one."""
+    before = synced("o")
+    before.values["crm"] = {"own_crm": "o"}
+    snapshot = before.to_json()
+    first = apply_change(FIELDS, before, "crm", row(own_crm="a", manual="m"), (10, 0), 10, 10)
+    apply_change(FIELDS, first.state, "erp", row(own_crm="a", latest="x"), (11, 0), 11, 11)
+    assert before.to_json() == snapshot
+    assert first.state.fields["own_crm"].inflight == {"erp": ("a", 10)}  # the copy did change

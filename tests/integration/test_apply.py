@@ -1,0 +1,56 @@
+"""The applier on a real ERP database: pipelined writes, a bad command among good ones, replay."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from streams.apply.executor import Applier, Delivery
+from streams.local.harness import REPO, Harness
+from streams.mapping.profile import load_profiles
+from streams.reconcile.core import Command
+from streams.reconcile.records import command_record
+
+pytestmark = pytest.mark.integration
+
+TOPIC = f"test.apply.{uuid.uuid4().hex[:8]}"  # its own progress rows
+
+
+def _command(cust_no: str, field: str, value: object, expect: object) -> dict[str, object]:
+    return command_record("customer", str(uuid.uuid4()), cust_no, Command("erp", field, value, expect, None),
+                          1_700_000_000_000, "test/0/0")
+
+
+def test_a_bad_write_among_good_ones_is_reported_and_the_rest_apply_once(harness: Harness) -> None:
+    with harness.connect("erp") as erp:
+        rows = erp.execute("SELECT cust_no, email, credit_limit_fen FROM customers"
+                           " ORDER BY cust_no DESC LIMIT 3").fetchall()
+    (a, a_email, _), (b, _, b_limit), (c, c_email, _) = rows
+    batch = [
+        Delivery(TOPIC, 0, 10, _command(a, "email", "pipelined-a@example.com", a_email)),
+        Delivery(TOPIC, 0, 11, _command(b, "credit_limit_fen", 10**20, b_limit)),  # over bigint: the database says no
+        Delivery(TOPIC, 0, 12, _command(c, "email", "pipelined-c@example.com", c_email)),
+        # Compare-and-set: the row does not hold what the command expects, so nothing is written.
+        Delivery(TOPIC, 0, 13, _command(c, "email", "stale@example.com", "someone.else@example.com")),
+    ]
+    applier = Applier(load_profiles([REPO / "schemas" / "mappings" / "demo.yaml"]), "erp", harness.conninfo("erp"))
+    try:
+        first = applier.apply(batch)
+        again = applier.apply(batch)  # a replay: at or below the stored progress
+        good = applier.apply([Delivery(TOPIC, 0, 14, _command(a, "email", "pipelined-a2@example.com",
+                                                              "pipelined-a@example.com"))])
+    finally:
+        assert applier.conn is not None
+        applier.conn.close()
+
+    assert (first.written, first.skipped, first.replayed) == (2, 1, 0)
+    assert [(d.offset, reason) for d, reason in first.failed] == [(11, "NumericValueOutOfRange: bigint out of range")]
+    assert (again.written, again.skipped, again.replayed, again.failed) == (0, 0, 4, [])
+    assert (good.written, good.failed) == (1, [])
+    with harness.connect("erp") as erp:
+        now = dict(erp.execute("SELECT cust_no, email FROM customers WHERE cust_no = ANY(%s)", ([a, c],)).fetchall())
+        limit = erp.execute("SELECT credit_limit_fen FROM customers WHERE cust_no = %s", (b,)).fetchone()
+    assert now == {a: "pipelined-a2@example.com", c: "pipelined-c@example.com"}
+    assert limit == (b_limit,)
+

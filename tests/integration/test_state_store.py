@@ -1,0 +1,38 @@
+"""Entity states in the sync store, read through a worker's cache: a write by anyone else is seen."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+from streams.local.harness import Harness
+from streams.reconcile.core import EntityState
+from streams.store import StateCache, Store
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_cache_serves_its_own_writes_and_rereads_anyone_elses(harness: Harness) -> None:
+    store = Store(harness.conninfo("sync"))
+    store.migrate()
+    key = ("customer", str(uuid.uuid4()))
+    cache = StateCache(100)
+    with psycopg.connect(**harness.conninfo("sync")) as worker, psycopg.connect(**harness.conninfo("sync")) as other:
+        assert store.lock_states(worker, [key], cache)[key].to_json() == EntityState().to_json()
+        mine = EntityState(rows={"crm": "v1"})
+        versions = store.save_states(worker, {key: mine})
+        worker.commit()
+        cache.put({k: (v, mine) for k, v in versions.items()})
+        assert store.lock_states(worker, [key], cache)[key] is mine  # current: not read again
+        worker.rollback()
+
+        theirs = EntityState(rows={"crm": "v2"})  # a person resolving a conflict, another worker
+        store.lock_state(other, *key)
+        store.save_state(other, *key, theirs)
+        other.commit()
+        seen = store.lock_states(worker, [key], cache)[key]
+        assert seen is not mine and seen.rows == {"crm": "v2"}
+        worker.rollback()
+    store.close()
