@@ -444,8 +444,8 @@ class Processors:
                         entity, gid, ids[cmd.system], cmd, commit_ms, event_id)))
             sends += [(CONFLICTS, gid, conflict_record(entity, gid, conflict_id, c))
                       for conflict_id, c in zip(conflict_ids, outcome.conflicts, strict=True)]
-            if flow.canonical and outcome.replays == 0:
-                sends.append((flow.canonical, gid, canonical_record(
+            if flow.canonical and outcome.replays == 0:  # built later, for the entity's last change in the batch
+                sends.append((flow.canonical, gid, lambda: canonical_record(
                     profile, outcome.state, gid, ids["crm"], ids["erp"], meta)))
             m = metrics
             m.RECONCILE_EVENTS.labels(entity, system, "commands" if outcome.commands else "no_command").inc()
@@ -477,6 +477,11 @@ class Processors:
         results, tx, saved = await self.retrying("reconcile", self._locked, [(e, g, s) for e, g, s, _ in planned])
         sends = [send for (_, _, _, finish), (result, ids) in zip(planned, results, strict=True)
                  for send in finish(result, ids)]
+        # A compacted canonical topic keeps an entity's latest record: one per entity and batch, its
+        # state after the batch's last change of it (the others are built only to be superseded).
+        last = {(topic, key): i for i, (topic, key, record) in enumerate(sends) if callable(record)}
+        sends = [(topic, key, record() if callable(record) else record) for i, (topic, key, record) in enumerate(sends)
+                 if not callable(record) or last[(topic, key)] == i]
         await self._send_then_commit(tx, sends)
         self.states.put(saved)  # committed
         metrics.STAGE_EVENTS.labels("reconcile", "out").inc(len(sends))

@@ -16,11 +16,13 @@ from typing import Any
 import psycopg
 
 from streams.apply.sql import (
+    CREATED_ANY,
     CREATED_INSERT,
     CREATED_LOOKUP,
     PROGRESS_DDL,
     compare_and_set,
     insert_many,
+    insert_recorded,
     insert_returning,
     progress_select,
     progress_upsert,
@@ -102,17 +104,19 @@ class Applier:
             params["expect_row"] = source.version.converter.backward(source.version.converter.forward(row))
         return compare_and_set(source.table, source.key, side.column, version), params
 
+    def _create_params(self, cmd: dict[str, Any]) -> tuple[Any, list[Any]]:
+        """The statement inserting the entity's row and recording its global id, and its parameters."""
+        profile, source = self._profile(cmd)
+        values = json.loads(cmd["values_json"] or "{}")
+        columns = {k: v for k, v in profile.to_columns(self.system, values).items() if v is not None}
+        return (insert_recorded(source.table, list(columns), source.key),
+                [*columns.values(), cmd["entity"], cmd["global_id"]])
+
     def _create(self, conn: psycopg.Connection[Any], cmd: dict[str, Any]) -> int:
         """Insert the row unless this global id was created here before; 1 if it inserted."""
         if conn.execute(CREATED_LOOKUP, (cmd["entity"], cmd["global_id"])).fetchone():
             return 0  # a replayed or repeated create: the row exists
-        profile, source = self._profile(cmd)
-        values = json.loads(cmd["values_json"] or "{}")
-        columns = {k: v for k, v in profile.to_columns(self.system, values).items() if v is not None}
-        row = conn.execute(insert_returning(source.table, list(columns), source.key),
-                           list(columns.values())).fetchone()
-        assert row is not None
-        conn.execute(CREATED_INSERT, (cmd["entity"], cmd["global_id"], str(row[0])))
+        conn.execute(*self._create_params(cmd))
         return 1
 
     def _rule(self, cmd: dict[str, Any], kind: type[Any]) -> Any:
@@ -187,31 +191,49 @@ class Applier:
             return
         self._counted(d, count, result)
 
-    def _writes(self, conn: psycopg.Connection[Any], group: list[Delivery], result: BatchResult) -> None:
-        """Field and row writes in one pipelined round trip; if one fails, each again in its own savepoint."""
+    def _pipelined(self, conn: psycopg.Connection[Any], group: list[Delivery], result: BatchResult,
+                   params: Any) -> list[tuple[Delivery, Any]] | None:
+        """Run ``params(command) -> (statement, parameters)`` for each command in one pipelined round trip.
+
+        Each ``(delivery, cursor)``; None if a statement failed: then the group was rolled back to a
+        savepoint and applied again one command at a time (finding the bad ones, keeping the rest).
+        """
         planned = []
         for d in group:
             try:
-                planned.append((d, *self._write_params(d.command)))
+                planned.append((d, *params(d.command)))
             except TerminalError as exc:
                 result.failed.append((d, exc.message))
-        if not planned:
-            return
         try:
             with conn.transaction(), conn.pipeline():
-                cursors = [(d, conn.execute(statement, params)) for d, statement, params in planned]
+                return [(d, conn.execute(statement, values)) for d, statement, values in planned]
         except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError):
-            for d, _, _ in planned:  # rolled back to the savepoint: find the bad ones, keep the rest
+            for d, _, _ in planned:
                 self._one(conn, d, result)
-            return
-        for d, cur in cursors:
+            return None
+
+    def _writes(self, conn: psycopg.Connection[Any], group: list[Delivery], result: BatchResult) -> None:
+        """Field and row writes, pipelined."""
+        for d, cur in self._pipelined(conn, group, result, self._write_params) or []:
             self._counted(d, cur.rowcount, result)
+
+    def _creates(self, conn: psycopg.Connection[Any], group: list[Delivery], result: BatchResult) -> None:
+        """Creates, pipelined: one lookup of the global ids created here before, then one insert each."""
+        keys = [(d.command["entity"], d.command["global_id"]) for d in group]
+        seen = {(r[0], r[1]) for r in conn.execute(CREATED_ANY, ([k[0] for k in keys], [k[1] for k in keys]))}
+        todo = []
+        for d, key in zip(group, keys, strict=True):
+            if key not in seen:  # else a replayed or repeated create: the row exists
+                seen.add(key)
+                todo.append(d)
+        made = self._pipelined(conn, todo, result, self._create_params)  # None: _one counted them
+        result.created += len(made or [])
 
     def apply(self, batch: Sequence[Delivery]) -> BatchResult:
         """Apply a batch in one transaction (a failing command is reported, the rest still apply).
 
-        Runs of field and row writes go to the database pipelined (one round trip per run); creates
-        run one by one (each reads what it inserted).
+        Runs of writes and of creates go to the database pipelined (a round trip or two per run);
+        documents are created one by one (each reads what it inserted).
         """
         result = BatchResult()
         conn = self.connect()
@@ -229,9 +251,9 @@ class Applier:
                         continue
                     last[(d.topic, d.partition)] = max(d.offset, last.get((d.topic, d.partition), -1))
                     todo.append(d)
-                for writes, group in groupby(todo, key=lambda d: d.command.get("op", "set") in ("set", "row")):
-                    if writes:
-                        self._writes(conn, list(group), result)
+                for op, group in groupby(todo, key=lambda d: str(d.command.get("op", "set"))):
+                    if op in ("set", "row", "create"):
+                        (self._creates if op == "create" else self._writes)(conn, list(group), result)
                     else:
                         for d in group:
                             self._one(conn, d, result)

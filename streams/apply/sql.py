@@ -26,6 +26,8 @@ CREATED_LOOKUP = "SELECT key FROM sync_meta.created WHERE entity = %s AND global
 CREATED_LOOKUP_NAMED = "SELECT key FROM sync_meta.created WHERE entity = %(entity)s AND global_id = %(gid)s"
 CREATED_OF_ENTITY = ("SELECT key, global_id FROM sync_meta.created"
                      " WHERE entity = %(entity)s AND (%(keys)s::text[] IS NULL OR key = ANY(%(keys)s))")
+CREATED_ANY = ("SELECT c.entity, c.global_id FROM sync_meta.created c"
+               " JOIN unnest(%s::text[], %s::text[]) AS k(e, g) ON c.entity = k.e AND c.global_id = k.g")
 CREATED_INSERT = "INSERT INTO sync_meta.created (entity, global_id, key) VALUES (%s, %s, %s)"
 
 
@@ -35,6 +37,20 @@ def insert_returning(table: str, columns: list[str], key_column: str) -> sql.Com
     return sql.SQL("INSERT INTO {}.{} ({}) VALUES ({}) RETURNING {}").format(
         sql.Identifier(schema), sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(c) for c in columns),
         sql.SQL(", ").join(sql.Placeholder() for _ in columns), sql.Identifier(key_column),
+    )
+
+
+def insert_recorded(table: str, columns: list[str], key_column: str) -> sql.Composed:
+    """``INSERT`` a new row and record which global id it was created for, in one statement.
+
+    Parameters: the column values, then the entity and the global id.
+    """
+    schema, _, name = table.partition(".")
+    return sql.SQL("WITH row AS (INSERT INTO {}.{} ({}) VALUES ({}) RETURNING {})"
+                   " INSERT INTO sync_meta.created (entity, global_id, key) SELECT %s, %s, {}::text FROM row").format(
+        sql.Identifier(schema), sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+        sql.SQL(", ").join(sql.Placeholder() for _ in columns), sql.Identifier(key_column),
+        sql.Identifier(key_column),
     )
 
 

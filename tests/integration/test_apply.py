@@ -54,3 +54,35 @@ def test_a_bad_write_among_good_ones_is_reported_and_the_rest_apply_once(harness
     assert now == {a: "pipelined-a2@example.com", c: "pipelined-c@example.com"}
     assert limit == (b_limit,)
 
+
+
+def test_creates_are_made_once_each_and_a_bad_one_does_not_sink_the_rest(harness: Harness) -> None:
+    from streams.reconcile.records import create_record
+
+    def create(gid: str, name: str, limit: int) -> dict[str, object]:
+        values = {"legal_name": name, "name": name, "credit_limit_fen": limit, "payment_terms": "NET30"}
+        return create_record("customer", gid, "erp", values, 1_700_000_000_000, "test/0/0")
+
+    topic = f"{TOPIC}.create"
+    first, second, bad = (str(uuid.uuid4()) for _ in range(3))
+    batch = [
+        Delivery(topic, 0, 1, create(first, "管道创建测试一有限公司", 100)),
+        Delivery(topic, 0, 2, create(first, "管道创建测试一有限公司", 100)),  # repeated: no second row
+        Delivery(topic, 0, 3, create(bad, "管道创建测试坏有限公司", 10**20)),  # over bigint
+        Delivery(topic, 0, 4, create(second, "管道创建测试二有限公司", 200)),
+    ]
+    applier = Applier(load_profiles([REPO / "schemas" / "mappings" / "demo.yaml"]), "erp", harness.conninfo("erp"))
+    try:
+        done = applier.apply(batch)
+        again = applier.apply([Delivery(topic, 0, 5, create(second, "管道创建测试二有限公司", 200))])  # a new offset
+    finally:
+        assert applier.conn is not None
+        applier.conn.close()
+    assert (done.created, [d.offset for d, _ in done.failed], again.created) == (2, [3], 0)
+    assert "out of range" in done.failed[0][1]
+    with harness.connect("erp") as erp:
+        names = [r[0] for r in erp.execute("SELECT full_name FROM customers WHERE full_name LIKE '管道创建测试%%'"
+                                           " ORDER BY full_name").fetchall()]
+        recorded = erp.execute("SELECT count(*) FROM sync_meta.created WHERE global_id = ANY(%s)",
+                               ([first, second, bad],)).fetchone()
+    assert names == ["管道创建测试一有限公司", "管道创建测试二有限公司"] and recorded == (2,)
