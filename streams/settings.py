@@ -166,7 +166,7 @@ class ProcessorSettings(BaseModel):
     rebalance_timeout_s: float = Field(20.0, gt=1)
     fetch_max_wait_ms: int = Field(50, ge=1, le=5000)  # longest a fetch waits for data: latency per topic hop
     # Entity states a worker keeps in memory (checked against the store's version on every read).
-    state_cache: int = Field(20_000, ge=0)
+    state_cache: int = Field(5_000, ge=0)
 
     @field_validator("profiles", "documents", mode="before")
     @classmethod
