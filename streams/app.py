@@ -411,6 +411,7 @@ class Processors:
         if rec["values_json"] is None:  # a deletion: deactivate the counterpart, never delete it
             def deleted(state: EntityState, now_ms: int) -> tuple[EntityState, list[Conflict], Any]:
                 rule = profile.deactivation(other(system))
+                state = state.copy()  # never the cached one: a rolled-back batch must leave it as it was
                 return state, [], deactivate(rule, state, system, change_version, now_ms)
 
             def finish_deleted(cmd: Any, _: list[int]) -> list[tuple[str, str, Any]]:

@@ -348,7 +348,10 @@ def request_create(profile_rule: Any, state: EntityState, source: str, now_ms: i
 
 
 def deactivate(rule: Any, state: EntityState, deleted: str, version: Version, now_ms: int) -> Command | None:
-    """The deletion of ``deleted``'s record: set the other record's deactivation field, once."""
+    """The deletion of ``deleted``'s record: set the other record's deactivation field, once.
+
+    Records the deletion in ``state`` itself (callers pass a copy of a state they must keep).
+    """
     target = other(deleted)
     if version <= state.latest.get(deleted, (0, 0)):
         return None  # a replay of the delete
