@@ -262,7 +262,7 @@ def cmd_registry(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     """Run a benchmark on its own local services and print its figures."""
-    from streams.bench import capture, full, orders, steady, sync
+    from streams.bench import capture, faust_ceiling, full, orders, steady, sync
 
     out = args.out or Path(f"bench-results/{args.which}.json")
     rates = tuple(float(r) for r in args.rates.split(","))
@@ -272,6 +272,9 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     elif args.which == "capture":
         result = capture.run(updates=args.updates, out=out)
         print(capture.format_result(result))
+    elif args.which == "faust":
+        result = faust_ceiling.run(events=args.events, out=out)
+        print(faust_ceiling.format_result(result))
     elif args.which == "orders":
         result = orders.run(deals=args.deals, out=out)
         print(orders.format_result(result))
@@ -345,12 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(func=cmd_registry)
     bench = sub.add_parser("bench", help="benchmarks on freshly started local services (not the running stack)")
     bench.add_argument("which", nargs="?", default="all",
-                       choices=["all", "capture", "sync", "steady", "orders"],
+                       choices=["all", "capture", "sync", "steady", "orders", "faust"],
                        help="all (default): steady state, native logical replication, backlog drain and initial"
                             " sync in one run, as one table; capture: N single-row CRM updates -> broker;"
                             " sync: CRM edit -> ERP commit latency;"
                             " steady: fixed-rate edits on both systems, per-edit latency and peak memory;"
-                            " orders: deals won in a burst -> ERP sales orders")
+                            " orders: deals won in a burst -> ERP sales orders;"
+                            " faust: Faust alone taking batches from a topic (its ceiling per hop)")
     bench.add_argument("--updates", type=int, default=100_000, help="capture: single-row updates (default 100000)")
     bench.add_argument("--rate", type=float, default=5.0, help="sync: edits per second, fixed rate (default 5)")
     bench.add_argument("--seconds", type=float, default=60.0,
@@ -358,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--edits", type=int, default=100_000,
                        help="all: backlog edits, and the anchor's burst (default 100000)")
     bench.add_argument("--accounts", type=int, default=100_000, help="all: initial-sync accounts (default 100000)")
+    bench.add_argument("--events", type=int, default=50_000, help="faust: records to take (default 50000)")
     bench.add_argument("--deals", type=int, default=500, help="orders: deals won in a burst (default 500)")
     bench.add_argument("--rates", default="200,1000,2000",
                        help="steady: edits per second, one step each, comma-separated (default 200,1000,2000)")
