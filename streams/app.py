@@ -227,26 +227,30 @@ class Processors:
                         found[key] = link
                         metrics.IDENTITY.labels(entity, "created").inc()
         out: list[tuple[Link | None, bool]] = []
-        unsure: dict[tuple[str, str], list[int]] = {}  # linked on one side only, not known to be in review
-        for profile, system, key, row in items:
+        linked_now: list[int] = []  # positions of records resolved in this batch
+        check: dict[tuple[str, str], list[int]] = {}  # positions whose review status decides something
+        for i, (profile, system, key, row) in enumerate(items):
             entity = profile.entity
-            link, review = known[(entity, system)].get(key), False
+            link, fresh = known[(entity, system)].get(key), False
             if link is None and row is not None:
                 link = resolve_new(profile, self.settings, self.store, system, key, row)
                 known[(entity, system)][key] = link  # a second change of it in this batch finds it
-                review = self.store.under_review(entity, system, key)
-                metrics.IDENTITY.labels(entity, "review" if review else link.linked_by).inc()
+                linked_now.append(i)
+                fresh = True
             peer_missing = link is not None and row is not None and (
                 link.erp_id if system == "crm" else link.crm_id) is None
-            if peer_missing and not review:
-                unsure.setdefault((entity, system), []).append(len(out))
-            out.append((link, peer_missing and not review))
-        for (entity, system), positions in unsure.items():  # one lookup per entity and system
-            reviewed = self.store.reviewing(entity, system, [items[i][2] for i in positions])
-            for i in positions:
-                if items[i][2] in reviewed:
-                    out[i] = (out[i][0], False)
-        return out
+            if peer_missing or fresh:
+                check.setdefault((entity, system), []).append(i)
+            out.append((link, peer_missing))
+        reviewed: set[int] = set()
+        for (entity, system), positions in check.items():  # one lookup per entity and system
+            found_ids = self.store.reviewing(entity, system, [items[i][2] for i in positions])
+            reviewed.update(i for i in positions if items[i][2] in found_ids)
+        for i in linked_now:
+            link = out[i][0]
+            assert link is not None
+            metrics.IDENTITY.labels(items[i][0].entity, "review" if i in reviewed else link.linked_by).inc()
+        return [(link, may_create and i not in reviewed) for i, (link, may_create) in enumerate(out)]
 
     def _locked(self, steps: list[tuple[str, str, Any]]) -> tuple[list[tuple[Any, list[int]]], Any, Any]:
         """Run each ``(entity, gid, step)`` on its entity's row-locked state, in order, in one transaction.

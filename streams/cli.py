@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -266,24 +267,17 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
     out = args.out or Path(f"bench-results/{args.which}.json")
     rates = tuple(float(r) for r in args.rates.split(","))
-    if args.which == "all":
-        result = full.run(rates=rates, seconds=args.seconds, edits=args.edits, accounts=args.accounts, out=out)
-        print(full.format_result(result))
-    elif args.which == "capture":
-        result = capture.run(updates=args.updates, out=out)
-        print(capture.format_result(result))
-    elif args.which == "faust":
-        result = faust_ceiling.run(events=args.events, out=out)
-        print(faust_ceiling.format_result(result))
-    elif args.which == "orders":
-        result = orders.run(deals=args.deals, out=out)
-        print(orders.format_result(result))
-    elif args.which == "steady":
-        result = steady.run(rates=rates, seconds=args.seconds, out=out)
-        print(steady.format_result(result))
-    else:
-        result = sync.run(rate=args.rate, seconds=args.seconds, out=out)
-        print(sync.format_result(result))
+    runs: dict[str, tuple[Any, Callable[[], dict[str, Any]]]] = {
+        "all": (full, lambda: full.run(rates=rates, seconds=args.seconds, edits=args.edits,
+                                       accounts=args.accounts, out=out)),
+        "capture": (capture, lambda: capture.run(updates=args.updates, out=out)),
+        "faust": (faust_ceiling, lambda: faust_ceiling.run(events=args.events, out=out)),
+        "orders": (orders, lambda: orders.run(deals=args.deals, out=out)),
+        "steady": (steady, lambda: steady.run(rates=rates, seconds=args.seconds, out=out)),
+        "sync": (sync, lambda: sync.run(rate=args.rate, seconds=args.seconds, out=out)),
+    }
+    module, run = runs[args.which]
+    print(module.format_result(run()))
     print(f"figures written to {out}")
     return 0
 

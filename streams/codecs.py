@@ -31,31 +31,6 @@ def schema_text(relative: str) -> str:
     return json.dumps(schema)
 
 
-class _Schemas:
-    """Registry schemas by id, fetched once and parsed once for fastavro."""
-
-    def __init__(self, client: SchemaRegistryClient) -> None:
-        self.client = client
-        self._parsed: dict[int, Any] = {}
-
-    def parsed(self, schema_id: int) -> Any:
-        schema = self._parsed.get(schema_id)
-        if schema is None:
-            text = self.client.get_schema(schema_id).schema_str
-            if text is None:
-                raise ValueError(f"schema id {schema_id} has no schema text in the registry")
-            schema = self._parsed[schema_id] = fastavro.parse_schema(json.loads(text))
-        return schema
-
-
-def read(schemas: _Schemas, data: bytes) -> Any:
-    """Confluent wire format (magic byte 0, 4-byte schema id, Avro body) -> the record."""
-    if len(data) <= 5 or data[0] != 0:
-        raise ValueError(f"not Confluent wire-format Avro ({len(data)} bytes, first byte {data[:1]!r}):"
-                         " expected magic byte 0 and a 4-byte schema id")
-    return fastavro.schemaless_reader(io.BytesIO(data[5:]), schemas.parsed(int.from_bytes(data[1:5], "big")), None)
-
-
 class AvroDecode:
     """Decode Confluent wire-format Avro of any registered schema.
 
@@ -64,11 +39,24 @@ class AvroDecode:
     """
 
     def __init__(self, client: SchemaRegistryClient) -> None:
-        self._schemas = _Schemas(client)
+        self._client = client
+        self._parsed: dict[int, Any] = {}
+
+    def _schema(self, schema_id: int) -> Any:
+        schema = self._parsed.get(schema_id)
+        if schema is None:
+            text = self._client.get_schema(schema_id).schema_str
+            if text is None:
+                raise ValueError(f"schema id {schema_id} has no schema text in the registry")
+            schema = self._parsed[schema_id] = fastavro.parse_schema(json.loads(text))
+        return schema
 
     def loads(self, data: bytes) -> Any:
-        """The record in ``data``."""
-        return read(self._schemas, data)
+        """The record in ``data``: magic byte 0, a 4-byte schema id, the Avro body."""
+        if len(data) <= 5 or data[0] != 0:
+            raise ValueError(f"not Confluent wire-format Avro ({len(data)} bytes, first byte {data[:1]!r}):"
+                             " expected magic byte 0 and a 4-byte schema id")
+        return fastavro.schemaless_reader(io.BytesIO(data[5:]), self._schema(int.from_bytes(data[1:5], "big")), None)
 
 
 class AvroEncode:

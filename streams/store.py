@@ -206,17 +206,8 @@ class Store:
             return self.attach(entity, erp.global_id, "crm", crm_id, linked_by) or erp
         return crm or erp or self.add_link(entity, crm_id, erp_id, linked_by)
 
-    def under_review(self, entity: str, system: str, source_id: str) -> bool:
-        """True while a person must decide what ``system``'s record is linked to."""
-        row = self.conn.execute(
-            "SELECT 1 FROM sync.identity_review WHERE entity = %s AND status = 'open'"
-            " AND ((system = %s AND source_id = %s) OR (system <> %s AND candidates ? %s)) LIMIT 1",
-            (entity, system, source_id, system, source_id),
-        ).fetchone()
-        return row is not None
-
     def reviewing(self, entity: str, system: str, source_ids: Sequence[str]) -> set[str]:
-        """Which of ``system``'s ``source_ids`` are :meth:`under_review` (one round trip)."""
+        """Which of ``system``'s ``source_ids`` wait for a person to decide what they link to (one round trip)."""
         rows = self.conn.execute(
             "SELECT s.id FROM unnest(%s::text[]) AS s(id) WHERE EXISTS (SELECT 1 FROM sync.identity_review r"
             " WHERE r.entity = %s AND r.status = 'open'"
