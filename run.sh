@@ -3,7 +3,8 @@
 #   ./run.sh up      start the embedded stack (demo CRM + ERP, broker, registry, capture, worker, Prometheus)
 #   ./run.sh test    run the whole test suite
 # Any other arguments are passed to the `crm-erp-sync` CLI inside the project's venv.
-# Installs what is missing: Debian packages with apt-get (only if absent), Python deps into .venv.
+# Installs what is missing: Debian packages with apt-get (only if absent), Python deps into .venv,
+# Apache Kafka / Kafka Connect / Debezium jars with Maven into ~/.cache/crm-erp-sync/jars.
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${CRM_ERP_SYNC_VENV:-.venv}"
@@ -15,6 +16,7 @@ ensure_debian_packages() {
   local missing=()
   compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || missing+=(postgresql)
   command -v java >/dev/null || missing+=(default-jre-headless)
+  command -v mvn >/dev/null || missing+=(maven)
   "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
   command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
   if [ ${#missing[@]} -gt 0 ]; then
@@ -39,8 +41,14 @@ ensure_venv() {
   echo "$want" > "$stamp"
 }
 
+ensure_jars() {
+  # Apache Kafka, Kafka Connect and Debezium from Maven Central, once, into local.jar_cache (outside the repo).
+  "$VENV/bin/python" -m streams.local.jars
+}
+
 ensure_debian_packages
 ensure_venv
+ensure_jars
 
 case "${1:-}" in
   test)

@@ -46,11 +46,10 @@ from streams.reconcile.records import (
 )
 from streams.settings import Settings
 from streams.store import Link, StateCache, Store
+from streams.topics import CONFLICTS, DLQ, changes_topic, commands_topic
 
 log = logging.getLogger(__name__)
 
-DLQ = "sync.dlq"
-CONFLICTS = "sync.conflicts"
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -74,16 +73,6 @@ def broker_credentials(settings: Settings) -> Any:
 # size under load: 10 ms gave ~40 events per step, 50 ms gives 100-900 and twice the throughput.
 BATCH = 1000
 WITHIN = 0.05
-
-
-def changes_topic(entity: str) -> str:
-    """The internal topic of one entity's mapped changes, keyed (and so partitioned) by global id."""
-    return f"sync.changes.{entity}"
-
-
-def commands_topic(system: str) -> str:
-    """Where commands for ``system`` go."""
-    return f"sync.commands.{system}"
 
 
 @dataclass(frozen=True)
@@ -142,6 +131,8 @@ class Processors:
         self.tx = psycopg.connect(**settings.store.conninfo())
         self.states = StateCache(settings.processors.state_cache)
         self.documents = Documents(self.document_profile, settings, Store(settings.store.conninfo()))
+        datadir = settings.local.state_dir / "faust"
+        datadir.mkdir(parents=True, exist_ok=True)
         self.app = faust.App(
             settings.processors.app_id,
             broker=[f"kafka://{b}" for b in settings.kafka.bootstrap_servers.split(",")],
@@ -149,7 +140,7 @@ class Processors:
             broker_credentials=broker_credentials(settings),
             store="memory://",
             web_enabled=False,
-            datadir=str(settings.local.state_dir / "faust"),
+            datadir=str(datadir),
             consumer_auto_offset_reset="earliest",
             broker_session_timeout=settings.processors.session_timeout_s,
             broker_heartbeat_interval=max(1.0, settings.processors.session_timeout_s / 5),
@@ -409,7 +400,7 @@ class Processors:
         profile, entity = flow.profile, flow.entity
         meta = rec["metadata"]
         commit_ms = int(meta["source_commit_time"].timestamp() * 1000)
-        change_version = (commit_ms, meta["lsn"] or 0)
+        change_version = tuple(rec["source_order"]) if rec["source_order"] else (commit_ms, meta["lsn"] or 0)
         system, gid, event_id = rec["system"], rec["global_id"], meta["event_id"]
         ids = {"crm": rec["crm_id"], "erp": rec["erp_id"]}
         if rec["values_json"] is None:  # a deletion: deactivate the counterpart, never delete it
@@ -431,7 +422,8 @@ class Processors:
         row_version = json.loads(rec["row_version_json"])
 
         def step(state: EntityState, now_ms: int) -> tuple[EntityState, list[Conflict], Any]:
-            outcome = apply_change(profile.fields, state, system, values, change_version, row_version, now_ms)
+            outcome = apply_change(profile.fields, state, system, values, change_version, row_version, now_ms,
+                                   commit_ms)
             create = (request_create(profile.create_rule(system), outcome.state, system, now_ms)
                       if rec["may_create"] else None)
             return outcome.state, outcome.conflicts, (outcome, create)
@@ -507,7 +499,7 @@ class Processors:
     async def _health(self) -> None:
         consumer: Any = self.app.consumer
         for tp in consumer.assignment():
-            highwater = consumer.highwater(tp)  # from fetch responses (Tansu's ListOffsets undercounts)
+            highwater = consumer.highwater(tp)  # from fetch responses
             if highwater is None:
                 continue  # not fetched yet
             committed = consumer._committed_offset.get(tp)  # Faust keeps the group's committed offsets

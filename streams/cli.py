@@ -43,7 +43,7 @@ def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     """Print the health of each part."""
-    from streams.local.stack import format_status, status, status_json
+    from streams.local.status import format_status, status, status_json
 
     info = status(settings)
     print(status_json(info) if args.json else format_status(info))
@@ -51,11 +51,18 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_capture(settings: Settings, args: argparse.Namespace) -> int:
-    """Run Debezium capture in the foreground."""
+    """Run capture in the foreground: deploy to Kafka Connect and watch, or run the embedded engine."""
     from streams import metrics
-    from streams.capture.runner import CaptureRunner
 
-    runner = CaptureRunner(settings, args.source or None)
+    runner: Any
+    if settings.capture.mode == "connect":
+        from streams.capture.connect import ConnectCapture
+
+        runner = ConnectCapture(settings, args.source or None)
+    else:
+        from streams.capture.runner import CaptureRunner
+
+        runner = CaptureRunner(settings, args.source or None)
 
     def on_signal(signum: int, _frame: Any) -> None:
         runner.stop_event.set()
@@ -63,7 +70,7 @@ def cmd_capture(settings: Settings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     metrics.serve(settings.capture.metrics_port, settings.metrics_host)
-    code = runner.run()
+    code: int = runner.run()
     for error in runner.errors:
         print(f"crm-erp-sync capture: error: {error}", file=sys.stderr)
     return code
@@ -72,31 +79,17 @@ def cmd_capture(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     """Run the Faust processors (several workers may share the load)."""
     import faust
-    from confluent_kafka.admin import AdminClient
 
-    from streams.app import CONFLICTS, DLQ, Processors, commands_topic
+    from streams.app import Processors
     from streams.documents.spec import load_documents
     from streams.identity.bootstrap import bootstrap
     from streams.mapping.profile import load_profiles
-    from streams.topics import COMPACTED, Topics
+    from streams.topics import ensure_planned
 
     profiles = load_profiles(settings.processors.profiles)
     documents = load_documents(settings.processors.documents)
-    topics = Topics(AdminClient(settings.kafka.client_config()), settings.kafka.replication_factor)
-    topics.refresh()
-    for name in (commands_topic("crm"), commands_topic("erp"), CONFLICTS, DLQ):
-        topics.ensure(name, 1)
+    ensure_planned(settings)
     processors = Processors(settings, profiles, documents)
-    for name in processors.documents.topics:
-        topics.ensure(name, 1)
-    for flow in processors.flows:
-        for name in flow.raw_topics:
-            topics.ensure(name, 1)
-        topics.ensure(flow.changes, settings.processors.partitions)
-        if flow.canonical:
-            topics.ensure(flow.canonical, 1, COMPACTED)
-    for rule in documents.canonical:
-        topics.ensure(rule.topic, 1, COMPACTED)
     from streams import metrics
 
     metrics.serve(settings.processors.metrics_port, settings.metrics_host)
@@ -270,7 +263,8 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     runs: dict[str, tuple[Any, Callable[[], dict[str, Any]]]] = {
         "all": (full, lambda: full.run(rates=rates, seconds=args.seconds, edits=args.edits,
                                        accounts=args.accounts, out=out)),
-        "capture": (capture, lambda: capture.run(updates=args.updates, out=out)),
+        "capture": (capture, lambda: capture.run(updates=args.updates, out=out,
+                                                 modes=(args.capture_mode,) if args.capture_mode else capture.MODES)),
         "faust": (faust_ceiling, lambda: faust_ceiling.run(events=args.events, out=out)),
         "orders": (orders, lambda: orders.run(deals=args.deals, out=out)),
         "steady": (steady, lambda: steady.run(rates=rates, seconds=args.seconds, out=out)),
@@ -308,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="health of databases, replication slots, broker and registry")
     st.add_argument("--json", action="store_true", help="print JSON")
     st.set_defaults(func=cmd_status)
-    cap = sub.add_parser("capture", help="run Debezium capture alone (sources from capture.sources)")
+    cap = sub.add_parser("capture", help="run capture alone: deploy the connectors to Kafka Connect and watch them"
+                                         " (capture.mode connect), or run Debezium's embedded engine (embedded)")
     cap.add_argument("--source", action="append", choices=["crm", "erp"],
                      help=f"capture only this source (repeatable; env {ENV_PREFIX}CAPTURE__SOURCES)")
     cap.set_defaults(func=cmd_capture)
@@ -350,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
                             " orders: deals won in a burst -> ERP sales orders;"
                             " faust: Faust alone taking batches from a topic (its ceiling per hop)")
     bench.add_argument("--updates", type=int, default=100_000, help="capture: single-row updates (default 100000)")
+    bench.add_argument("--capture-mode", choices=["connect", "embedded"], default=None,
+                       help="capture: only this capture mode (default: both, one after the other)")
     bench.add_argument("--rate", type=float, default=5.0, help="sync: edits per second, fixed rate (default 5)")
     bench.add_argument("--seconds", type=float, default=60.0,
                        help="sync, steady: duration of the load (per rate) (default 60)")

@@ -7,6 +7,7 @@ values: such columns are listed in ``unavailable`` and left out of ``row``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -15,6 +16,9 @@ from streams.errors import TerminalError
 
 UNAVAILABLE = "__debezium_unavailable_value"
 OPS = {"c": "insert", "u": "update", "d": "delete", "r": "read", "t": "truncate"}
+# source.snapshot of a record of the initial (or a re-taken) snapshot; "incremental" and "false" are
+# read in stream order.
+INITIAL_SNAPSHOT = {"true", "first", "first_in_data_collection", "last_in_data_collection", "last"}
 
 Op = Literal["c", "u", "d", "r", "t", "tombstone"]
 
@@ -50,6 +54,7 @@ class ChangeEvent:
     tx_id: int | None
     snapshot: bool
     unavailable: frozenset[str] = field(default_factory=frozenset)
+    order: tuple[int, int] = (0, 0)  # see source_order()
 
     @property
     def is_delete(self) -> bool:
@@ -62,10 +67,31 @@ class ChangeEvent:
         image = self.before if self.is_delete else self.after
         return {k: v for k, v in (image or {}).items() if k not in self.unavailable}
 
-    @property
-    def version(self) -> tuple[int, int]:
-        """Order of changes to one entity: source commit time, then LSN."""
-        return (self.commit_ms, self.lsn or 0)
+
+
+def source_order(source: Mapping[str, Any]) -> tuple[int, int]:
+    """The position of a change among the changes of its source database, for one row.
+
+    Debezium emits a row's changes in commit order; this key follows that order without any clock.
+    A record of the initial snapshot is the row as of the replication slot's consistent point P
+    (its ``lsn``): ``(P, 0)``. A streamed change carries ``sequence = [last commit LSN, LSN]``: the
+    commit LSN of the transaction streamed before it (at least P, as every streamed transaction
+    committed after P), then its own LSN: ``(last commit LSN, LSN)``. The first transaction streamed
+    after a snapshot has no last commit LSN; its own LSN (past P) stands in. A snapshot record's
+    ``ts_ms`` is the time it was read, later than changes streamed after it: comparing times would
+    drop those changes as stale.
+    """
+    lsn = int(source.get("lsn") or 0)
+    if str(source.get("snapshot") or "false").lower() in INITIAL_SNAPSHOT:
+        return (lsn, 0)
+    sequence = source.get("sequence")
+    last_commit = None
+    if sequence:
+        try:
+            last_commit = json.loads(sequence)[0]
+        except (ValueError, TypeError, IndexError):
+            last_commit = None
+    return (int(last_commit) if last_commit else lsn, lsn)
 
 
 def _is_placeholder(value: Any) -> bool:
@@ -119,6 +145,7 @@ def parse(value: Mapping[str, Any] | None, key: Mapping[str, Any] | None, positi
             tx_id=source.get("txId"),
             snapshot=str(source.get("snapshot") or "false") not in ("false", "False"),
             unavailable=unavailable,
+            order=source_order(source),
         )
     except TerminalError as exc:
         raise TerminalError(f"{position.event_id}: {exc.message}") from exc

@@ -44,6 +44,17 @@ CAPTURE_SLOT_WAL = Gauge(
     "WAL the source database keeps for this source's replication slot (current LSN - confirmed flush LSN).",
     ["source"],
 )
+CONNECT_TASKS = Gauge(
+    "sync_connect_tasks",
+    "Tasks of a source's Kafka Connect connector per state (RUNNING, FAILED, PAUSED, UNASSIGNED, RESTARTING).",
+    ["source", "state"],
+)
+CONNECT_CONNECTOR_RUNNING = Gauge(
+    "sync_connect_connector_running", "1 when the source's Kafka Connect connector runs, else 0.", ["source"]
+)
+CONNECT_RESTARTS = Counter(
+    "sync_connect_restarts_total", "Failed connectors or tasks capture asked Kafka Connect to restart.", ["source"]
+)
 REGISTRY_REQUESTS = Counter(
     "sync_registry_requests_total", "Schema registry HTTP requests.", ["method", "status"]
 )

@@ -12,8 +12,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from streams.errors import SyncError
 from streams.settings import Settings
 from streams.store import Store
-
-DLQ = "sync.dlq"
+from streams.topics import DLQ
 
 
 def _letters(settings: Settings) -> list[dict[str, Any]]:

@@ -74,8 +74,23 @@ class DatabaseSettings(BaseModel):
         return f"{self.user}@{self.host}:{self.port}/{self.dbname}"
 
 
+class TopicPartitions(BaseModel):
+    """Partitions of the topics the sync creates, per kind (set before the first start).
+
+    A topic's partitions bound how many workers share it: each partition is read by one worker.
+    """
+
+    model_config = _FROZEN
+
+    raw: int = Field(4, ge=1, le=1024)  # Debezium's topics of the mapped and watched tables
+    changes: int = Field(4, ge=1, le=1024)  # sync.changes.<entity>, keyed by global id
+    commands: int = Field(4, ge=1, le=1024)  # sync.commands.crm / .erp
+    dlq: int = Field(1, ge=1, le=1024)  # sync.dlq and sync.conflicts
+    canonical: int = Field(4, ge=1, le=1024)  # canonical.<entity>.v1, for downstream consumers
+
+
 class KafkaSettings(BaseModel):
-    """The Kafka-protocol broker."""
+    """The Kafka broker (cluster)."""
 
     model_config = _FROZEN
 
@@ -85,7 +100,9 @@ class KafkaSettings(BaseModel):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_ca_location: Path | None = None
-    replication_factor: int = Field(1, ge=1)
+    replication_factor: int = Field(1, ge=1)  # of every topic the sync creates (3 in production)
+    min_insync_replicas: int = Field(1, ge=1)  # of every topic the sync creates (2 in production)
+    partitions: TopicPartitions = TopicPartitions()
 
     def client_config(self) -> dict[str, Any]:
         """Librdkafka properties shared by every producer, consumer and admin client."""
@@ -137,10 +154,14 @@ class RegistrySettings(BaseModel):
 
 
 class CaptureSettings(BaseModel):
-    """Debezium capture (embedded engine)."""
+    """Debezium capture: the embedded engine, or the connectors of a Kafka Connect cluster."""
 
     model_config = _FROZEN
 
+    # connect: the connector files are PUT to Kafka Connect (connect_url), which runs Debezium;
+    # embedded: Debezium's embedded engine runs inside the capture process.
+    mode: Literal["connect", "embedded"] = "connect"
+    connect_url: str = "http://127.0.0.1:18083"
     sources: tuple[Literal["crm", "erp"], ...] = ("crm", "erp")
     connectors_dir: Path = Path("connectors")
     java_home: Path | None = None
@@ -148,6 +169,13 @@ class CaptureSettings(BaseModel):
     jvm_options: tuple[str, ...] = ()
     offset_flush_interval_ms: int = Field(1000, ge=100)
     metrics_port: int = Field(0, ge=0, le=65535)
+
+    @field_validator("connect_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
 
 
 class ProcessorSettings(BaseModel):
@@ -160,7 +188,6 @@ class ProcessorSettings(BaseModel):
     # Document profiles (orders and their lines, rollups, canonical documents); [] turns them off.
     documents: list[Path] = [Path("schemas/mappings/demo-orders.yaml")]
     app_id: str = Field("crm-erp-sync", pattern=r"^[\w.-]+$")  # the consumer group; a new one replays
-    partitions: int = Field(4, ge=1, le=256)  # of sync.changes.<entity>: how many workers can share reconcile
     metrics_port: int = Field(0, ge=0, le=65535)
     session_timeout_s: float = Field(10.0, gt=1)
     rebalance_timeout_s: float = Field(20.0, gt=1)
@@ -183,7 +210,12 @@ class LocalSettings(BaseModel):
     state_dir: Path = Path(".state")
     postgres_port: int = Field(55432, ge=1, le=65535)
     broker_port: int = Field(19092, ge=1, le=65535)
+    controller_port: int = Field(19093, ge=1, le=65535)  # the embedded Kafka's KRaft controller
+    broker_heap: str = Field("512m", pattern=r"^\d+[mMgG]$")
     registry_port: int = Field(18081, ge=1, le=65535)
+    connect_port: int = Field(18083, ge=1, le=65535)  # the embedded Kafka Connect worker (capture.mode connect)
+    connect_heap: str = Field("768m", pattern=r"^\d+[mMgG]$")
+    jar_cache: Path = Path.home() / ".cache" / "crm-erp-sync" / "jars"  # Kafka and Debezium jars, fetched once
     pg_bin_dir: Path | None = None
     seed: bool = True
     seed_accounts: int = Field(300, ge=0)
@@ -191,6 +223,11 @@ class LocalSettings(BaseModel):
     prometheus_port: int = Field(19090, ge=1, le=65535)
     capture_metrics_port: int = Field(19101, ge=1, le=65535)  # capture.metrics_port unless set
     worker_metrics_port: int = Field(19102, ge=1, le=65535)  # processors.metrics_port unless set
+
+    @field_validator("state_dir", "jar_cache")
+    @classmethod
+    def _home(cls, value: Path) -> Path:
+        return value.expanduser()
 
 
 class Settings(BaseSettings):
@@ -304,6 +341,8 @@ def _resolve(settings: Settings, base: Path) -> Settings:
         update["kafka"] = settings.kafka.model_copy(
             update={"bootstrap_servers": f"127.0.0.1:{local.broker_port}"}
         )
+    if local.enabled and "connect_url" not in settings.capture.model_fields_set:
+        update["capture"] = capture.model_copy(update={"connect_url": f"http://127.0.0.1:{local.connect_port}"})
     if local.enabled and "url" not in settings.registry.model_fields_set:
         update["registry"] = settings.registry.model_copy(update={"url": f"http://127.0.0.1:{local.registry_port}"})
     return settings.model_copy(update=update)

@@ -1,9 +1,10 @@
 """Faust's aiokafka transport with a configurable fetch wait.
 
-Faust hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer. A broker that answers a fetch
-only when that wait ends (Tansu does, for a partition with no data when the fetch arrived) then adds
-up to 1.5 s per topic hop; the sync has three hops (raw, changes, commands). The wait is an
-aiokafka constructor argument kept until the consumer starts, so it is set on the new consumer.
+Faust hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer. A fetch over partitions with
+no new data is answered only when that wait ends, and a consumer does not fetch again before the
+answer, so data arriving meanwhile waits up to 1.5 s per topic hop; the sync has three hops (raw,
+changes, commands). The wait is an aiokafka constructor argument kept until the consumer starts,
+so it is set on the new consumer.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Session-scoped real services: PostgreSQL, Tansu broker, schema registry (see tests/README.md)."""
+"""Session-scoped real services: PostgreSQL, Apache Kafka, schema registry (see tests/README.md)."""
 
 from __future__ import annotations
 

@@ -18,9 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from streams.bench.steady import peak_rss_mb, worker_idle
-from streams.local.harness import Harness, TopicReader, running, scalar, topic_names, wait_for, wait_for_identity
+from streams.local.harness import (
+    Harness,
+    TopicReader,
+    running,
+    scalar,
+    wait_for,
+    wait_for_capture,
+    wait_for_identity,
+)
 from streams.local.ports import free_port
-from streams.local.stack import scrape
+from streams.local.status import scrape
 
 
 def _normalized(port: int) -> float:
@@ -42,7 +50,7 @@ def backlog(edits: int, progress: bool = True) -> dict[str, Any]:
     try:
         with running(h.spawn("capture")) as capture:
             with running(h.spawn("worker", log_name="worker.log")):
-                wait_for(lambda: "crm.public.accounts" in topic_names(h.bootstrap), 180, 0.5, "capture")
+                wait_for_capture(h, timeout=180)
                 wait_for_identity(h)
                 wait_for(lambda: worker_idle(port) and worker_idle(port), 600, 5.0, "the first alignment")
             with h.connect("sync") as conn:

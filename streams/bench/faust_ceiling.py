@@ -1,8 +1,8 @@
 """Faust's own ceiling: how fast one agent that does nothing takes batches from a topic.
 
 The sync's worker is at least this slow per topic hop, whatever its own work costs: a reference
-for the throughput figures. N records of 600 bytes go into one partition of a fresh embedded
-broker first; then a Faust worker (in a child process, as the sync's runs) takes them with the
+for the throughput figures. N records of 600 bytes go into one partition of a fresh Kafka broker
+first; then a Faust worker (in a child process, as the sync's runs) takes them with the
 worker's batch settings and reports the rate from its first batch to its last.
 """
 
@@ -21,7 +21,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from streams.bench.report import write
-from streams.local.harness import Broker
+from streams.local.kafka import KafkaCluster
 
 TOPIC = "bench.faust"
 
@@ -59,7 +59,7 @@ def _consume(bootstrap: str, events: int, datadir: str) -> None:
 def run(events: int = 50_000, out: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Fill the topic, run the consuming worker, return its figures (also written as JSON to ``out``)."""
     root = Path(tempfile.mkdtemp(prefix="crm-erp-sync-bench-", dir="/tmp"))
-    broker = Broker(root / "broker.log").start()
+    broker = KafkaCluster(root / "kafka").start()
     try:
         admin = AdminClient({"bootstrap.servers": broker.bootstrap})
         admin.create_topics([NewTopic(TOPIC, 1, 1)])[TOPIC].result(30)

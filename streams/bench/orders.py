@@ -1,6 +1,6 @@
 """Order benchmark (flow F2): N deals won in a burst -> their ERP sales orders, commit to commit.
 
-Runs on its own local services (PostgreSQL, Tansu, registry, capture, worker with the demo
+Runs on its own local services (PostgreSQL, Apache Kafka, registry, capture, worker with the demo
 profiles and document profile). The deals and their lines are prepared first (stage negotiation);
 then every deal is moved to ``closed_won`` in its own transaction as fast as one connection can.
 Latency of each deal: the ERP order row written (an audit trigger's ``clock_timestamp()``, the same
@@ -18,7 +18,7 @@ from typing import Any
 
 from streams.bench.report import latency_line, latency_summary, write
 from streams.bench.steady import worker_idle
-from streams.local.harness import REPO, Harness, running, topic_names, wait_for, wait_for_identity
+from streams.local.harness import REPO, Harness, running, wait_for, wait_for_capture, wait_for_identity
 from streams.local.ports import free_port
 
 MAPPINGS = REPO / "schemas" / "mappings"
@@ -63,7 +63,7 @@ def run(deals: int = 500, out: Path | None = None, progress: bool = True) -> dic
                                "documents": [str(MAPPINGS / "demo-orders.yaml")], "metrics_port": port})
     try:
         with running(h.spawn("capture")), running(h.spawn("worker", log_name="worker.log")):
-            wait_for(lambda: "erp.public.return_orders" in topic_names(h.bootstrap), 180, 0.5, "capture")
+            wait_for_capture(h, timeout=180)
             wait_for_identity(h)
             ids = _prepare(h, deals)
             if progress:

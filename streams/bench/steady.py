@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from streams.bench.report import latency_summary, write
-from streams.local.harness import Harness, running, topic_names, wait_for, wait_for_identity
+from streams.local.harness import Harness, running, wait_for, wait_for_capture, wait_for_identity
 from streams.local.ports import free_port
-from streams.local.stack import scrape
+from streams.local.status import scrape
 
 AUDIT = """
 CREATE SCHEMA IF NOT EXISTS bench;
@@ -133,7 +133,7 @@ def run(rates: tuple[float, ...] = (200, 1000, 2000), seconds: float = 60.0, dra
         _install_audit(h)
         capture, worker = h.spawn("capture"), h.spawn("worker", log_name="worker.log")
         with running(capture), running(worker):
-            wait_for(lambda: "crm.public.accounts" in topic_names(h.bootstrap), 180, 0.5, "capture")
+            wait_for_capture(h, timeout=180)
             wait_for_identity(h)
             with h.connect("sync") as conn:
                 pairs = conn.execute("SELECT crm_id, erp_id FROM sync.xref WHERE linked_by = 'exact'").fetchall()

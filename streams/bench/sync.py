@@ -1,6 +1,6 @@
 """Customer-sync latency benchmark: single CRM edits at a fixed light rate, source commit -> ERP commit.
 
-Runs on its own local services (PostgreSQL, Tansu, registry, capture, worker). The load generator
+Runs on its own local services (PostgreSQL, Apache Kafka, registry, capture, worker). The load generator
 runs at a fixed rate (no coordinated omission: a slow sync cannot slow the load). Latency of each
 edit is the ERP row's ``modified_on`` (set by the ERP's trigger when the sync's write commits,
 Asia/Shanghai wall time) minus the CRM row's ``updated_at`` (set when the edit committed).
@@ -16,7 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from streams.bench.report import latency_line, latency_summary, write
-from streams.local.harness import Harness, running, topic_names, wait_for, wait_for_identity
+from streams.local.harness import Harness, running, wait_for, wait_for_capture, wait_for_identity
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -26,7 +26,7 @@ def run(rate: float = 5.0, seconds: float = 60.0, out: Path | None = None, progr
     h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-bench-", dir="/tmp")), seed_accounts=300).start()
     try:
         with running(h.spawn("capture")), running(h.spawn("worker", log_name="worker.log")):
-            wait_for(lambda: "crm.public.accounts" in topic_names(h.bootstrap), 180, 0.5, "capture")
+            wait_for_capture(h, timeout=180)
             wait_for_identity(h)
             with h.connect("sync") as conn:
                 pairs = conn.execute("SELECT crm_id, erp_id FROM sync.xref WHERE linked_by = 'exact'").fetchall()

@@ -7,12 +7,14 @@ configured on the worker), or run by the embedded engine, which resolves the pla
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from streams.errors import ConfigError
+from streams.settings import Settings
 
 PLACEHOLDER = re.compile(r"\$\{(?P<provider>[a-zA-Z]+):(?:(?P<path>[^}:]*):)?(?P<key>[^}]*)\}")
 
@@ -103,3 +105,22 @@ def embedded_properties(config: Mapping[str, str], name: str, offsets_file: Path
 def topic_partitions(config: Mapping[str, str]) -> int:
     """Partitions for topics this connector creates (``topic.creation.default.partitions``)."""
     return max(1, int(config.get("topic.creation.default.partitions", "1")))
+
+
+def placeholder_env(settings: Settings, source: str) -> dict[str, str]:
+    """Values for the connector's ``${env:...}`` placeholders, from the settings (then the real env)."""
+    db = settings.database(source)
+    prefix = source.upper()
+    env = dict(os.environ)
+    env.update(
+        {
+            f"{prefix}_DB_HOST": db.host,
+            f"{prefix}_DB_PORT": str(db.port),
+            f"{prefix}_DB_USER": db.user,
+            f"{prefix}_DB_PASSWORD": db.resolved_password() or "",
+            f"{prefix}_DB_NAME": db.dbname,
+            f"{prefix}_DB_SSLMODE": db.sslmode,
+            "SCHEMA_REGISTRY_URL": settings.registry.url,
+        }
+    )
+    return env

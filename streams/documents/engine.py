@@ -37,15 +37,11 @@ from streams.errors import TerminalError, TransientError
 from streams.reconcile.records import document_command, personal_value
 from streams.settings import Settings
 from streams.store import Link, Store
+from streams.topics import commands_topic
 
 log = logging.getLogger(__name__)
 
 Send = tuple[str, str, Any]  # (topic, key, record)
-
-
-def commands_topic(system: str) -> str:
-    """Where commands for ``system`` go."""
-    return f"sync.commands.{system}"
 
 
 @dataclass(frozen=True)

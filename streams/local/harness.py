@@ -1,10 +1,14 @@
-"""Services for tests and benchmarks: real PostgreSQL, Tansu, registry and capture, on free ports.
+"""Services for tests and benchmarks: real PostgreSQL, Apache Kafka, Kafka Connect and registry.
 
-By default everything starts locally under a temporary folder. Bring-your-own: set
-``SYNC_TEST_PG`` (``host:port:user:password`` of a server with ``wal_level=logical`` where the
-databases may be created), ``SYNC_TEST_BOOTSTRAP`` (a Kafka bootstrap) and ``SYNC_TEST_REGISTRY``
-(a registry URL) to use existing services instead. Where a Docker engine runs,
-``SYNC_TEST_DOCKER=1`` takes PostgreSQL and Kafka from testcontainers instead.
+By default everything starts locally under a temporary folder, on free ports: a PostgreSQL
+cluster, an Apache Kafka (KRaft) cluster of ``brokers`` nodes, the embedded registry, and (when
+capture runs in ``connect`` mode) a Kafka Connect worker. Bring-your-own: set ``SYNC_TEST_PG``
+(``host:port:user:password`` of a server with ``wal_level=logical`` where the databases may be
+created), ``SYNC_TEST_BOOTSTRAP`` (a Kafka bootstrap), ``SYNC_TEST_REGISTRY`` (a registry URL)
+and ``SYNC_TEST_CONNECT`` (a Kafka Connect REST URL whose workers reach these databases) to use
+existing services instead. ``SYNC_TEST_CAPTURE_MODE`` (``connect`` or ``embedded``) overrides the
+default capture mode. Where a Docker engine runs, ``SYNC_TEST_DOCKER=1`` takes PostgreSQL and
+Kafka from testcontainers instead.
 """
 
 from __future__ import annotations
@@ -24,68 +28,44 @@ import yaml
 from psycopg import sql
 
 from streams.local import seed
-from streams.local.ports import free_port, wait_listening
+from streams.local.connect import ConnectWorker, worker_env
+from streams.local.java import java_binary
+from streams.local.kafka import KafkaCluster, Scram
+from streams.local.ports import free_port, http_ok
 from streams.local.postgres import LocalPostgres, find_pg_bin
-from streams.local.stack import broker_binary
 from streams.registry.server import RegistryServer
 from streams.registry.store import RegistryStore
+from streams.settings import CaptureSettings, LocalSettings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 POSTGRES_IMAGE = "postgres:15"
 KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"
 
 
-class Broker:
-    """A Tansu broker process on a free port (memory only: a restart empties it)."""
-
-    def __init__(self, log_file: Path) -> None:
-        self.port = free_port()
-        self.log_file = log_file
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        """``host:port``."""
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> Broker:
-        """Start and wait until it listens."""
-        with self.log_file.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [broker_binary(), "broker", "--listener-url", f"tcp://{self.bootstrap}",
-                 "--advertised-listener-url", f"tcp://{self.bootstrap}"],
-                stdout=out, stderr=subprocess.STDOUT,
-            )
-        if not wait_listening(self.port, 30):
-            raise RuntimeError(f"Tansu did not listen on {self.bootstrap}; see {self.log_file}")
-        return self
-
-    def stop(self) -> None:
-        """Stop (its contents are gone)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    def restart(self) -> None:
-        """Stop and start on the same port: an empty broker, as after an embedded restart."""
-        self.stop()
-        self.start()
-
-
 class Harness:
     """PostgreSQL (crm, erp, sync), broker and registry, plus a config file for the CLI."""
 
-    def __init__(self, root: Path, seed_accounts: int = 60) -> None:
+    def __init__(self, root: Path, seed_accounts: int = 60, brokers: int = 1, capture_mode: str | None = None,
+                 scram: Scram | None = None) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
         self.seed_accounts = seed_accounts
+        self.brokers = brokers
+        self.scram = scram
+        self.capture_mode = (capture_mode or os.environ.get("SYNC_TEST_CAPTURE_MODE")
+                             or CaptureSettings().mode)
         self.pg: LocalPostgres | None = None
-        self.broker: Broker | None = None
+        self.kafka: KafkaCluster | None = None
         self.registry: RegistryServer | None = None
+        self.connect_worker: ConnectWorker | None = None
+        self.connect_proc: subprocess.Popen[bytes] | None = None
         self.db: dict[str, Any] = {}
         self.bootstrap = os.environ.get("SYNC_TEST_BOOTSTRAP", "")
         self.registry_url = os.environ.get("SYNC_TEST_REGISTRY", "")
+        self.connect_url = os.environ.get("SYNC_TEST_CONNECT", "")
+        self.jar_cache = LocalSettings().jar_cache
+        self._extra: dict[str, Any] = {}  # the last write_config's additions
         self.manifest: seed.SeedManifest | None = None
         self._containers: list[Any] = []
 
@@ -113,8 +93,8 @@ class Harness:
             with self.connect(system) as conn:
                 seed.install(conn, system, getattr(data, system))
         if not self.bootstrap:
-            self.broker = Broker(self.root / "broker.log").start()
-            self.bootstrap = self.broker.bootstrap
+            self.kafka = KafkaCluster(self.root / "kafka", self.brokers, scram=self.scram).start()
+            self.bootstrap = self.kafka.bootstrap
         if not self.registry_url:
             self.registry = RegistryServer(RegistryStore(self.conninfo("sync")), "127.0.0.1", 0).start()
             self.registry_url = self.registry.url
@@ -147,12 +127,46 @@ class Harness:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
+    def start_connect(self) -> str:
+        """A Kafka Connect worker for capture in ``connect`` mode (started once); its REST URL."""
+        if self.connect_url and self.connect_worker is None:
+            return self.connect_url  # brought by the user
+        if self.connect_worker is None:
+            self.connect_worker = ConnectWorker(self.root / "connect", self.bootstrap, free_port(),
+                                                replication_factor=min(3, self.brokers))
+            self.connect_worker.prepare(self.jar_cache)
+            self.connect_url = self.connect_worker.url
+        if self.connect_proc is None or self.connect_proc.poll() is not None:
+            settings = load_settings(self.config_path)
+            with (self.root / "connect.log").open("ab") as out:
+                self.connect_proc = subprocess.Popen(
+                    self.connect_worker.argv(java_binary(None), self.jar_cache), stdout=out,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, **worker_env(settings)})
+            wait_for(lambda: self.connect_proc is not None and (self.connect_proc.poll() is not None
+                                                                or http_ok(f"{self.connect_url}/connectors")),
+                     120, 0.5, f"Kafka Connect (see {self.root / 'connect.log'})")
+            if self.connect_proc.poll() is not None:
+                raise RuntimeError(f"Kafka Connect exited; see {self.root / 'connect.log'}")
+        return self.connect_url
+
+    def kill_connect(self) -> None:
+        """SIGKILL the Kafka Connect worker (it is started again by :meth:`start_connect`)."""
+        if self.connect_proc is not None and self.connect_proc.poll() is None:
+            self.connect_proc.kill()
+            self.connect_proc.wait()
+
     def stop(self) -> None:
         """Stop what this harness started."""
+        if self.connect_proc is not None and self.connect_proc.poll() is None:
+            self.connect_proc.terminate()
+            try:
+                self.connect_proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.connect_proc.kill()
         if self.registry is not None:
             self.registry.stop()
-        if self.broker is not None:
-            self.broker.stop()
+        if self.kafka is not None:
+            self.kafka.stop()
         if self.pg is not None:
             self.pg.stop()
         for container in reversed(self._containers):
@@ -169,6 +183,15 @@ class Harness:
         """A connection to ``crm``, ``erp`` or ``sync``."""
         return psycopg.connect(**self.conninfo(dbname), autocommit=autocommit)
 
+    def client_config(self) -> dict[str, Any]:
+        """Kafka client properties for the tests' own reads (the admin login when the broker is secured)."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap}
+        if self.scram is not None:
+            conf.update({"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+                         "sasl.username": self.scram.admin_user, "sasl.password": self.scram.admin_password,
+                         "ssl.ca.location": str(self.scram.truststore_pem)})
+        return conf
+
     @property
     def config_path(self) -> Path:
         """The ``sync.yaml`` the CLI subprocesses use."""
@@ -176,21 +199,35 @@ class Harness:
 
     def write_config(self, **extra: Any) -> Path:
         """Write ``sync.yaml`` pointing at these services."""
+        self._extra = extra
         dbs = {name: {**self.db, "dbname": name} for name in ("crm", "erp")}
         dbs["store"] = {**self.db, "dbname": "sync"}
         config: dict[str, Any] = {
             **dbs,
-            "kafka": {"bootstrap_servers": self.bootstrap},
+            "kafka": {"bootstrap_servers": self.bootstrap, "replication_factor": min(3, self.brokers),
+                      "min_insync_replicas": max(1, min(self.brokers - 1, 2)), **self._kafka_login()},
             "registry": {"url": self.registry_url},
-            "capture": {"connectors_dir": str(REPO / "connectors")},
+            "capture": {"connectors_dir": str(REPO / "connectors"), "mode": self.capture_mode,
+                        **({"connect_url": self.connect_url} if self.connect_url else {})},
             "processors": {"profiles": [str(REPO / "schemas" / "mappings" / "demo.yaml")], "documents": [],
                            "session_timeout_s": 6, "rebalance_timeout_s": 10},
             "local": {"enabled": False, "state_dir": str(self.root / "state")},
         }
         for key, value in extra.items():
-            config.setdefault(key, {}).update(value)
+            if isinstance(value, dict):
+                config.setdefault(key, {}).update(value)
+            else:
+                config[key] = value
         self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         return self.config_path
+
+    def _kafka_login(self) -> dict[str, Any]:
+        """The sync's own login (its first SCRAM user) when the broker is secured."""
+        if self.scram is None:
+            return {}
+        user, password = next(iter(self.scram.users.items()))
+        return {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_username": user,
+                "sasl_password": password, "ssl_ca_location": str(self.scram.truststore_pem)}
 
     def cli(self, *args: str) -> list[str]:
         """Argv running the CLI with this harness's config."""
@@ -198,7 +235,13 @@ class Harness:
 
     def spawn(self, *args: str, log_name: str = "capture.log", env: dict[str, str] | None = None
               ) -> subprocess.Popen[bytes]:
-        """Start a CLI subcommand in the background, output appended to a log file."""
+        """Start a CLI subcommand in the background, output appended to a log file.
+
+        ``capture`` in ``connect`` mode first starts the Kafka Connect worker it deploys to.
+        """
+        if args[:1] == ("capture",) and self.capture_mode == "connect" and not self.connect_worker:
+            self.start_connect()
+            self.write_config(**self._extra)
         with (self.root / log_name).open("ab") as out:
             return subprocess.Popen(
                 self.cli(*args), stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
@@ -260,6 +303,28 @@ def topic_names(bootstrap: str) -> Sequence[str]:
     return list(AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics)
 
 
+def end_offsets(client: dict[str, Any], topics: Sequence[str]) -> dict[str, int]:
+    """Records ever written to each topic (the sum of its partitions' end offsets; 0 when it is missing)."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumer = Consumer({**client, "group.id": "crm-erp-sync-test-offsets"})
+    try:
+        meta = consumer.list_topics(timeout=10).topics
+        return {t: sum(consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
+                       for p in meta[t].partitions) if t in meta else 0 for t in topics}
+    except KafkaException:  # a partition just created, a leader just moved: ask again
+        return dict.fromkeys(topics, 0)
+    finally:
+        consumer.close()
+
+
+def wait_for_capture(harness: Harness, topics: Sequence[str] = ("crm.public.accounts", "erp.public.customers"),
+                     timeout: float = 120) -> None:
+    """Wait until capture has written to each topic (its snapshot began)."""
+    wait_for(lambda: all(end_offsets(harness.client_config(), topics).values()), timeout, 0.5,
+             f"capture into {', '.join(topics)} (see {harness.root / 'capture.log'})")
+
+
 class TopicReader:
     """Reads topics from the start (no consumer group) and decodes with the official deserializer."""
 
@@ -314,7 +379,7 @@ class TopicReader:
 
 
 def records_in(harness: Harness, topics: Sequence[str]) -> int:
-    """Records in the topics, counted by reading them (Tansu reports high watermarks as 0)."""
+    """Records in the topics, counted by reading them."""
     reader = TopicReader(harness.bootstrap, harness.registry_url, topics, decode=False)
     try:
         while reader.poll(1.0):

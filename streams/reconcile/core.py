@@ -40,7 +40,8 @@ from streams.mapping.profile import FieldSpec
 
 SYSTEMS = ("crm", "erp")
 MISSING: Any = "\ue000never-synced"  # "never agreed"; left out of the stored JSON
-Version = tuple[int, int]  # (source commit ms, LSN)
+Version = tuple[int, int]  # a change's place among its source's changes of the row (envelope.source_order)
+STATE_FORMAT = 2  # 1 ordered a system's changes by commit time, which a snapshot's read time broke
 ConflictKind = Literal["both_changed", "non_owner_edit", "initial_mismatch"]
 
 
@@ -140,15 +141,20 @@ class EntityState:
         """JSON-able form for the store."""
         return {"fields": {k: v.to_json() for k, v in self.fields.items()}, "rows": self.rows,
                 "values": self.values, "latest": {k: list(v) for k, v in self.latest.items()},
-                "created": self.created}
+                "created": self.created, "format": STATE_FORMAT}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> EntityState:
-        """Inverse of :meth:`to_json`."""
-        return cls({k: FieldState.from_json(v) for k, v in data.get("fields", {}).items()},
-                   dict(data.get("rows", {})), {k: dict(v) for k, v in data.get("values", {}).items()},
-                   {k: (int(v[0]), int(v[1])) for k, v in data.get("latest", {}).items()},
-                   {k: int(v) for k, v in data.get("created", {}).items()})
+        """Inverse of :meth:`to_json`. Versions of an older format are dropped (they do not compare)."""
+        state = cls({k: FieldState.from_json(v) for k, v in data.get("fields", {}).items()},
+                    dict(data.get("rows", {})), {k: dict(v) for k, v in data.get("values", {}).items()},
+                    {k: (int(v[0]), int(v[1])) for k, v in data.get("latest", {}).items()},
+                    {k: int(v) for k, v in data.get("created", {}).items()})
+        if data.get("format") != STATE_FORMAT and (data.get("fields") or data.get("latest")):
+            state.latest.clear()
+            for fs in state.fields.values():
+                fs.versions.clear()
+        return state
 
     def merged(self, fields: Mapping[str, FieldSpec]) -> dict[str, Any]:
         """The entity as both systems agree (or will): per field the agreed value, else the winner's."""
@@ -234,8 +240,8 @@ class _Step:
         self.out.conflicts.append(Conflict(name, kind, spec.policy, fs.synced, crm_value, erp_value, winner, value))
         self.send(fs, other(winner), name, value)
 
-    def change(self, name: str, spec: FieldSpec, system: str, value: Any, version: Version) -> None:
-        """One field of one change of ``system``."""
+    def change(self, name: str, spec: FieldSpec, system: str, value: Any, version: Version, commit_ms: int) -> None:
+        """One field of one change of ``system`` (``version`` orders it, ``commit_ms`` is when it was made)."""
         out = self.out
         fs = out.state.fields.setdefault(name, FieldState())
         peer = other(system)
@@ -245,12 +251,12 @@ class _Step:
         previous = fs.seen.get(system, MISSING)
         fs.seen[system], fs.versions[system] = value, version
         if value != previous:
-            fs.changed_at[system] = version[0]
+            fs.changed_at[system] = commit_ms
         if fs.open_conflict:
             return  # a person decides; later edits are recorded, not synced
         if system in fs.inflight:
             sent, issued_ms = fs.inflight[system]
-            if value == sent and version[0] >= issued_ms:
+            if value == sent and commit_ms >= issued_ms:
                 out.echoes += 1
                 del fs.inflight[system]
                 if system in fs.deferred:
@@ -277,7 +283,7 @@ class _Step:
             if peer not in fs.inflight and fs.seen.get(peer) == value:
                 fs.synced = value
             return
-        concurrent = version[0] < fs.changed_at.get(peer, 0)  # made before the peer's last change
+        concurrent = commit_ms < fs.changed_at.get(peer, 0)  # made before the peer's last change
         if peer not in fs.inflight and (fs.seen.get(peer, fs.synced) != fs.synced or concurrent):
             self.resolve(name, spec, fs, "both_changed")
         elif spec.policy == "source_of_truth" and spec.owner != system:
@@ -302,12 +308,16 @@ def apply_change(
     version: Version,
     row_version: Any,
     now_ms: int,
+    commit_ms: int | None = None,
 ) -> Outcome:
     """Reconcile one change of ``system`` (canonical ``values`` of its row) into ``state``.
 
-    ``row_version`` is the row's version column after the change; ``now_ms`` the processing time
-    (an echo is committed after its write was issued).
+    ``version`` orders the change among ``system``'s changes of the row (replays are not newer);
+    ``commit_ms`` is its source commit time (default ``version[0]``); ``row_version`` the row's
+    version column after the change; ``now_ms`` the processing time (an echo is committed after
+    its write was issued).
     """
+    commit_ms = version[0] if commit_ms is None else commit_ms
     step = _Step(state, now_ms)
     st = step.out.state
     if version >= st.latest.get(system, (0, 0)):
@@ -317,7 +327,7 @@ def apply_change(
     for name, value in values.items():
         spec = fields.get(name)
         if spec is not None and spec.synced:
-            step.change(name, spec, system, value, version)
+            step.change(name, spec, system, value, version, commit_ms)
     return step.out
 
 

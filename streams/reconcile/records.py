@@ -93,7 +93,7 @@ def change_record(entity: str, ids: tuple[str, str | None, str | None], change: 
         "entity": entity, "global_id": global_id, "system": change.system, "key": key,
         "op": "delete" if values is None else "upsert", "values_json": None if values is None else _json(values),
         "row_version_json": _json(row_version), "may_create": may_create, "crm_id": crm_id,
-        "erp_id": erp_id, "metadata": metadata(change),
+        "erp_id": erp_id, "metadata": metadata(change), "source_order": list(change.order),
     }
 
 

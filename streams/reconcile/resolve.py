@@ -18,10 +18,7 @@ from streams.reconcile.core import resolve_manual
 from streams.reconcile.records import command_record
 from streams.settings import Settings
 from streams.store import Store
-
-
-def _topic(system: str) -> str:
-    return f"sync.commands.{system}"
+from streams.topics import commands_topic
 
 
 def parse_value(text: str) -> Any:
@@ -61,8 +58,8 @@ def resolve(settings: Settings, store: Store, conflict_id: int, take: str | None
                 continue
             record = command_record(row["entity"], row["global_id"], key, cmd, int(time.time() * 1000),
                                     f"conflict/{conflict_id}")
-            value_bytes = serializer(record, SerializationContext(_topic(cmd.system), MessageField.VALUE))
-            producer.produce(_topic(cmd.system), key=row["global_id"].encode(), value=value_bytes,
+            value_bytes = serializer(record, SerializationContext(commands_topic(cmd.system), MessageField.VALUE))
+            producer.produce(commands_topic(cmd.system), key=row["global_id"].encode(), value=value_bytes,
                              on_delivery=delivered)
         if producer.flush(30) or failures:
             conn.rollback()

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from upstack import cli, db, new_root, one_error_line, start_up, stop_up, wait_up, write_config
 
-from streams.local.harness import Harness, TopicReader, topic_names, wait_for
+from streams.local.harness import Harness, TopicReader, end_offsets, wait_for
 from streams.local.ports import free_port
 from streams.local.postgres import LocalPostgres, find_pg_bin
 
@@ -35,7 +35,8 @@ def _topics_hold_every_row(config: Path) -> None:
         return counts
 
     populated = [t for t, n in row_counts().items() if n]
-    wait_for(lambda: set(populated) <= set(topic_names(bootstrap)), 120, 0.5, "every populated table's topic")
+    wait_for(lambda: all(end_offsets({"bootstrap.servers": bootstrap}, populated).values()), 120, 0.5,
+             "every populated table's topic")
     reader = TopicReader(bootstrap, registry, populated)
 
     def live_keys() -> dict[str, int]:
@@ -62,7 +63,12 @@ def _seeded_accounts(conn: Any) -> int:
                             " (SELECT 1 FROM sync_meta.created c WHERE c.key = a.id::text)").fetchone()[0])
 
 
-def test_up_stop_up_never_reseeds_and_resnapshots_into_empty_broker() -> None:
+def _records(config: Path, topic: str) -> int:
+    cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
+    return end_offsets({"bootstrap.servers": f"127.0.0.1:{cfg['local']['broker_port']}"}, [topic])[topic]
+
+
+def test_up_down_up_keeps_topics_and_never_reseeds_or_resnapshots() -> None:
     root = new_root()
     config = write_config(root)
     log = root / "up.log"
@@ -71,9 +77,13 @@ def test_up_stop_up_never_reseeds_and_resnapshots_into_empty_broker() -> None:
         wait_up(proc, log)
         with db(config, "crm") as conn:
             accounts = _seeded_accounts(conn)
+            contacts = int(conn.execute("SELECT count(*) FROM contacts").fetchone()[0])
         _topics_hold_every_row(config)
         status = subprocess.run(cli(config, "status"), capture_output=True, text=True, check=True)
         assert "registry  ok" in status.stdout and "slot crm_erp_sync_crm active" in status.stdout
+        assert "topic sync.changes.customer" in status.stdout and "capture crm   connector RUNNING" in status.stdout
+        snapshot = _records(config, "crm.public.contacts")  # nothing but capture writes this topic
+        assert snapshot == contacts
     finally:
         stop_up(proc)
     text = log.read_text(encoding="utf-8")
@@ -85,6 +95,12 @@ def test_up_stop_up_never_reseeds_and_resnapshots_into_empty_broker() -> None:
         assert "crm: already seeded" in log.read_text(encoding="utf-8")
         with db(config, "crm") as conn:
             assert _seeded_accounts(conn) == accounts
+            conn.execute("UPDATE contacts SET title = 'after restart'"
+                         " WHERE id = (SELECT id FROM contacts ORDER BY id LIMIT 1)")
+        # The topics survived, and capture resumed from its offsets: the edit is the one new record
+        # (a re-snapshot would have written every contact again before it).
+        wait_for(lambda: _records(config, "crm.public.contacts") > snapshot, 120, 0.5, "the edit captured")
+        assert _records(config, "crm.public.contacts") == snapshot + 1
         _topics_hold_every_row(config)
         # A second `up` on the same state dir is refused while the first runs.
         again = subprocess.run(cli(config, "up"), capture_output=True, text=True, timeout=60)
@@ -123,11 +139,13 @@ def test_a_worker_that_cannot_start_fails_up_with_its_reason() -> None:
     assert "worker did not start" in line and "missing.yaml" in line, line
 
 
-def test_missing_java_is_one_clear_line(harness: Harness) -> None:
+def test_missing_java_is_one_clear_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
     env = {**os.environ, "JAVA_HOME": "/nonexistent/java"}
-    result = subprocess.run(harness.cli("capture"), capture_output=True, text=True, timeout=120, env=env)
+    result = subprocess.run(cli(config, "up"), capture_output=True, text=True, timeout=120, env=env)
     line = one_error_line(result)
     assert "Java not found" in line and "openjdk-17" in line
+    assert "starting PostgreSQL" not in result.stdout  # nothing was started
 
 
 def test_database_without_logical_wal_is_one_clear_line(harness: Harness) -> None:

@@ -18,8 +18,9 @@ from streams.local.ports import free_ports
 
 def write_config(root: Path, **sections: dict[str, object]) -> Path:
     """A sync.yaml for `up` under ``root``, every port drawn free; ``sections`` override keys."""
-    pg, broker, registry, prometheus, capture_metrics, worker_metrics = free_ports(6)
+    pg, broker, controller, connect, registry, prometheus, capture_metrics, worker_metrics = free_ports(8)
     cfg = {"local": {"state_dir": str(root / "state"), "postgres_port": pg, "broker_port": broker,
+                     "controller_port": controller, "connect_port": connect,
                      "registry_port": registry, "prometheus_port": prometheus,
                      "capture_metrics_port": capture_metrics, "worker_metrics_port": worker_metrics,
                      "seed_accounts": 40},

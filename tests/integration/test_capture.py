@@ -1,40 +1,65 @@
-"""Debezium capture into Avro topics, on real PostgreSQL, Tansu, registry and Debezium."""
+"""Debezium capture into Avro topics on real PostgreSQL, Apache Kafka and registry, in both capture modes.
+
+Every test runs twice: with Debezium inside a Kafka Connect worker (the connector files PUT unchanged)
+and with the embedded engine. "Killing capture" kills what runs Debezium: the Connect worker, or the
+capture process.
+"""
 
 from __future__ import annotations
 
-import signal
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from streams.capture.runner import marker_topic
-from streams.local.harness import Harness, TopicReader, running, topic_names, wait_for
+from streams.local.harness import Harness, TopicReader, running, wait_for, wait_for_capture
 
 pytestmark = pytest.mark.integration
 
 
-def _start_capture(harness: Harness):  # type: ignore[no-untyped-def]
-    proc = harness.spawn("capture")
-    wait_for(lambda: proc.poll() is not None or {marker_topic("crm"), marker_topic("erp"),
-                                                  "crm.public.accounts", "erp.public.customers"}
-             <= set(topic_names(harness.bootstrap)),
-             120, 0.5, "capture to create its topics")
-    assert proc.poll() is None, f"capture exited early: see {harness.root / 'capture.log'}"
-    return proc
+class Capture:
+    """The capture of one harness, in one mode, that a test can kill and start again."""
+
+    def __init__(self, harness: Harness) -> None:
+        self.harness = harness
+        self.proc: Any = None
+
+    def start(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = self.harness.spawn("capture")
+        if self.harness.capture_mode == "connect":
+            self.harness.start_connect()
+        wait_for_capture(self.harness)
+        assert self.proc.poll() is None, f"capture exited early: see {self.harness.root / 'capture.log'}"
+
+    def kill(self) -> None:
+        """SIGKILL the process running Debezium."""
+        if self.harness.capture_mode == "connect":
+            self.harness.kill_connect()
+        else:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
-@pytest.fixture(scope="module")
-def capture(harness: Harness) -> Iterator[dict[str, object]]:
-    state: dict[str, object] = {"proc": _start_capture(harness)}
+@pytest.fixture(scope="module", params=["connect", "embedded"])
+def capture(request: pytest.FixtureRequest) -> Iterator[Capture]:
+    mode = request.param
+    h = Harness(Path(tempfile.mkdtemp(prefix=f"crm-erp-sync-capture-{mode}-", dir="/tmp")), capture_mode=mode).start()
+    cap = Capture(h)
     try:
-        yield state
+        cap.start()
+        yield cap
     finally:
-        with running(state["proc"]):  # type: ignore[arg-type]
-            pass
+        if cap.proc is not None:
+            with running(cap.proc):
+                pass
+        h.stop()
 
 
 def _events(records: list[dict[str, object]], topic: str, key_field: str, key: object) -> list[dict[str, object]]:
@@ -42,7 +67,8 @@ def _events(records: list[dict[str, object]], topic: str, key_field: str, key: o
             and r["key"][key_field] == key]  # type: ignore[index]
 
 
-def test_insert_update_delete_round_trip_exact(harness: Harness, capture: dict[str, object]) -> None:
+def test_insert_update_delete_round_trip_exact(capture: Capture) -> None:
+    harness = capture.harness
     acc_id = uuid.uuid4()
     with harness.connect("crm") as crm:
         crm.execute(
@@ -98,7 +124,8 @@ def test_insert_update_delete_round_trip_exact(harness: Harness, capture: dict[s
     assert erp_upd["before"]["credit_limit_fen"] == 9007199254740993  # type: ignore[index]
 
 
-def test_sigkill_during_burst_loses_nothing(harness: Harness, capture: dict[str, object]) -> None:
+def test_sigkill_during_burst_loses_nothing(capture: Capture) -> None:
+    harness = capture.harness
     with harness.connect("crm") as crm:
         ids = [r[0] for r in crm.execute("SELECT id FROM accounts ORDER BY id LIMIT 50").fetchall()]
     total = 5000
@@ -122,10 +149,8 @@ def test_sigkill_during_burst_loses_nothing(harness: Harness, capture: dict[str,
     try:
         reader.wait(lambda rs: len(seen(rs)) >= 300, 60, "the first burst events in the topic")
         assert not done.is_set(), "the burst finished before the kill: the test would prove nothing"
-        proc = capture["proc"]
-        proc.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
-        proc.wait(10)  # type: ignore[attr-defined]
-        capture["proc"] = _start_capture(harness)
+        capture.kill()
+        capture.start()
         writer.join(120)
         assert done.is_set()
         reader.wait(lambda rs: seen(rs) >= expected, 180, "every burst update in the topic after the restart")
@@ -135,7 +160,8 @@ def test_sigkill_during_burst_loses_nothing(harness: Harness, capture: dict[str,
     assert captured == expected
 
 
-def test_resync_one_table_with_an_incremental_snapshot_signal(harness: Harness, capture: dict[str, object]) -> None:
+def test_resync_one_table_with_an_incremental_snapshot_signal(capture: Capture) -> None:
+    harness = capture.harness
     with harness.connect("crm") as crm:
         codes = {r[0] for r in crm.execute("SELECT code FROM products").fetchall()}
         reader = TopicReader(harness.bootstrap, harness.registry_url, ["crm.public.products"])
@@ -157,8 +183,9 @@ def test_resync_one_table_with_an_incremental_snapshot_signal(harness: Harness, 
         reader.close()
 
 
-def test_idle_source_does_not_pin_wal(harness: Harness, capture: dict[str, object]) -> None:
+def test_idle_source_does_not_pin_wal(capture: Capture) -> None:
     """Heartbeats let an idle database's slot confirm WAL written elsewhere in the cluster."""
+    harness = capture.harness
     with harness.connect("sync") as other:
         other.execute("CREATE TABLE IF NOT EXISTS wal_filler (n int, pad text)")
         other.execute("INSERT INTO wal_filler SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g")

@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 
-from streams.local.harness import REPO, Harness, running, scalar, topic_names, wait_for, wait_for_identity
+from streams.local.harness import (
+    REPO,
+    Harness,
+    running,
+    scalar,
+    wait_for,
+    wait_for_capture,
+    wait_for_identity,
+)
 from streams.mapping.profile import load_profile
 
 pytestmark = pytest.mark.integration
@@ -35,7 +43,7 @@ def stack() -> Iterator[Harness]:
     h.write_config(processors={"profiles": [str(h.root / "profile.yaml")]})
     try:
         with running(h.spawn("capture")):
-            wait_for(lambda: "crm.public.accounts" in topic_names(h.bootstrap), 120, 0.5, "capture")
+            wait_for_capture(h)
             yield h
     finally:
         h.stop()

@@ -18,7 +18,15 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from psycopg import sql
 
-from streams.local.harness import Harness, TopicReader, running, scalar, topic_names, wait_for, wait_for_identity
+from streams.local.harness import (
+    Harness,
+    TopicReader,
+    running,
+    scalar,
+    wait_for,
+    wait_for_capture,
+    wait_for_identity,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +45,7 @@ def _running_sync(harness: Harness) -> Iterator[Harness]:
     capture = harness.spawn("capture")
     worker = harness.spawn("worker", log_name="worker.log")
     with running(capture), running(worker):
-        wait_for(lambda: "crm.public.accounts" in topic_names(harness.bootstrap), 120, 0.5, "capture")
+        wait_for_capture(harness)
         wait_for_identity(harness)
         yield harness
 

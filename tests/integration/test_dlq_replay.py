@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from streams.local.harness import REPO, Harness, running, scalar, topic_names, wait_for, wait_for_identity
+from streams.local.harness import (
+    REPO,
+    Harness,
+    running,
+    scalar,
+    wait_for,
+    wait_for_capture,
+    wait_for_identity,
+)
 
 pytestmark = pytest.mark.integration
 DEMO = REPO / "schemas" / "mappings" / "demo.yaml"
@@ -26,7 +34,7 @@ def test_replay_after_fixing_the_profile() -> None:
     h.write_config(processors={"profiles": [str(profile)]})
     try:
         with running(h.spawn("capture")):
-            wait_for(lambda: "crm.public.accounts" in topic_names(h.bootstrap), 120, 0.5, "capture")
+            wait_for_capture(h)
             with h.connect("sync") as conn, running(h.spawn("worker", log_name="worker.log")):
                 wait_for_identity(h)
                 crm_id, erp_id = conn.execute(

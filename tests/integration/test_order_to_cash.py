@@ -21,12 +21,12 @@ from streams.local.harness import (
     records_in,
     running,
     scalar,
-    topic_names,
     wait_for,
+    wait_for_capture,
     wait_for_identity,
 )
 from streams.local.ports import free_port
-from streams.local.stack import scrape
+from streams.local.status import scrape
 from streams.mapping.profile import load_profiles
 
 pytestmark = pytest.mark.integration
@@ -41,7 +41,7 @@ def sync() -> Iterator[Harness]:
     h.write_config(processors={"profiles": PROFILES, "documents": DOCUMENTS})
     try:
         with running(h.spawn("capture")), running(h.spawn("worker", log_name="worker.log")):
-            wait_for(lambda: "erp.public.return_orders" in topic_names(h.bootstrap), 120, 0.5, "capture")
+            wait_for_capture(h)
             wait_for_identity(h)
             yield h
     finally:

@@ -15,8 +15,8 @@ from streams.local.harness import (
     TopicReader,
     running,
     scalar,
-    topic_names,
     wait_for,
+    wait_for_capture,
     wait_for_identity,
 )
 
@@ -30,7 +30,7 @@ def sync() -> Iterator[Harness]:
     h.write_config(processors={"profiles": PROFILES})
     try:
         with running(h.spawn("capture")), running(h.spawn("worker", log_name="worker.log")):
-            wait_for(lambda: "erp.public.items" in topic_names(h.bootstrap), 120, 0.5, "capture")
+            wait_for_capture(h, ["erp.public.items"])
             wait_for_identity(h)
             with h.connect("erp") as erp, h.connect("sync") as conn:
                 items = scalar(erp, "SELECT count(*) FROM items")

@@ -14,33 +14,21 @@ import pytest
 from psycopg import sql
 
 from streams.local.harness import (
-    REPO,
     Harness,
     TopicReader,
     records_in,
     running,
     scalar,
-    topic_names,
     wait_for,
+    wait_for_capture,
     wait_for_identity,
 )
 from streams.local.ports import free_port
-from streams.local.stack import scrape
-from streams.mapping.profile import load_profile
+from tests.convergence import disagreements, metric
 
 pytestmark = pytest.mark.integration
-PROFILE = load_profile(REPO / "schemas" / "mappings" / "demo.yaml")
 RAW = ["crm.public.accounts", "erp.public.customers"]
 COMMANDS = ["sync.commands.crm", "sync.commands.erp"]
-
-
-def metric(port: int, name: str, **labels: str) -> float:
-    """Sum of a counter's samples matching ``labels`` on a worker's endpoint."""
-    samples = scrape(port)
-    if samples is None:
-        raise OSError(f"no metrics on port {port}")
-    return sum(v for sample_labels, v in samples.get(name, [])
-               if all(sample_labels.get(k) == v2 for k, v2 in labels.items()))
 
 
 def caught_up(h: Harness, port: int) -> bool:
@@ -57,28 +45,6 @@ def wait_quiet(h: Harness, port: int, what: str) -> None:
     wait_for(lambda: caught_up(h, port) and caught_up(h, port), 120, 1.0, what)
 
 
-def linked_rows(h: Harness) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    with h.connect("sync") as conn:
-        pairs = conn.execute("SELECT crm_id, erp_id FROM sync.xref WHERE crm_id IS NOT NULL AND erp_id IS NOT NULL"
-                             ).fetchall()
-    with h.connect("crm") as crm, h.connect("erp") as erp:
-        crm_rows = {str(r[0]): r for r in crm.execute("SELECT * FROM accounts").fetchall()}
-        crm_cols = [d.name for d in crm.execute("SELECT * FROM accounts LIMIT 0").description or []]
-        erp_rows = {r[0]: r for r in erp.execute("SELECT * FROM customers").fetchall()}
-        erp_cols = [d.name for d in erp.execute("SELECT * FROM customers LIMIT 0").description or []]
-    return [(dict(zip(crm_cols, crm_rows[c], strict=True)), dict(zip(erp_cols, erp_rows[e], strict=True)))
-            for c, e in pairs]
-
-
-def disagreements(h: Harness) -> list[tuple[str, str, Any, Any]]:
-    out = []
-    for crm_row, erp_row in linked_rows(h):
-        a, b = PROFILE.to_canonical("crm", crm_row), PROFILE.to_canonical("erp", erp_row)
-        out += [(str(crm_row["id"]), f, a.get(f), b.get(f)) for f in PROFILE.synced_fields()
-                if f != "tax_id" and a.get(f) != b.get(f)]
-    return out
-
-
 @pytest.fixture(scope="module")
 def stack() -> Iterator[tuple[Harness, int]]:
     h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-props-", dir="/tmp"))).start()
@@ -88,7 +54,7 @@ def stack() -> Iterator[tuple[Harness, int]]:
         with running(h.spawn("capture")):
             worker = h.spawn("worker", log_name="worker.log")
             WORKERS.append(worker)
-            wait_for(lambda: "crm.public.accounts" in topic_names(h.bootstrap), 120, 0.5, "capture")
+            wait_for_capture(h)
             wait_for_identity(h)
             wait_quiet(h, port, "the initial alignment")
             yield h, port

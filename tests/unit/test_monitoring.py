@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from streams import metrics
 from streams.local import prometheus
-from streams.local.stack import source_state
+from streams.local.status import source_state
 from streams.settings import load_settings
 
 PROMTOOL = shutil.which("promtool")
@@ -29,7 +29,7 @@ def promtool(*args: str, cwd: Path = prometheus.MONITORING) -> str:
 
 
 def test_alert_rules_are_valid_and_their_unit_tests_pass() -> None:
-    assert "SUCCESS: 9 rules found" in promtool("check", "rules", "alerts.yml")
+    assert "SUCCESS: 10 rules found" in promtool("check", "rules", "alerts.yml")
     assert "SUCCESS" in promtool("test", "rules", "alerts.test.yml")
 
 
@@ -108,6 +108,6 @@ def test_a_source_is_idle_while_it_heartbeats_and_stalled_when_it_does_not(
     ("crm.public.accounts", False, True),
 ])
 def test_only_business_changes_count_as_events(topic: str, heartbeat: bool, data: bool) -> None:
-    from streams.capture.runner import is_data, is_heartbeat
+    from streams.capture.sources import is_data, is_heartbeat
 
     assert (is_heartbeat(topic), is_data(topic, "crm")) == (heartbeat, data)

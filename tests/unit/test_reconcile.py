@@ -93,6 +93,23 @@ def test_replay_and_older_versions_change_nothing() -> None:
     assert again.commands == older.commands == [] and again.replays == older.replays == len(FIELDS)
 
 
+def test_a_change_made_while_the_snapshot_was_read_is_not_taken_for_a_replay() -> None:
+    """Its commit time is before the snapshot record's read time; its source order is after it."""
+    read = apply_change(FIELDS, synced("o"), "crm", row(own_crm="o"), (500, 0), 1, 100, commit_ms=2000)
+    edit = apply_change(FIELDS, read.state, "crm", row(own_crm="edited"), (510, 510), 2, 101, commit_ms=1900)
+    assert edit.replays == 0
+    assert [(c.system, c.field, c.value) for c in edit.commands] == [("erp", "own_crm", "edited")]
+
+
+def test_a_state_of_the_old_format_forgets_its_versions() -> None:
+    out = apply_change(FIELDS, synced("o"), "crm", row(own_crm="a"), (10**12, 5), 1, 10)
+    old = out.state.to_json()
+    del old["format"]
+    state = EntityState.from_json(old)
+    assert state.latest == {} and all(not fs.versions for fs in state.fields.values())
+    assert EntityState.from_json(out.state.to_json()).latest == out.state.latest
+
+
 def test_initial_mismatch_resolved_by_owner() -> None:
     first = apply_change(FIELDS, EntityState(), "crm", {"own_erp": "crm-side"}, (1, 0), 1, 1)
     assert first.commands == [] and first.state.fields["own_erp"].synced is MISSING

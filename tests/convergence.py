@@ -1,0 +1,44 @@
+"""Checks that both databases agree, shared by the integration and e2e tiers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams.local.harness import REPO, Harness
+from streams.local.status import scrape
+from streams.mapping.profile import load_profile
+
+PROFILE = load_profile(REPO / "schemas" / "mappings" / "demo.yaml")
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    """Sum of a counter's samples matching ``labels`` on a worker's endpoint."""
+    samples = scrape(port)
+    if samples is None:
+        raise OSError(f"no metrics on port {port}")
+    return sum(v for sample_labels, v in samples.get(name, [])
+               if all(sample_labels.get(k) == v2 for k, v2 in labels.items()))
+
+
+def linked_rows(h: Harness) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Each linked (CRM account, ERP customer) pair as column dicts."""
+    with h.connect("sync") as conn:
+        pairs = conn.execute("SELECT crm_id, erp_id FROM sync.xref WHERE entity = 'customer'"
+                             " AND crm_id IS NOT NULL AND erp_id IS NOT NULL").fetchall()
+    with h.connect("crm") as crm, h.connect("erp") as erp:
+        crm_rows = {str(r[0]): r for r in crm.execute("SELECT * FROM accounts").fetchall()}
+        crm_cols = [d.name for d in crm.execute("SELECT * FROM accounts LIMIT 0").description or []]
+        erp_rows = {r[0]: r for r in erp.execute("SELECT * FROM customers").fetchall()}
+        erp_cols = [d.name for d in erp.execute("SELECT * FROM customers LIMIT 0").description or []]
+    return [(dict(zip(crm_cols, crm_rows[c], strict=True)), dict(zip(erp_cols, erp_rows[e], strict=True)))
+            for c, e in pairs]
+
+
+def disagreements(h: Harness) -> list[tuple[str, str, Any, Any]]:
+    """(CRM id, field, CRM value, ERP value) of every mapped field a linked pair disagrees on."""
+    out = []
+    for crm_row, erp_row in linked_rows(h):
+        a, b = PROFILE.to_canonical("crm", crm_row), PROFILE.to_canonical("erp", erp_row)
+        out += [(str(crm_row["id"]), f, a.get(f), b.get(f)) for f in PROFILE.synced_fields()
+                if f != "tax_id" and a.get(f) != b.get(f)]
+    return out
