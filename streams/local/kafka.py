@@ -47,8 +47,11 @@ class Scram:
 
 
 def new_cluster_id() -> str:
-    """A KRaft cluster id (16 random bytes, URL-safe base64 without padding)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id (16 random bytes, URL-safe base64 without padding, not starting with '-', as Kafka's)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 @dataclass
@@ -128,7 +131,7 @@ class KafkaNode:
         (self.folder / "log4j2.properties").write_text(LOG4J2, encoding="utf-8")
         if (self.folder / "data" / "meta.properties").is_file():
             return
-        argv = [java, "-cp", self._classpath(), "kafka.tools.StorageTool", "format", "-t", cluster_id,
+        argv = [java, "-cp", self._classpath(), "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
                 "-c", str(self.folder / "server.properties"), "--ignore-formatted"]
         if self.scram is not None:
             for user, password in {self.scram.admin_user: self.scram.admin_password, **self.scram.users}.items():

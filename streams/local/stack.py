@@ -151,6 +151,10 @@ class Stack:
                 if port:
                     ensure_port_free(port, key)
             java_binary(s.capture.java_home)  # Kafka (and Kafka Connect) run in a JVM: fail before starting anything
+            jars.ensure(jars.KAFKA, s.local.jar_cache)  # fetched once; a missing Maven fails here, first
+            if s.capture.mode == "connect":
+                jars.ensure(jars.CONNECT, s.local.jar_cache)
+                jars.ensure(jars.DEBEZIUM_POSTGRES, s.local.jar_cache)
             self.pg = local_postgres(s)
             print(f"starting PostgreSQL on 127.0.0.1:{s.local.postgres_port} ...", flush=True)
             self.pg.start()

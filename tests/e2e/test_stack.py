@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -129,6 +130,17 @@ def test_missing_prometheus_is_one_clear_line(tmp_path: Path) -> None:
                             env={**os.environ, "PATH": str(tmp_path)})  # no prometheus on it
     line = one_error_line(result)
     assert "prometheus is not installed" in line and "local.prometheus: false" in line
+
+
+def test_missing_maven_is_one_clear_line(tmp_path: Path) -> None:
+    """A machine whose jar cache is empty and that has no Maven: one line naming Maven, nothing started."""
+    java_home = Path(shutil.which("java") or "java").resolve().parent.parent
+    config = write_config(tmp_path, local={"jar_cache": str(tmp_path / "empty-cache"), "prometheus": False})
+    result = subprocess.run(cli(config, "up"), capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PATH": str(tmp_path), "JAVA_HOME": str(java_home)})
+    line = one_error_line(result)
+    assert "Maven (mvn) not found" in line and "apt-get install maven" in line, line
+    assert "starting PostgreSQL" not in result.stdout
 
 
 def test_a_worker_that_cannot_start_fails_up_with_its_reason() -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import ConsumerGroupState
+from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
 from streams.local.harness import (
@@ -229,6 +231,20 @@ def test_workers_share_reconcile_by_global_id(stack: tuple[Harness, int]) -> Non
         return reconciled(port) > 0 and reconciled(second) > 0
 
     wait_for(both_reconcile, 180, 0.0, "the second worker to take a share of the entities")
+    # Both members of the group hold partitions of every kind of topic: raw, changes and commands.
+    def stable_group() -> Any:
+        admin = AdminClient(h.client_config())
+        try:
+            group = admin.describe_consumer_groups(["crm-erp-sync"], request_timeout=10)["crm-erp-sync"].result(30)
+        except Exception:  # a rebalance in progress: ask again
+            return None
+        return group if group.state == ConsumerGroupState.STABLE else None
+
+    group = wait_for(stable_group, 60, 1.0, "the consumer group to be stable")
+    shares = [{(tp.topic, tp.partition) for tp in m.assignment.topic_partitions} for m in group.members]
+    assert len(shares) == 2 and not shares[0] & shares[1], shares
+    for topic in (*RAW, "sync.changes.customer", *COMMANDS):
+        assert all(any(t == topic for t, _ in share) for share in shares), (topic, shares)
     reader = TopicReader(h.bootstrap, h.registry_url, ["sync.changes.customer"])
     try:
         while reader.poll(1.0):

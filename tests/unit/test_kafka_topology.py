@@ -73,3 +73,11 @@ def test_a_failed_task_trace_is_summarised_with_its_root_cause() -> None:
     assert line.endswith('subject "crm.public.x-value"; error code: 409')
     assert "\n" not in line
     assert root_cause(None) == "no trace"
+
+
+def test_cluster_ids_are_never_read_as_an_option() -> None:
+    from streams.local.kafka import new_cluster_id
+
+    ids = {new_cluster_id() for _ in range(2000)}
+    assert len(ids) == 2000 and not any(i.startswith("-") for i in ids)
+    assert all(len(i) == 22 for i in ids)
