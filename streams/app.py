@@ -26,7 +26,8 @@ from typing import Any
 import faust
 import psycopg
 
-from streams import codecs, envelope, metrics, transport
+from streams import codecs, envelope, faults, metrics, transport
+from streams.agents.loop import Retry, batches, fatal
 from streams.apply.executor import Applier, Delivery
 from streams.documents.engine import Documents, Touch
 from streams.documents.spec import DocumentProfile
@@ -35,7 +36,7 @@ from streams.identity.bootstrap import created_by_sync
 from streams.identity.resolver import resolve_new
 from streams.mapping.profile import Profile
 from streams.produce import Outputs
-from streams.reconcile.core import Conflict, EntityState, apply_change, deactivate, other, request_create
+from streams.reconcile.core import Conflict, EntityState, apply_change, deactivate, other, reject, request_create
 from streams.reconcile.records import (
     canonical_record,
     change_record,
@@ -46,7 +47,7 @@ from streams.reconcile.records import (
 )
 from streams.settings import Settings
 from streams.store import Link, StateCache, Store
-from streams.topics import CONFLICTS, DLQ, changes_topic, commands_topic
+from streams.topics import CONFLICTS, DLQ, admin_client, changes_topic, commands_topic, topic_ids
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,8 @@ class Processors:
         self.document_profile = documents or DocumentProfile()
         self.by_raw = {topic: flow for flow in self.flows for topic in flow.raw_topics}
         self.by_changes = {flow.changes: flow for flow in self.flows}
+        self.by_entity = {flow.entity: flow for flow in self.flows}
+        self.retry = Retry(settings.processors.stall_exit_s)
         outputs = {
             commands_topic("crm"): "sync/command.avsc",
             commands_topic("erp"): "sync/command.avsc",
@@ -151,6 +154,10 @@ class Processors:
         )
         transport.install(self.app, settings.processors.fetch_max_wait_ms)
         raw_topics = list(dict.fromkeys([*self.by_raw, *self.documents.topics]))
+        self.read_topics = [*raw_topics, *self.by_changes, commands_topic("crm"), commands_topic("erp")]
+        self.stages = ["normalize", "reconcile", "apply-crm", "apply-erp"]
+        self.admin = admin_client(settings.kafka)
+        self.incarnations: dict[str, str] = topic_ids(self.admin, self.read_topics)  # topic -> its id at start
         raw = self.app.topic(*raw_topics, key_serializer="raw", value_serializer="raw")
         self.app.agent(raw, name="normalize")(self._normalize)
         changes = self.app.topic(*self.by_changes, key_serializer="raw", value_serializer="raw")
@@ -182,21 +189,11 @@ class Processors:
             "failed_at": datetime.now(tz=UTC),
         })
         await asyncio.to_thread(self.store.add_dead_letter, stage, reason, message.topic, message.partition,
-                                message.offset)
+                                message.offset, self.incarnations.get(message.topic, ""))
 
     async def retrying(self, what: str, func: Any, *args: Any) -> Any:
-        """Run a blocking call in a thread, retrying transient errors with backoff (never dropping)."""
-        delay = 0.5
-        while True:
-            try:
-                return await asyncio.to_thread(func, *args)
-            except TransientError as exc:
-                log.warning("%s: %s; retrying in %.1fs", what, exc.message, delay)
-            except psycopg.OperationalError as exc:
-                log.warning("%s: database unavailable (%s); retrying in %.1fs", what, exc, delay)
-            metrics.RETRIES.labels(what.split()[0]).inc()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+        """Run a blocking call in a thread until it succeeds (transient errors retried; see ``agents.loop``)."""
+        return await self.retry.blocking(what, func, *args)
 
     # -- identity and locked state ----------------------------------------------------------
     def _links(self, items: list[tuple[Profile, str, str, dict[str, Any] | None]]) -> list[tuple[Link | None, bool]]:
@@ -272,6 +269,7 @@ class Processors:
         """Send (topic, key, record)s, wait until the broker acknowledged all, then commit the state."""
         try:
             await self.outputs.send(records)
+            faults.point("reconcile.commit")
         except BaseException:
             tx.rollback()
             raise
@@ -332,6 +330,7 @@ class Processors:
                                    row_version, may_create)
             sends.append((flow.changes, link.global_id, record))
             metrics.SOURCE_TO_PROCESSOR.labels(change.system).observe(max(0.0, time.time() - change.commit_ms / 1000))
+        faults.point("normalize.send")
         await self.outputs.send(sends)  # acknowledged by the broker before the raw offsets may be committed
         metrics.STAGE_EVENTS.labels("normalize", "out").inc(len(sends))
 
@@ -358,6 +357,7 @@ class Processors:
                 out.append(([], touch, message))
                 continue
             try:
+                faults.point("documents.step")
                 sends = self.documents.run(touch)
             except TerminalError as exc:
                 metrics.DOCUMENTS.labels(touch.rule.name, "invalid").inc()
@@ -390,8 +390,7 @@ class Processors:
                 metrics.DOCUMENTS_WAITING.labels(rule.name, state).set(counts.get((rule.name, state), 0))
 
     async def _normalize(self, stream: faust.StreamT[Any]) -> AsyncIterator[None]:
-        async for events in stream.take_events(BATCH, within=WITHIN):  # type: ignore[attr-defined]
-            await self._timed("normalize", self.normalize, [e.message for e in events])
+        async for _ in batches(stream, "normalize", self.normalize, self.retry, BATCH, WITHIN):
             yield None
 
     # -- reconcile: one entity at a time, in the order of its changes ----------------------
@@ -484,67 +483,111 @@ class Processors:
         metrics.STAGE_EVENTS.labels("reconcile", "out").inc(len(sends))
 
     async def _reconcile(self, stream: faust.StreamT[Any]) -> AsyncIterator[None]:
-        async for events in stream.take_events(BATCH, within=WITHIN):  # type: ignore[attr-defined]
-            await self._timed("reconcile", self.reconcile, [e.message for e in events])
+        async for _ in batches(stream, "reconcile", self.reconcile, self.retry, BATCH, WITHIN):
             yield None
-
-    @staticmethod
-    async def _timed(stage: str, handler: Any, messages: list[Any]) -> None:
-        metrics.STAGE_EVENTS.labels(stage, "in").inc(len(messages))
-        started = time.monotonic()
-        await handler(messages)
-        metrics.STAGE_SECONDS.labels(stage).observe(time.monotonic() - started)
 
     # -- health: consumer lag and the manual-conflict queue, every few seconds ----------------
     async def _health(self) -> None:
         consumer: Any = self.app.consumer
+        behind = 0
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)  # from fetch responses
             if highwater is None:
                 continue  # not fetched yet
             committed = consumer._committed_offset.get(tp)  # Faust keeps the group's committed offsets
+            if committed is not None and committed > highwater:
+                fatal(f"{tp.topic}[{tp.partition}]: committed offset {committed} is past the end ({highwater}):"
+                      " the topic was deleted and created again")
             lag = max(0, highwater - (committed or 0))
+            behind += lag
             metrics.CONSUMER_LAG.labels(self.app.conf.id, tp.topic, str(tp.partition)).set(lag)
+        if not behind:  # idle, not stalled: nothing waits for any stage of this worker
+            for stage in self.stages:
+                metrics.STAGE_PROGRESS.labels(stage).set(time.time())
+        await self.retrying("health", self._check_incarnations)
         for flow in self.flows:
             count, oldest = await self.retrying("health", self.store.open_conflicts_summary, flow.entity)
             metrics.CONFLICTS_OPEN.labels(flow.entity).set(count)
             metrics.CONFLICT_OLDEST_OPEN.labels(flow.entity).set(oldest)
 
+    def _check_incarnations(self) -> None:
+        """A topic this worker reads that was deleted and created again ends the worker (read afresh on restart).
+
+        Its offsets, positions and progress belong to the old topic; carrying them over would skip
+        the new topic's records as replays.
+        """
+        now = topic_ids(self.admin, self.read_topics)
+        for topic, topic_id in now.items():
+            known = self.incarnations.setdefault(topic, topic_id)
+            if known != topic_id:
+                fatal(f"topic {topic} was deleted and created again (id {known} is now {topic_id})")
+
     # -- apply ------------------------------------------------------------------------------
     def _applier(self, applier: Applier) -> Any:
+        stage = f"apply-{applier.system}"
+
+        async def handle(messages: list[Any]) -> None:
+            await self.apply(applier, messages)
+
         async def run(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
-            async for events in stream.take_events(500, within=0.05):  # type: ignore[attr-defined]
-                batch, bad = [], []
-                for e in events:
-                    m = e.message
-                    try:
-                        batch.append(Delivery(m.topic, m.partition, m.offset, self.decode.loads(m.value)))
-                    except Exception as exc:  # undecodable command: dead letter, the batch goes on
-                        bad.append((m, f"{type(exc).__name__}: {exc}"))
-                stage = f"apply-{applier.system}"
-                metrics.STAGE_EVENTS.labels(stage, "in").inc(len(events))
-                started = time.monotonic()
-                result = await self.retrying(f"apply {applier.system}", applier.apply, batch)
-                metrics.STAGE_SECONDS.labels(stage).observe(time.monotonic() - started)
-                metrics.STAGE_EVENTS.labels(stage, "out").inc(result.written + result.created)
-                for outcome, n in (("written", result.written), ("created", result.created),
-                                   ("skipped", result.skipped),
-                                   ("replayed", result.replayed), ("failed", len(result.failed))):
-                    metrics.APPLY.labels(applier.system, outcome).inc(n)
-                now = time.time()
-                direction = f"{'erp' if applier.system == 'crm' else 'crm'}_to_{applier.system}"
-                for entity, when in result.written_cause_times:
-                    metrics.END_TO_END.labels(entity, direction).observe(max(0.0, now - when))
-                for m, reason in bad:
-                    await self.dead_letter(f"apply-{applier.system}", reason, m)
-                by_offset = {(e.message.topic, e.message.partition, e.message.offset): e.message for e in events}
-                for d, reason in result.failed:
-                    kind = reason.split(":", 1)[0]
-                    kind = kind if kind in metrics.APPLY_ERROR_KINDS else "invalid"
-                    metrics.APPLY_ERRORS.labels(applier.system, kind).inc()
-                    await self.dead_letter(f"apply-{applier.system}", reason,
-                                           by_offset[(d.topic, d.partition, d.offset)])
+            async for _ in batches(stream, stage, handle, self.retry, 500, WITHIN):
                 yield None
 
         run.__name__ = f"apply_{applier.system}"
         return run
+
+    async def apply(self, applier: Applier, messages: list[Any]) -> None:
+        """Apply a batch of commands to one system; refused ones are dead letters and free their field."""
+        stage = f"apply-{applier.system}"
+        batch, bad = [], []
+        for m in messages:
+            try:
+                batch.append(Delivery(m.topic, m.partition, m.offset, self.decode.loads(m.value),
+                                      self.incarnations.get(m.topic, "")))
+            except TransientError:
+                raise  # the registry: retried, never a dead letter
+            except Exception as exc:  # undecodable command: dead letter, the batch goes on
+                bad.append((m, f"{type(exc).__name__}: {exc}"))
+        result = await self.retrying(f"apply {applier.system}", applier.apply, batch)
+        metrics.STAGE_EVENTS.labels(stage, "out").inc(result.written + result.created)
+        for outcome, n in (("written", result.written), ("created", result.created), ("skipped", result.skipped),
+                           ("replayed", result.replayed), ("failed", len(result.failed))):
+            metrics.APPLY.labels(applier.system, outcome).inc(n)
+        now = time.time()
+        direction = f"{'erp' if applier.system == 'crm' else 'crm'}_to_{applier.system}"
+        for entity, when in result.written_cause_times:
+            metrics.END_TO_END.labels(entity, direction).observe(max(0.0, now - when))
+        for m, reason in bad:
+            await self.dead_letter(stage, reason, m)
+        by_offset = {(m.topic, m.partition, m.offset): m for m in messages}
+        for d, reason in result.failed:
+            kind = reason.split(":", 1)[0]
+            metrics.APPLY_ERRORS.labels(applier.system, kind if kind in metrics.APPLY_ERROR_KINDS else "invalid").inc()
+            await self.dead_letter(stage, reason, by_offset[(d.topic, d.partition, d.offset)])
+        refused = [d.command for d, _ in result.failed if d.command.get("op", "set") == "set"
+                   and d.command["entity"] in self.by_entity]
+        if refused:
+            await self._refused(refused)
+
+    async def _refused(self, commands: list[dict[str, Any]]) -> None:
+        """Field writes a target refused: each frees its field's in-flight mark (a value set aside goes now)."""
+        steps, sends = [], []
+        for cmd in commands:
+            system, name, value = cmd["system"], cmd["field"], json.loads(cmd["value_json"])
+
+            def step(state: EntityState, now_ms: int, system: str = system, name: str = name, value: Any = value
+                     ) -> tuple[EntityState, list[Conflict], Any]:
+                outcome = reject(state, system, name, value, now_ms)
+                return outcome.state, [], outcome
+
+            steps.append((cmd["entity"], cmd["global_id"], step))
+        results, tx, saved = await self.retrying("apply", self._locked, steps)
+        for cmd, (outcome, _) in zip(commands, results, strict=True):
+            cause_ms = int(cmd["cause_commit_time"].timestamp() * 1000)
+            sends += [(commands_topic(c.system), cmd["global_id"], command_record(
+                cmd["entity"], cmd["global_id"], cmd["key"], c, cause_ms, cmd["cause_event"]))
+                for c in outcome.commands]
+            log.warning("%s refused %s of %s %s: the field is free again%s", cmd["system"], cmd["field"],
+                        cmd["entity"], cmd["key"], " (the value set aside goes now)" if outcome.commands else "")
+        await self._send_then_commit(tx, sends)
+        self.states.put(saved)

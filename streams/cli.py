@@ -363,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_unavailable(exc: Exception) -> bool:
+    """A connection error of a database (psycopg) or a network service."""
+    import psycopg
+
+    return isinstance(exc, (psycopg.OperationalError, ConnectionError))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     args = build_parser().parse_args(argv)
@@ -373,6 +380,13 @@ def main(argv: list[str] | None = None) -> None:
     except SyncError as exc:
         print(f"crm-erp-sync {args.command}: error: {exc.one_line()}", file=sys.stderr)
         sys.exit(2)
+    except Exception as exc:  # a database or service away at start: one line, not a traceback
+        if not _is_unavailable(exc):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"crm-erp-sync {args.command}: error: {first} (hint: `crm-erp-sync status` shows what is down;"
+              " a supervisor starts this again)", file=sys.stderr)
+        sys.exit(3)
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(code)

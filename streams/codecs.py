@@ -16,8 +16,20 @@ from typing import Any
 
 import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+from streams.errors import TerminalError, TransientError
 from streams.settings import Settings
+
+
+def _registry_error(what: str, exc: Exception) -> Exception:
+    """A registry failure as this project's error: unreachable or 5xx is transient, a refusal terminal."""
+    if isinstance(exc, SchemaRegistryError):
+        status = exc.http_status_code
+        if status is not None and 400 <= status < 500:
+            return TerminalError(f"{what}: the schema registry refused it: HTTP {status} {exc.error_message}")
+        return TransientError(f"{what}: the schema registry failed: HTTP {status} {exc.error_message}")
+    return TransientError(f"{what}: the schema registry is not reachable: {type(exc).__name__}: {exc}")
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 
@@ -45,7 +57,10 @@ class AvroDecode:
     def _schema(self, schema_id: int) -> Any:
         schema = self._parsed.get(schema_id)
         if schema is None:
-            text = self._client.get_schema(schema_id).schema_str
+            try:
+                text = self._client.get_schema(schema_id).schema_str
+            except Exception as exc:  # httpx errors and SchemaRegistryError: sorted into transient / terminal
+                raise _registry_error(f"schema id {schema_id}", exc) from exc
             if text is None:
                 raise ValueError(f"schema id {schema_id} has no schema text in the registry")
             schema = self._parsed[schema_id] = fastavro.parse_schema(json.loads(text))
@@ -74,7 +89,10 @@ class AvroEncode:
     def dumps(self, record: Any) -> bytes:
         """``record`` as bytes (registering the schema on first use)."""
         if self._header is None:
-            schema_id = self._client.register_schema(self._subject, Schema(self._text, "AVRO"))
+            try:
+                schema_id = self._client.register_schema(self._subject, Schema(self._text, "AVRO"))
+            except Exception as exc:  # a refusal (409: incompatible) cannot be retried away
+                raise _registry_error(f"registering {self._subject}", exc) from exc
             self._header = b"\x00" + int(schema_id).to_bytes(4, "big")
         out = io.BytesIO()
         out.write(self._header)

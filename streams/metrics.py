@@ -85,6 +85,11 @@ END_TO_END = Histogram(
     ["flow", "direction"], buckets=LAG_BUCKETS,
 )
 RETRIES = Counter("sync_retries_total", "Transient failures retried with backoff.", ["stage"])
+STAGE_PROGRESS = Gauge(
+    "sync_stage_last_progress_timestamp_seconds",
+    "Unix time a stage last finished a batch, or last found nothing to do (no lag): old while lag grows = stalled.",
+    ["stage"],
+)
 STAGE_EVENTS = Counter(
     "sync_stage_events_total", "Events into and out of each processing stage.", ["stage", "io"]
 )

@@ -30,6 +30,8 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "linger.ms": 2,
         "partitioner": "murmur2_random",
         "queue.buffering.max.messages": 200_000,
+        # A record the broker has not acknowledged within this is reported failed (the batch is retried).
+        "message.timeout.ms": int(settings.processors.send_timeout_s * 1000),
     }
 
 
@@ -39,6 +41,7 @@ class Outputs:
     def __init__(self, settings: Settings, encoders: dict[str, Callable[[Any], bytes]]) -> None:
         self._encoders = encoders
         self._producer = Producer(producer_config(settings))
+        self._timeout = settings.processors.send_timeout_s + 5.0  # librdkafka reports failures first
         # Delivery reports on their own thread. It ends with the process: a batch not yet reported
         # was never acknowledged, so its source offsets were not committed and it is read again.
         threading.Thread(target=self._poll, name="outputs-delivery", daemon=True).start()
@@ -84,7 +87,11 @@ class Outputs:
                     await asyncio.sleep(0.01)
         if one_less():
             settle()
-        await done
+        try:
+            await asyncio.wait_for(asyncio.shield(done), self._timeout)
+        except TimeoutError:
+            raise TransientError(f"the broker acknowledged {count - left} of {count} records within"
+                                 f" {self._timeout:.0f}s") from None
         if errors:
             raise TransientError(f"the broker did not take {len(errors)} of {count} records: {errors[0]}")
         return count

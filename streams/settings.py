@@ -37,6 +37,8 @@ class DatabaseSettings(BaseModel):
     password: SecretStr | None = None
     password_file: Path | None = None
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    statement_timeout_s: int = Field(60, ge=1)  # a query (or a row lock) taking longer fails and is retried
+    lock_timeout_s: int = Field(30, ge=1)
 
     def resolved_password(self) -> str | None:
         """The password from ``password`` or, failing that, from ``password_file``."""
@@ -63,6 +65,10 @@ class DatabaseSettings(BaseModel):
             "sslmode": self.sslmode,
             "connect_timeout": 10,
             "application_name": "crm-erp-sync",
+            # A server that restarted or vanished is noticed within ~25 s, not after TCP's hours.
+            "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+            "options": f"-c statement_timeout={self.statement_timeout_s * 1000}"
+                       f" -c lock_timeout={self.lock_timeout_s * 1000}",
         }
         password = self.resolved_password()
         if password:
@@ -147,7 +153,7 @@ class RegistrySettings(BaseModel):
 
     def client_config(self) -> dict[str, Any]:
         """Configuration for confluent-kafka's ``SchemaRegistryClient``."""
-        conf: dict[str, Any] = {"url": self.url}
+        conf: dict[str, Any] = {"url": self.url, "timeout": 10, "max.retries": 2}
         if self.basic_auth_user_info is not None:
             conf["basic.auth.user.info"] = self.basic_auth_user_info.get_secret_value()
         return conf
@@ -194,6 +200,11 @@ class ProcessorSettings(BaseModel):
     fetch_max_wait_ms: int = Field(50, ge=1, le=5000)  # longest a fetch waits for data: latency per topic hop
     # Entity states a worker keeps in memory (checked against the store's version on every read).
     state_cache: int = Field(5_000, ge=0)
+    # A batch that cannot be done for this long (a database, the broker or the registry away) ends the
+    # worker, unacknowledged, so its supervisor restarts it; `status` and an alert show it meanwhile.
+    stall_exit_s: float = Field(120.0, ge=5)
+    # Longest the broker may take to acknowledge what a batch sends (then the batch is retried).
+    send_timeout_s: float = Field(30.0, ge=1)
 
     @field_validator("profiles", "documents", mode="before")
     @classmethod

@@ -1,7 +1,7 @@
 """The sync store (PostgreSQL): identity cross-reference, entity state, conflicts, review, dead letters.
 
-Durable state lives here, not only in Kafka: losing the embedded broker costs a re-snapshot, never
-the identity map or the last synced values.
+Durable state lives here, not only in Kafka: losing the broker costs a re-snapshot, never the
+identity map or the last synced values.
 """
 
 from __future__ import annotations
@@ -81,6 +81,11 @@ CREATE TABLE IF NOT EXISTS sync.dead_letters (
   UNIQUE (stage, topic, partition, "offset")
 );
 ALTER TABLE sync.dead_letters ADD COLUMN IF NOT EXISTS replayed_at timestamptz;
+-- A position names a record only within one incarnation of its topic (its id).
+ALTER TABLE sync.dead_letters ADD COLUMN IF NOT EXISTS incarnation text NOT NULL DEFAULT '';
+ALTER TABLE sync.dead_letters DROP CONSTRAINT IF EXISTS dead_letters_stage_topic_partition_offset_key;
+CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_position
+  ON sync.dead_letters (stage, topic, incarnation, partition, "offset");
 CREATE TABLE IF NOT EXISTS sync.documents (
   rule       text NOT NULL,           -- the document profile's create rule
   global_id  uuid NOT NULL,
@@ -144,7 +149,18 @@ class Store:
 
     def __init__(self, conninfo: dict[str, Any]) -> None:
         self.conninfo = conninfo
-        self.conn = psycopg.connect(**conninfo, autocommit=True)
+        self._conn = psycopg.connect(**conninfo, autocommit=True)
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The connection; one that broke (the server restarted, the network dropped) is replaced.
+
+        The call that found it broken failed with ``psycopg.OperationalError`` (transient: retried);
+        the retry gets a new connection.
+        """
+        if self._conn.closed:
+            self._conn = psycopg.connect(**self.conninfo, autocommit=True)
+        return self._conn
 
     def migrate(self) -> None:
         """Create the tables (idempotent)."""
@@ -152,7 +168,7 @@ class Store:
 
     def close(self) -> None:
         """Close the connection."""
-        self.conn.close()
+        self._conn.close()
 
     # -- identity ---------------------------------------------------------------------------
     def links(self, entity: str) -> list[Link]:
@@ -393,15 +409,17 @@ class Store:
         return {(r[0], r[1]): int(r[2]) for r in rows}
 
     # -- dead letters -----------------------------------------------------------------------
-    def dead_letters_pending(self) -> int:
-        """Dead letters not replayed yet."""
-        row = self.conn.execute("SELECT count(*) FROM sync.dead_letters WHERE replayed_at IS NULL").fetchone()
-        return int(row[0]) if row else 0
+    def dead_letters_pending(self) -> dict[str, int]:
+        """Dead letters not replayed yet, per stage (``apply-crm`` / ``apply-erp``: writes a target refused)."""
+        rows = self.conn.execute("SELECT stage, count(*) FROM sync.dead_letters WHERE replayed_at IS NULL"
+                                 " GROUP BY stage").fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
 
-    def add_dead_letter(self, stage: str, reason: str, topic: str, partition: int, offset: int) -> None:
-        """Index a dead letter (the bytes are in the dead-letter topic)."""
+    def add_dead_letter(self, stage: str, reason: str, topic: str, partition: int, offset: int,
+                        incarnation: str = "") -> None:
+        """Index a dead letter (the bytes are in the dead-letter topic), once per position of a topic incarnation."""
         self.conn.execute(
-            'INSERT INTO sync.dead_letters (stage, reason, topic, partition, "offset") VALUES (%s, %s, %s, %s, %s)'
-            " ON CONFLICT DO NOTHING",
-            (stage, reason, topic, partition, offset),
+            'INSERT INTO sync.dead_letters (stage, reason, topic, partition, "offset", incarnation)'
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (stage, reason, topic, partition, offset, incarnation),
         )

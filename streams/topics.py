@@ -238,3 +238,19 @@ def ensure_planned(settings: Settings) -> list[TopicSpec]:
     for warning in provision(admin_client(settings.kafka), specs, settings.kafka.replication_factor):
         log.warning("%s", warning)
     return specs
+
+
+def topic_ids(admin: AdminClient, names: Sequence[str], timeout: float = 10.0) -> dict[str, str]:
+    """Each existing topic's id: its incarnation (a topic deleted and created again gets a new one)."""
+    from confluent_kafka import TopicCollection
+
+    if not names:
+        return {}
+    out: dict[str, str] = {}
+    for name, fut in admin.describe_topics(TopicCollection(list(names)), request_timeout=timeout).items():
+        try:
+            out[name] = str(fut.result(timeout=timeout).topic_id)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise broker_error(exc) from exc
+    return out

@@ -1,7 +1,9 @@
 """Apply command batches to one target database: one transaction per batch, progress inside it.
 
 Replaying a topic from the start changes nothing: commands at or below the stored offset of their
-partition are skipped, and every write is a compare-and-set that never writes an equal value.
+partition are skipped, and every write is a compare-and-set that never writes an equal value. The
+stored offset belongs to a topic incarnation (the topic's id): a topic deleted and created again
+starts from nothing, its commands are not replays.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import psycopg
 
+from streams import faults
 from streams.apply.sql import (
     CREATED_ANY,
     CREATED_INSERT,
@@ -43,6 +46,7 @@ class Delivery:
     partition: int
     offset: int
     command: dict[str, Any]
+    incarnation: str = ""  # the topic's id: offsets of another incarnation are no replay
 
 
 @dataclass
@@ -239,17 +243,19 @@ class Applier:
         conn = self.connect()
         try:
             with conn.transaction():
-                done: dict[tuple[str, int], int] = {}
+                done: dict[tuple[str, int], tuple[int, str]] = {}
                 for topic in {d.topic for d in batch}:
-                    for partition, offset in conn.execute(progress_select(), (topic,)).fetchall():
-                        done[(topic, partition)] = offset
-                last: dict[tuple[str, int], int] = {}
+                    for partition, offset, incarnation in conn.execute(progress_select(), (topic,)).fetchall():
+                        done[(topic, partition)] = (offset, incarnation)
+                last: dict[tuple[str, int], tuple[int, str]] = {}
                 todo: list[Delivery] = []
                 for d in batch:
-                    if d.offset <= done.get((d.topic, d.partition), -1):
+                    offset, incarnation = done.get((d.topic, d.partition), (-1, d.incarnation))
+                    if incarnation == d.incarnation and d.offset <= offset:
                         result.replayed += 1
                         continue
-                    last[(d.topic, d.partition)] = max(d.offset, last.get((d.topic, d.partition), -1))
+                    last[(d.topic, d.partition)] = (max(d.offset, last.get((d.topic, d.partition), (-1, ""))[0]),
+                                                    d.incarnation)
                     todo.append(d)
                 for op, group in groupby(todo, key=lambda d: str(d.command.get("op", "set"))):
                     if op in ("set", "row", "create"):
@@ -257,8 +263,9 @@ class Applier:
                     else:
                         for d in group:
                             self._one(conn, d, result)
-                for (topic, partition), offset in last.items():
-                    conn.execute(progress_upsert(), (topic, partition, offset))
+                faults.point("apply.write")  # written, progress not yet recorded: all of it rolls back
+                for (topic, partition), (offset, incarnation) in last.items():
+                    conn.execute(progress_upsert(), (topic, partition, offset, incarnation))
         except psycopg.OperationalError as exc:
             self.conn = None
             raise TransientError(f"{self.system} database unavailable: {exc}".strip()) from exc

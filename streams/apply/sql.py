@@ -12,6 +12,8 @@ CREATE TABLE IF NOT EXISTS sync_meta.applier_progress (
   "offset"  bigint NOT NULL,
   PRIMARY KEY (topic, partition)
 );
+-- The topic's id when that offset was applied: a topic deleted and created again starts afresh.
+ALTER TABLE sync_meta.applier_progress ADD COLUMN IF NOT EXISTS incarnation text NOT NULL DEFAULT '';
 CREATE TABLE IF NOT EXISTS sync_meta.created (
   entity     text NOT NULL,
   global_id  text NOT NULL,
@@ -94,14 +96,20 @@ def compare_and_set(table: str, key_column: str, column: str, version_column: st
 
 
 def progress_select() -> sql.Composed:
-    """The last applied offset of each partition of a topic, locked for this transaction."""
-    return sql.SQL('SELECT partition, "offset" FROM sync_meta.applier_progress WHERE topic = %s FOR UPDATE').format()
+    """The last applied offset of each partition of a topic, and the topic id then; locked for this transaction."""
+    return sql.SQL('SELECT partition, "offset", incarnation FROM sync_meta.applier_progress WHERE topic = %s'
+                   " FOR UPDATE").format()
 
 
 def progress_upsert() -> sql.Composed:
-    """Record the last applied offset of a partition (same transaction as the writes)."""
+    """Record the last applied offset of a partition of a topic incarnation (same transaction as the writes).
+
+    Parameters: topic, partition, offset, incarnation. Within one incarnation the offset only grows;
+    a new incarnation replaces the old one's.
+    """
     return sql.SQL(
-        'INSERT INTO sync_meta.applier_progress (topic, partition, "offset") VALUES (%s, %s, %s)'
-        ' ON CONFLICT (topic, partition) DO UPDATE'
-        ' SET "offset" = greatest(applier_progress."offset", EXCLUDED."offset")'
+        'INSERT INTO sync_meta.applier_progress (topic, partition, "offset", incarnation) VALUES (%s, %s, %s, %s)'
+        ' ON CONFLICT (topic, partition) DO UPDATE SET incarnation = EXCLUDED.incarnation,'
+        ' "offset" = CASE WHEN applier_progress.incarnation = EXCLUDED.incarnation'
+        ' THEN greatest(applier_progress."offset", EXCLUDED."offset") ELSE EXCLUDED."offset" END'
     ).format()

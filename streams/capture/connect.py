@@ -34,7 +34,7 @@ from streams.capture.sources import (
     prepare_topics,
     watch_slots,
 )
-from streams.errors import PreflightError, TransientError
+from streams.errors import PreflightError, SyncError, TransientError
 from streams.settings import Settings
 from streams.topics import admin_client
 
@@ -192,6 +192,7 @@ class ConnectCapture:
         self.stop_event = threading.Event()
         self.errors: list[str] = []
         self._failing: dict[str, tuple[str, float, float]] = {}  # source -> (cause, next restart, backoff)
+        self._missing: dict[str, int] = {}  # source -> checks in a row that found no connector
 
     def connectors(self) -> dict[str, dict[str, Any]]:
         """Each source's connector file (``name`` and ``config``)."""
@@ -232,34 +233,45 @@ class ConnectCapture:
             log.info("connector %s deployed to %s", definition["name"], self.client.url)
 
     def check(self) -> None:
-        """Read each connector's state into metrics; restart what failed (with backoff)."""
+        """Read each connector's state into metrics; restart what failed (with backoff).
+
+        Kafka Connect being away or restarting is no reason to stop watching: a failed call is
+        logged and tried again at the next check.
+        """
         for source, definition in self.connectors().items():
-            name = definition["name"]
             try:
-                state = self.client.status(name)
-            except TransientError as exc:
-                log.warning("%s", exc.message)
+                self._check(source, definition)
+            except SyncError as exc:
+                log.warning("%s: %s", source, exc.message)
                 metrics.CONNECT_CONNECTOR_RUNNING.labels(source).set(0)
-                continue
-            if state is None:  # deleted behind our back: deploy it again
+
+    def _check(self, source: str, definition: dict[str, Any]) -> None:
+        name = definition["name"]
+        state = self.client.status(name)
+        if state is None:
+            # Unknown to Connect: deleted behind our back, or Connect restarted and has not read its
+            # configuration topic yet. Deploying again is harmless either way (the same config).
+            self._missing[source] = self._missing.get(source, 0) + 1
+            if self._missing[source] >= 3:
                 log.warning("connector %s is gone from Kafka Connect; deploying it again", name)
                 self.client.put_config(name, definition["config"])
-                continue
-            connector = state.get("connector", {})
-            tasks = state.get("tasks", [])
-            counts = dict.fromkeys(TASK_STATES, 0)
-            for task in tasks:
-                counts[task.get("state", "UNASSIGNED")] = counts.get(task.get("state", "UNASSIGNED"), 0) + 1
-            for task_state, n in counts.items():
-                metrics.CONNECT_TASKS.labels(source, task_state).set(n)
-            running = connector.get("state") == "RUNNING" and tasks and all(t.get("state") == "RUNNING" for t in tasks)
-            metrics.CONNECT_CONNECTOR_RUNNING.labels(source).set(1 if running else 0)
-            failed = [t for t in tasks if t.get("state") == "FAILED"]
-            if connector.get("state") == "FAILED" or failed:
-                trace = connector.get("trace") if connector.get("state") == "FAILED" else failed[0].get("trace")
-                self._heal(source, name, root_cause(trace))
-            else:
-                self._failing.pop(source, None)
+            return
+        self._missing.pop(source, None)
+        connector = state.get("connector", {})
+        tasks = state.get("tasks", [])
+        counts = dict.fromkeys(TASK_STATES, 0)
+        for task in tasks:
+            counts[task.get("state", "UNASSIGNED")] = counts.get(task.get("state", "UNASSIGNED"), 0) + 1
+        for task_state, n in counts.items():
+            metrics.CONNECT_TASKS.labels(source, task_state).set(n)
+        running = connector.get("state") == "RUNNING" and tasks and all(t.get("state") == "RUNNING" for t in tasks)
+        metrics.CONNECT_CONNECTOR_RUNNING.labels(source).set(1 if running else 0)
+        failed = [t for t in tasks if t.get("state") == "FAILED"]
+        if connector.get("state") == "FAILED" or failed:
+            trace = connector.get("trace") if connector.get("state") == "FAILED" else failed[0].get("trace")
+            self._heal(source, name, root_cause(trace))
+        else:
+            self._failing.pop(source, None)
 
     def _heal(self, source: str, name: str, cause: str) -> None:
         now = time.monotonic()

@@ -146,7 +146,7 @@ def _flows(settings: Settings) -> dict[str, Any]:
     for labels, value in (samples or {}).get("sync_consumer_lag_messages", []):
         topic = labels.get("topic", "")
         lags[topic] = lags.get(topic, 0.0) + value
-    flows: dict[str, Any] = {}
+    flows: dict[str, Any] = {"worker": worker_state(samples, time.time())}
     if samples is not None:
         flows["consumer_lag"] = {topic: int(v) for topic, v in sorted(lags.items())}
     try:
@@ -160,7 +160,8 @@ def _flows(settings: Settings) -> dict[str, Any]:
             lag = None if samples is None else int(sum(v for t, v in lags.items() if t in flow_topics[entity]))
             waiting, oldest = store.open_conflicts_summary(entity)
             flows[entity] = {"consumer_lag": lag, "conflicts_waiting": waiting, "oldest_waiting_s": oldest}
-        flows["dead_letters"] = dead
+        flows["dead_letters"] = sum(dead.values())
+        flows["refused_writes"] = {s: dead.get(f"apply-{s}", 0) for s in ("crm", "erp")}
         documents: dict[str, int] = {}
         for (_, state), n in store.documents_summary().items():
             documents[state] = documents.get(state, 0) + n
@@ -172,8 +173,17 @@ def _flows(settings: Settings) -> dict[str, Any]:
     return flows
 
 
-def _port(bootstrap: str) -> int:
-    return int(bootstrap.split(",")[0].rsplit(":", 1)[1])
+def worker_state(samples: dict[str, list[tuple[dict[str, str], float]]] | None, now: float) -> str:
+    """``progressing`` / ``idle`` / ``STALLED …`` from a worker's metrics (lag, and each stage's last progress)."""
+    if samples is None:
+        return "unknown (worker metrics not reachable: down, starting or restarting)"
+    lag = int(sum(v for _, v in samples.get("sync_consumer_lag_messages", [])))
+    progress = [v for _, v in samples.get("sync_stage_last_progress_timestamp_seconds", [])]
+    last = now - max(progress) if progress else None
+    if lag and (last is None or last > STALLED_AFTER_S):
+        since = "never" if last is None else f"{last:.0f}s ago"
+        return f"STALLED: {lag} messages behind, last progress {since}"
+    return f"progressing, {lag} messages behind" if lag else "idle (nothing behind)"
 
 
 def format_status(info: dict[str, Any]) -> str:
@@ -216,6 +226,13 @@ def format_status(info: dict[str, Any]) -> str:
             continue
         if flow == "dead_letters":
             lines.append(f"  dead letters {part} not replayed (crm-erp-sync dlq list)")
+            continue
+        if flow == "refused_writes":
+            lines.append(f"  writes refused by the target: crm {part['crm']}, erp {part['erp']}"
+                         " (each field is free for its next value; crm-erp-sync dlq list shows why)")
+            continue
+        if flow == "worker":
+            lines.append(f"  worker   {part}")
             continue
         if flow == "documents":
             lines.append(f"  documents {part['pending']} pending, {part['diverged']} diverged"

@@ -6,7 +6,8 @@ write changes, e.g. ``updated_at``), and per field:
 * ``synced``   the value both systems last agreed on (the base of a conflict);
 * ``seen``     the last value seen from each system; ``changed_at`` when each last changed it;
 * ``inflight`` per system, the one write the sync sent there and has not seen come back
-  (value, time it was issued); ``deferred`` a newer value to send once that write is settled.
+  (value, time it was issued); ``deferred`` a newer value to send once that write is settled;
+  ``refused`` a value the system refused (not sent again; the next different value is).
 
 Writes are compare-and-set: a command carries the value and the row version the sync last *saw*
 on the target, and the applier writes only if the row still has both. So a write can never land on
@@ -86,11 +87,12 @@ class FieldState:
     inflight: dict[str, tuple[Any, int]] = field(default_factory=dict)
     deferred: dict[str, Any] = field(default_factory=dict)
     open_conflict: bool = False
+    refused: dict[str, Any] = field(default_factory=dict)  # per system, the value it refused (not sent again)
 
     def copy(self) -> FieldState:
         """A copy to change without touching this one (the values themselves are never mutated)."""
         return FieldState(self.synced, dict(self.seen), dict(self.versions), dict(self.changed_at),
-                          dict(self.inflight), dict(self.deferred), self.open_conflict)
+                          dict(self.inflight), dict(self.deferred), self.open_conflict, dict(self.refused))
 
     def intended(self, system: str) -> Any:
         """The value ``system`` will hold once the sync's writes to it are done."""
@@ -106,7 +108,7 @@ class FieldState:
         return {**base, "seen": self.seen,
                 "versions": {k: list(v) for k, v in self.versions.items()}, "changed_at": self.changed_at,
                 "inflight": {k: list(v) for k, v in self.inflight.items()}, "deferred": self.deferred,
-                "open_conflict": self.open_conflict}
+                "open_conflict": self.open_conflict, **({"refused": self.refused} if self.refused else {})}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FieldState:
@@ -119,6 +121,7 @@ class FieldState:
             inflight={k: (v[0], int(v[1])) for k, v in data.get("inflight", {}).items()},
             deferred=dict(data.get("deferred", {})),
             open_conflict=bool(data.get("open_conflict", False)),
+            refused=dict(data.get("refused", {})),
         )
 
 
@@ -201,6 +204,9 @@ class _Step:
                 fs.deferred[system] = value
             return
         fs.deferred.pop(system, None)
+        if fs.refused.get(system, MISSING) == value:
+            return  # refused once (a dead letter says why): sent again only by `dlq replay`, after a fix
+        fs.refused.pop(system, None)
         if fs.seen.get(system, MISSING) == value:
             # It holds that value already: never write an equal value. If the other system holds it
             # too and nothing is in flight, that is the new agreement.
@@ -342,6 +348,24 @@ def resolve_manual(state: EntityState, name: str, value: Any, now_ms: int) -> Ou
         step.send(fs, system, name, value)
     if not fs.inflight:
         fs.synced = value
+    return step.out
+
+
+def reject(state: EntityState, system: str, name: str, value: Any, now_ms: int) -> Outcome:
+    """``system`` refused the sync's write of ``value`` to field ``name``: it is no longer in flight.
+
+    A newer value set aside while that write was in flight goes now; without one, the field waits
+    for its next change (the target keeps what it had). A refusal of a write that is not the one in
+    flight (an older, superseded one) changes nothing.
+    """
+    step = _Step(state, now_ms)
+    fs = step.out.state.fields.get(name)
+    if fs is None or system not in fs.inflight or fs.inflight[system][0] != value:
+        return step.out
+    del fs.inflight[system]
+    fs.refused[system] = value
+    if system in fs.deferred:
+        step.send(fs, system, name, fs.deferred.pop(system))
     return step.out
 
 

@@ -55,6 +55,28 @@ def test_a_bad_write_among_good_ones_is_reported_and_the_rest_apply_once(harness
     assert limit == (b_limit,)
 
 
+def test_a_topic_created_again_is_a_new_incarnation_not_a_replay(harness: Harness) -> None:
+    """Its offsets start at 0 again: the applier's progress of the old topic must not swallow them."""
+    topic = f"test.apply.{uuid.uuid4().hex[:8]}"
+    with harness.connect("erp") as erp:
+        cust_no, email = erp.execute("SELECT cust_no, email FROM customers ORDER BY cust_no LIMIT 1").fetchone()
+    applier = Applier(load_profiles([REPO / "schemas" / "mappings" / "demo.yaml"]), "erp", harness.conninfo("erp"))
+    try:
+        old = applier.apply([Delivery(topic, 0, 500, _command(cust_no, "email", "old-topic@example.com", email),
+                                      "id-of-the-old-topic")])
+        new = applier.apply([Delivery(topic, 0, 3, _command(cust_no, "email", "new-topic@example.com",
+                                                            "old-topic@example.com"), "id-of-the-new-topic")])
+        replay = applier.apply([Delivery(topic, 0, 3, _command(cust_no, "email", "again@example.com",
+                                                               "new-topic@example.com"), "id-of-the-new-topic")])
+    finally:
+        assert applier.conn is not None
+        applier.conn.close()
+    assert (old.written, new.written, new.replayed) == (1, 1, 0)
+    assert (replay.written, replay.replayed) == (0, 1)  # within one incarnation, a replay is still a no-op
+    with harness.connect("erp") as erp:
+        assert erp.execute("SELECT email FROM customers WHERE cust_no = %s", (cust_no,)).fetchone() == (
+            "new-topic@example.com",)
+
 
 def test_creates_are_made_once_each_and_a_bad_one_does_not_sink_the_rest(harness: Harness) -> None:
     from streams.reconcile.records import create_record

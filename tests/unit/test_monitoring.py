@@ -29,7 +29,7 @@ def promtool(*args: str, cwd: Path = prometheus.MONITORING) -> str:
 
 
 def test_alert_rules_are_valid_and_their_unit_tests_pass() -> None:
-    assert "SUCCESS: 10 rules found" in promtool("check", "rules", "alerts.yml")
+    assert "SUCCESS: 11 rules found" in promtool("check", "rules", "alerts.yml")
     assert "SUCCESS" in promtool("test", "rules", "alerts.test.yml")
 
 
@@ -111,3 +111,20 @@ def test_only_business_changes_count_as_events(topic: str, heartbeat: bool, data
     from streams.capture.sources import is_data, is_heartbeat
 
     assert (is_heartbeat(topic), is_data(topic, "crm")) == (heartbeat, data)
+
+
+def test_a_worker_behind_without_progress_is_stalled_and_an_idle_one_is_not() -> None:
+    from streams.local.status import worker_state
+
+    def samples(lag: float, progress: float | None) -> dict[str, list[tuple[dict[str, str], float]]]:
+        out: dict[str, list[tuple[dict[str, str], float]]] = {
+            "sync_consumer_lag_messages": [({"topic": "t", "partition": "0"}, lag)]}
+        if progress is not None:
+            out["sync_stage_last_progress_timestamp_seconds"] = [({"stage": "reconcile"}, progress)]
+        return out
+
+    assert worker_state(samples(0, 1000.0), 5000.0).startswith("idle")
+    assert worker_state(samples(7, 4990.0), 5000.0).startswith("progressing, 7")
+    assert worker_state(samples(7, 1000.0), 5000.0) == "STALLED: 7 messages behind, last progress 4000s ago"
+    assert worker_state(samples(7, None), 5000.0).startswith("STALLED")
+    assert worker_state(None, 5000.0).startswith("unknown")

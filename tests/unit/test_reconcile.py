@@ -265,3 +265,27 @@ def test_a_change_leaves_the_state_it_was_given_as_it_was() -> None:
     apply_change(FIELDS, first.state, "erp", row(own_crm="a", latest="x"), (11, 0), 11, 11)
     assert before.to_json() == snapshot
     assert first.state.fields["own_crm"].inflight == {"erp": ("a", 10)}  # the copy did change
+
+
+def test_a_refused_write_frees_the_field_for_the_next_value() -> None:
+    """A value the target rejects must not jam the field: the next valid value goes through."""
+    from streams.reconcile.core import reject
+
+    first = apply_change(FIELDS, synced("o"), "erp", row(own_erp="too-big"), (10, 0), 10, 10)
+    assert [(c.system, c.value) for c in first.commands] == [("crm", "too-big")]
+    second = apply_change(FIELDS, first.state, "erp", row(own_erp="valid"), (11, 0), 11, 11)
+    assert second.commands == []  # set aside while the first write is in flight
+    refused = reject(second.state, "crm", "own_erp", "too-big", 12)
+    assert [(c.system, c.field, c.value) for c in refused.commands] == [("crm", "own_erp", "valid")]
+    assert refused.state.fields["own_erp"].inflight["crm"][0] == "valid"
+    # Without a value waiting, the field is simply free again: the next change is sent at once.
+    alone = reject(first.state, "crm", "own_erp", "too-big", 12)
+    assert alone.commands == [] and "crm" not in alone.state.fields["own_erp"].inflight
+    later = apply_change(FIELDS, alone.state, "erp", row(own_erp="fixed"), (13, 0), 13, 13)
+    assert [(c.system, c.value) for c in later.commands] == [("crm", "fixed")]
+    # The refused value is not sent again with every later change of the row; a new value is.
+    again = apply_change(FIELDS, alone.state, "erp", row(own_erp="too-big", own_crm="o"), (12, 5), 12, 12)
+    assert again.commands == []
+    # A refusal of a write no longer in flight changes nothing.
+    stale = reject(refused.state, "crm", "own_erp", "too-big", 14)
+    assert stale.commands == [] and stale.state.fields["own_erp"].inflight["crm"][0] == "valid"

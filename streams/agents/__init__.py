@@ -1,0 +1,1 @@
+"""The Faust agents: the batch loop every agent runs."""
