@@ -201,3 +201,33 @@ def test_idle_source_does_not_pin_wal(capture: Capture) -> None:
         return bool(row and row[0])
 
     wait_for(confirmed_past_target, 60, 1.0, f"the idle CRM slot to confirm past {target}")
+
+
+def test_a_schema_the_registry_refuses_is_one_line_naming_the_subject() -> None:
+    """A Kafka Connect task failing on the registry's 409: status, metrics and the log name the subject."""
+    import subprocess
+
+    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+    from streams.local.harness import REPO
+
+    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-capture-409-", dir="/tmp")), capture_mode="connect").start()
+    try:
+        # A schema already under the subject that Debezium's envelope cannot evolve from (BACKWARD).
+        SchemaRegistryClient({"url": h.registry_url}).register_schema("crm.public.accounts-value", Schema(
+            '{"type": "record", "name": "Other", "fields": [{"name": "x", "type": "int"}]}', "AVRO"))
+        with running(h.spawn("capture")):
+            h.start_connect()
+
+            def failed_line() -> str | None:
+                out = subprocess.run(h.cli("status"), capture_output=True, text=True, timeout=60, cwd=REPO).stdout
+                return next((line for line in out.splitlines() if line.strip().startswith("capture crm")
+                             and "FAILED" in line), None)
+
+            line = wait_for(failed_line, 120, 1.0, "status to show the failed CRM task")
+            assert "409" in line and "crm.public.accounts-value" in line, line
+            # The ERP's connector is not affected.
+            status = subprocess.run(h.cli("status"), capture_output=True, text=True, timeout=60, cwd=REPO).stdout
+            assert "capture erp   connector RUNNING, tasks RUNNING" in status, status
+    finally:
+        h.stop()
