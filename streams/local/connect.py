@@ -14,21 +14,11 @@ from pathlib import Path
 
 from streams.capture.connector import placeholder_env
 from streams.local import jars
+from streams.local.java import log4j2_properties
 from streams.settings import Settings
 
-LOG4J2 = """\
-status = error
-appender.out.type = Console
-appender.out.name = out
-appender.out.layout.type = PatternLayout
-appender.out.layout.pattern = [%d] %p %m (%c{1})%n
-rootLogger.level = WARN
-rootLogger.appenderRef.out.ref = out
-logger.debezium.name = io.debezium
-logger.debezium.level = INFO
-logger.connect.name = org.apache.kafka.connect.runtime.distributed.DistributedHerder
-logger.connect.level = INFO
-"""
+LOG4J2 = log4j2_properties({"debezium": "io.debezium",
+                            "connect": "org.apache.kafka.connect.runtime.distributed.DistributedHerder"})
 GROUP = "crm-erp-sync-connect"
 
 

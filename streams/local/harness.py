@@ -33,6 +33,7 @@ from streams.local.java import java_binary
 from streams.local.kafka import KafkaCluster, Scram
 from streams.local.ports import free_port, http_ok
 from streams.local.postgres import LocalPostgres, find_pg_bin
+from streams.local.supervisor import terminate
 from streams.registry.server import RegistryServer
 from streams.registry.store import RegistryStore
 from streams.settings import CaptureSettings, LocalSettings, load_settings
@@ -157,12 +158,7 @@ class Harness:
 
     def stop(self) -> None:
         """Stop what this harness started."""
-        if self.connect_proc is not None and self.connect_proc.poll() is None:
-            self.connect_proc.terminate()
-            try:
-                self.connect_proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.connect_proc.kill()
+        terminate(self.connect_proc)
         if self.registry is not None:
             self.registry.stop()
         if self.kafka is not None:
@@ -255,13 +251,7 @@ def running(proc: subprocess.Popen[bytes], timeout: float = 60) -> Iterator[subp
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, timeout)
 
 
 def wait_for(predicate: Any, timeout: float, interval: float = 0.2, what: str = "condition") -> Any:

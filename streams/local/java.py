@@ -37,6 +37,16 @@ def find_java_home(configured: Path | None) -> Path:
     raise PreflightError(f"Java not found (looked in {where}); Kafka and Debezium run in a JVM", hint=JAVA_HINT)
 
 
+def log4j2_properties(info_loggers: dict[str, str]) -> str:
+    """A log4j2 configuration: warnings and errors to stdout, plus INFO of the named loggers (id -> name)."""
+    lines = ["status = error", "appender.out.type = Console", "appender.out.name = out",
+             "appender.out.layout.type = PatternLayout", "appender.out.layout.pattern = [%d] %p %m (%c{1})%n",
+             "rootLogger.level = WARN", "rootLogger.appenderRef.out.ref = out"]
+    for key, name in info_loggers.items():
+        lines += [f"logger.{key}.name = {name}", f"logger.{key}.level = INFO"]
+    return "\n".join(lines) + "\n"
+
+
 def java_binary(configured: Path | None) -> str:
     """The ``java`` executable of :func:`find_java_home`."""
     return str(find_java_home(configured) / "bin" / "java")

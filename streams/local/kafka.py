@@ -17,22 +17,11 @@ from pathlib import Path
 
 from streams.errors import PreflightError
 from streams.local import jars
-from streams.local.java import java_binary
+from streams.local.java import java_binary, log4j2_properties
 from streams.local.ports import free_ports, wait_listening
+from streams.local.supervisor import terminate
 
-LOG4J2 = """\
-status = error
-appender.out.type = Console
-appender.out.name = out
-appender.out.layout.type = PatternLayout
-appender.out.layout.pattern = [%d] %p %m (%c{1})%n
-rootLogger.level = WARN
-rootLogger.appenderRef.out.ref = out
-logger.kafka.name = kafka.server.KafkaServer
-logger.kafka.level = INFO
-logger.broker.name = kafka.server.BrokerServer
-logger.broker.level = INFO
-"""
+LOG4J2 = log4j2_properties({"kafka": "kafka.server.KafkaServer", "broker": "kafka.server.BrokerServer"})
 
 
 @dataclass(frozen=True)
@@ -226,15 +215,7 @@ class KafkaCluster:
 
     def stop_node(self, node_id: int, timeout: float = 60.0) -> None:
         """SIGTERM one node (a controlled shutdown), SIGKILL if it hangs."""
-        proc = self.procs.get(node_id)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(self.procs.get(node_id), timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop every node at once (one by one, the last ones would wait for a lost quorum)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -12,6 +11,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+
+def terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 30.0) -> None:
+    """SIGTERM ``proc`` and wait; SIGKILL it if it has not ended within ``timeout`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("pid %d did not stop within %.0fs; killing it", proc.pid, timeout)
+        proc.kill()
+        proc.wait()
 
 
 @dataclass
@@ -72,15 +84,7 @@ class Child:
 
     def stop(self) -> None:
         """SIGTERM, wait, then SIGKILL."""
-        if not self.alive or self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(self.stop_timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop within %.0fs; killing it", self.name, self.stop_timeout)
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc, self.stop_timeout)
 
     def maybe_restart(self) -> bool:
         """Restart a dead process with exponential backoff; True if it was restarted now."""
