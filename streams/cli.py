@@ -256,7 +256,7 @@ def cmd_registry(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     """Run a benchmark on its own local services and print its figures."""
-    from streams.bench import capture, faust_ceiling, full, orders, steady, sync
+    from streams.bench import capture, faults, faust_ceiling, full, orders, steady, sync
 
     out = args.out or Path(f"bench-results/{args.which}.json")
     rates = tuple(float(r) for r in args.rates.split(","))
@@ -266,6 +266,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         "capture": (capture, lambda: capture.run(updates=args.updates, out=out,
                                                  modes=(args.capture_mode,) if args.capture_mode else capture.MODES)),
         "faust": (faust_ceiling, lambda: faust_ceiling.run(events=args.events, out=out)),
+        "faults": (faults, lambda: faults.run(out=out)),
         "orders": (orders, lambda: orders.run(deals=args.deals, out=out)),
         "steady": (steady, lambda: steady.run(rates=rates, seconds=args.seconds, out=out)),
         "sync": (sync, lambda: sync.run(rate=args.rate, seconds=args.seconds, out=out)),
@@ -337,13 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(func=cmd_registry)
     bench = sub.add_parser("bench", help="benchmarks on freshly started local services (not the running stack)")
     bench.add_argument("which", nargs="?", default="all",
-                       choices=["all", "capture", "sync", "steady", "orders", "faust"],
+                       choices=["all", "capture", "sync", "steady", "orders", "faust", "faults"],
                        help="all (default): steady state, native logical replication, backlog drain and initial"
                             " sync in one run, as one table; capture: N single-row CRM updates -> broker;"
                             " sync: CRM edit -> ERP commit latency;"
                             " steady: fixed-rate edits on both systems, per-edit latency and peak memory;"
                             " orders: deals won in a burst -> ERP sales orders;"
-                            " faust: Faust alone taking batches from a topic (its ceiling per hop)")
+                            " faust: Faust alone taking batches from a topic (its ceiling per hop);"
+                            " faults: time to converge after faults injected during bursts of changes")
     bench.add_argument("--updates", type=int, default=100_000, help="capture: single-row updates (default 100000)")
     bench.add_argument("--capture-mode", choices=["connect", "embedded"], default=None,
                        help="capture: only this capture mode (default: both, one after the other)")

@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from streams.bench.convergence import disagreements, metric
 from streams.local.harness import REPO, Harness, running, scalar, wait_for, wait_for_capture, wait_for_identity
 from streams.local.ports import free_port
 from streams.local.status import scrape
 from streams.registry.server import RegistryServer
 from streams.registry.store import RegistryStore
 from streams.topics import ensure_planned
-from tests.convergence import disagreements, metric
 
 pytestmark = pytest.mark.integration
 MAPPINGS = REPO / "schemas" / "mappings"

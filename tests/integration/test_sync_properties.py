@@ -15,6 +15,7 @@ from confluent_kafka import ConsumerGroupState
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
+from streams.bench.convergence import disagreements, metric
 from streams.local.harness import (
     Harness,
     TopicReader,
@@ -26,7 +27,6 @@ from streams.local.harness import (
     wait_for_identity,
 )
 from streams.local.ports import free_port
-from tests.convergence import disagreements, metric
 
 pytestmark = pytest.mark.integration
 RAW = ["crm.public.accounts", "erp.public.customers"]

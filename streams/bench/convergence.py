@@ -1,4 +1,4 @@
-"""Checks that both databases agree, shared by the integration and e2e tiers."""
+"""Whether both databases agree: shared by the fault benchmarks and the integration and e2e tiers."""
 
 from __future__ import annotations
 
