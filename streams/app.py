@@ -18,7 +18,6 @@ import asyncio
 import functools
 import logging
 import ssl
-import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -28,12 +27,14 @@ import psycopg
 
 from streams import codecs, faults, metrics, transport
 from streams.agents.apply import Apply
+from streams.agents.creates import Creates
 from streams.agents.documents import DocumentStage
 from streams.agents.flow import Flow
 from streams.agents.health import Health
 from streams.agents.loop import Retry, batches
 from streams.agents.normalize import Normalize
 from streams.agents.reconcile import Reconcile
+from streams.apply.echoes import AppliedTransactions
 from streams.apply.executor import Applier
 from streams.documents.engine import Documents
 from streams.documents.spec import DocumentProfile
@@ -99,6 +100,7 @@ class Processors:
         self.store.migrate()
         self.tx = psycopg.connect(**settings.store.conninfo())
         self.states = StateCache(settings.processors.state_cache)
+        self.applied = AppliedTransactions(settings)
         self.documents = Documents(self.document_profile, settings, Store(settings.store.conninfo()))
         datadir = settings.local.state_dir / "faust"
         datadir.mkdir(parents=True, exist_ok=True)
@@ -130,10 +132,12 @@ class Processors:
         self.reconcile = Reconcile(self)
         self.apply = Apply(self)
         self.health = Health(self)
+        self.creates = Creates(self)
         self.app.agent(raw, name="normalize")(self._agent("normalize", self.normalize.normalize, BATCH))
         changes = self.app.topic(*self.by_changes, key_serializer="raw", value_serializer="raw")
         self.app.agent(changes, name="reconcile")(self._agent("reconcile", self.reconcile.reconcile, BATCH))
         self.app.timer(5.0, name="health")(self.health.tick)
+        self.app.timer(1.0, name="creates-due")(self.creates.tick)
         if self.document_profile.creates:
             self.app.timer(5.0, name="pending-documents")(self.document_stage.retry_pending)
         for flow in self.flows:
@@ -157,8 +161,14 @@ class Processors:
     async def _send(self, topic: str, key: str, value: dict[str, Any]) -> None:
         await self.outputs.send([(topic, key, value)])  # acknowledged by the broker
 
-    async def dead_letter(self, stage: str, reason: str, message: Any) -> None:
-        """Send the original bytes with the reason to the dead-letter topic, and index it."""
+    async def dead_letter(self, stage: str, reason: str, message: Any, fingerprint: str | None = None) -> None:
+        """Send the original bytes with the reason to the dead-letter topic, and index it.
+
+        With a ``fingerprint`` (a row's field and its bad value), the same one is a dead letter once,
+        however many later changes of the row still carry it.
+        """
+        if fingerprint is not None and await asyncio.to_thread(self.store.has_dead_letter, fingerprint):
+            return
         flow = self.by_raw.get(message.topic)
         if flow is not None and stage != "document":  # a raw event: counted as finished by normalize
             metrics.RECONCILE_EVENTS.labels(flow.entity, message.topic.split(".")[0], "dead_letter").inc()
@@ -170,7 +180,7 @@ class Processors:
             "failed_at": datetime.now(tz=UTC),
         })
         await asyncio.to_thread(self.store.add_dead_letter, stage, reason, message.topic, message.partition,
-                                message.offset, self.incarnations.get(message.topic, ""))
+                                message.offset, self.incarnations.get(message.topic, ""), fingerprint)
 
     async def retrying(self, what: str, func: Any, *args: Any) -> Any:
         """Run a blocking call in a thread until it succeeds (transient errors retried; see ``agents.loop``)."""
@@ -190,7 +200,7 @@ class Processors:
         try:
             keys = list(dict.fromkeys((entity, gid) for entity, gid, _ in steps))
             states = self.store.lock_states(self.tx, keys, self.states)
-            now_ms = int(time.time() * 1000)
+            now_ms = faults.now_ms()
             for entity, gid, step in steps:  # a second change of an entity sees the first one's state
                 states[(entity, gid)], conflicts, result = step(states[(entity, gid)], now_ms)
                 ids = self.store.add_conflicts(self.tx, entity, gid, conflicts) if conflicts else []

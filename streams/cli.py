@@ -202,7 +202,7 @@ def cmd_documents(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_identity(settings: Settings, args: argparse.Namespace) -> int:
     """The identity review queue, and a person's link / unlink decisions."""
-    from streams.identity.decide import link, unlink
+    from streams.identity.decide import link, merge, unlink
     from streams.mapping.profile import load_profiles, profile_of
 
     profile = profile_of(load_profiles(settings.processors.profiles), args.entity)
@@ -212,6 +212,15 @@ def cmd_identity(settings: Settings, args: argparse.Namespace) -> int:
             raise SyncError("identity link needs --crm ID and --erp ID", hint="crm-erp-sync identity review")
         gid = link(profile, settings, store, args.crm, args.erp)
         print(f"linked crm {args.crm} and erp {args.erp} as {gid}; both rows are being re-read to align them")
+        return 0
+    if args.action == "merge":
+        given = [(system, key) for system, key in (("crm", args.crm), ("erp", args.erp)) if key]
+        if len(given) != 1 or not args.into:
+            raise SyncError("identity merge needs one of --crm ID / --erp ID (the duplicate) and --into ID",
+                            hint="crm-erp-sync identity review lists the duplicates")
+        (system, duplicate), = given
+        outcome = merge(profile, store, system, duplicate, args.into)
+        print(f"merged {system} {duplicate} into {args.into}: {duplicate} is no longer synced; {outcome}")
         return 0
     if args.action == "unlink":
         if not args.crm:
@@ -328,10 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     docs_which.add_argument("--diverged", action="store_true", help="only documents changed after creation")
     docs_which.add_argument("--accept", metavar="GLOBAL_ID", help="a person settled it on the target")
     docs.set_defaults(func=cmd_documents)
-    ident = sub.add_parser("identity", help="identity: the review queue of ambiguous matches; link or unlink")
-    ident.add_argument("action", choices=["review", "link", "unlink"])
-    ident.add_argument("--crm", help="the CRM record's id (link, unlink)")
-    ident.add_argument("--erp", help="the ERP record's key (link)")
+    ident = sub.add_parser("identity", help="identity: the review queue of ambiguous matches and duplicates;"
+                                            " link, unlink, merge")
+    ident.add_argument("action", choices=["review", "link", "unlink", "merge"])
+    ident.add_argument("--crm", help="the CRM record's id (link, unlink; merge: the duplicate)")
+    ident.add_argument("--erp", help="the ERP record's key (link; merge: the duplicate)")
+    ident.add_argument("--into", help="merge: the record of the same system that remains")
     ident.add_argument("--entity", help="which profile's entity (default: the first profile's, customer in the demo)")
     ident.set_defaults(func=cmd_identity)
     sub.add_parser("registry", help="serve the embedded schema registry alone (on registry.url)"

@@ -4,16 +4,20 @@ Off unless the environment variable ``CRM_ERP_SYNC_FAULTS`` names steps (tests s
 they start), e.g. ``normalize.send=transient,apply.write=crash``: each named step raises once, the
 first time it runs. ``transient`` raises :class:`TransientError` (the batch is retried in the
 process); ``crash`` raises ``RuntimeError`` (the worker ends without acknowledging the batch, and is
-started again). Read once at import; production never sets it.
+started again). ``CRM_ERP_SYNC_CLOCK_SKEW_S`` shifts the worker's own clock (what it stamps on the
+states it decides) by that many seconds, as a machine whose clock is off would. Read once at
+import; production never sets either.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 from streams.errors import TransientError
 
 ENV = "CRM_ERP_SYNC_FAULTS"
+SKEW_ENV = "CRM_ERP_SYNC_CLOCK_SKEW_S"
 STEPS = ("normalize.send", "reconcile.commit", "apply.write", "documents.step")
 
 
@@ -28,6 +32,7 @@ def _plan(text: str) -> dict[str, str]:
 
 
 _PENDING = _plan(os.environ.get(ENV, ""))
+_SKEW_S = float(os.environ.get(SKEW_ENV) or 0)
 
 
 def point(step: str) -> None:
@@ -37,3 +42,8 @@ def point(step: str) -> None:
         raise TransientError(f"injected transient fault at {step}")
     if kind == "crash":
         raise RuntimeError(f"injected crash at {step}")
+
+
+def now_ms() -> int:
+    """The worker's clock in milliseconds (shifted when a test says so)."""
+    return int((time.time() + _SKEW_S) * 1000)

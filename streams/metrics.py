@@ -85,6 +85,10 @@ END_TO_END = Histogram(
     ["flow", "direction"], buckets=LAG_BUCKETS,
 )
 RETRIES = Counter("sync_retries_total", "Transient failures retried with backoff.", ["stage"])
+IDENTITY_CREATES_DUE = Counter(
+    "sync_identity_creates_due_total",
+    "Records still without a counterpart after the hold, sent to reconcile to be created on the other system.",
+)
 STAGE_PROGRESS = Gauge(
     "sync_stage_last_progress_timestamp_seconds",
     "Unix time a stage last finished a batch, or last found nothing to do (no lag): old while lag grows = stalled.",

@@ -205,6 +205,9 @@ class ProcessorSettings(BaseModel):
     stall_exit_s: float = Field(120.0, ge=5)
     # Longest the broker may take to acknowledge what a batch sends (then the batch is retried).
     send_timeout_s: float = Field(30.0, ge=1)
+    # A record without a counterpart is created on the other system only after this long, so that a
+    # twin written on the other system at the same time links to it instead of being created twice.
+    create_hold_s: float = Field(3.0, ge=0)
 
     @field_validator("profiles", "documents", mode="before")
     @classmethod

@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS sync.xref (
   global_id  uuid NOT NULL,
   crm_id     text,
   erp_id     text,
-  linked_by  text NOT NULL,           -- exact | name | fuzzy | manual | single
+  linked_by  text NOT NULL,           -- exact | name | fuzzy | manual | single | created | merged
   score      real,
   created_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (entity, global_id),
@@ -86,6 +86,10 @@ ALTER TABLE sync.dead_letters ADD COLUMN IF NOT EXISTS incarnation text NOT NULL
 ALTER TABLE sync.dead_letters DROP CONSTRAINT IF EXISTS dead_letters_stage_topic_partition_offset_key;
 CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_position
   ON sync.dead_letters (stage, topic, incarnation, partition, "offset");
+-- A row's bad field (and its value) is one dead letter, not one per later change of the row.
+ALTER TABLE sync.dead_letters ADD COLUMN IF NOT EXISTS fingerprint text;
+CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_fingerprint ON sync.dead_letters (fingerprint)
+  WHERE fingerprint IS NOT NULL;
 CREATE TABLE IF NOT EXISTS sync.documents (
   rule       text NOT NULL,           -- the document profile's create rule
   global_id  uuid NOT NULL,
@@ -164,7 +168,10 @@ class Store:
 
     def migrate(self) -> None:
         """Create the tables (idempotent)."""
+        from streams.identity.keys import DDL as IDENTITY_DDL
+
         self.conn.execute(DDL)
+        self.conn.execute(IDENTITY_DDL)
 
     def close(self) -> None:
         """Close the connection."""
@@ -416,10 +423,15 @@ class Store:
         return {str(r[0]): int(r[1]) for r in rows}
 
     def add_dead_letter(self, stage: str, reason: str, topic: str, partition: int, offset: int,
-                        incarnation: str = "") -> None:
+                        incarnation: str = "", fingerprint: str | None = None) -> None:
         """Index a dead letter (the bytes are in the dead-letter topic), once per position of a topic incarnation."""
         self.conn.execute(
-            'INSERT INTO sync.dead_letters (stage, reason, topic, partition, "offset", incarnation)'
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (stage, reason, topic, partition, offset, incarnation),
+            'INSERT INTO sync.dead_letters (stage, reason, topic, partition, "offset", incarnation, fingerprint)'
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (stage, reason, topic, partition, offset, incarnation, fingerprint),
         )
+
+    def has_dead_letter(self, fingerprint: str) -> bool:
+        """A dead letter with this fingerprint (a row's bad field and value) is known and not replayed."""
+        return self.conn.execute("SELECT 1 FROM sync.dead_letters WHERE fingerprint = %s AND replayed_at IS NULL",
+                                 (fingerprint,)).fetchone() is not None

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from streams import metrics
 from streams.agents.flow import Flow
 from streams.errors import SyncError, TerminalError
-from streams.reconcile.core import Conflict, EntityState, apply_change, deactivate, other, request_create
+from streams.reconcile.core import Conflict, EntityState, Outcome, apply_change, deactivate, other, request_create
 from streams.reconcile.records import canonical_record, command_record, conflict_record, create_record
 from streams.topics import CONFLICTS, commands_topic
 
@@ -37,7 +37,7 @@ class Reconcile:
         change_version = tuple(rec["source_order"]) if rec["source_order"] else (commit_ms, meta["lsn"] or 0)
         system, gid, event_id = rec["system"], rec["global_id"], meta["event_id"]
         ids = {"crm": rec["crm_id"], "erp": rec["erp_id"]}
-        if rec["values_json"] is None:  # a deletion: deactivate the counterpart, never delete it
+        if rec["values_json"] is None and rec["op"] != "create":  # a deletion: deactivate the counterpart
             def deleted(state: EntityState, now_ms: int) -> tuple[EntityState, list[Conflict], Any]:
                 rule = profile.deactivation(other(system))
                 state = state.copy()  # never the cached one: a rolled-back batch must leave it as it was
@@ -52,12 +52,14 @@ class Reconcile:
                          command_record(entity, gid, ids[cmd.system], cmd, commit_ms, event_id))]
 
             return deleted, finish_deleted
-        values = json.loads(rec["values_json"])
-        row_version = json.loads(rec["row_version_json"])
 
         def step(state: EntityState, now_ms: int) -> tuple[EntityState, list[Conflict], Any]:
-            outcome = apply_change(profile.fields, state, system, values, change_version, row_version, now_ms,
-                                   commit_ms)
+            if rec["op"] == "create":  # the record's hold passed without a twin: the create rule decides
+                outcome = Outcome(state.copy())  # never the cached one: a rolled-back batch must leave it as it was
+                return outcome.state, [], (outcome, request_create(profile.create_rule(system), outcome.state,
+                                                                   system, now_ms))
+            outcome = apply_change(profile.fields, state, system, json.loads(rec["values_json"]), change_version,
+                                   json.loads(rec["row_version_json"]), now_ms, commit_ms, rec.get("by_sync"))
             create = (request_create(profile.create_rule(system), outcome.state, system, now_ms)
                       if rec["may_create"] else None)
             return outcome.state, outcome.conflicts, (outcome, create)

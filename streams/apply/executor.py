@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -19,6 +20,8 @@ import psycopg
 
 from streams import faults
 from streams.apply.sql import (
+    APPLIED_INSERT,
+    APPLIED_PRUNE,
     CREATED_ANY,
     CREATED_INSERT,
     CREATED_LOOKUP,
@@ -71,6 +74,7 @@ class Applier:
         self.system = system
         self.conninfo = {**conninfo, "application_name": f"crm-erp-sync apply {system}"}
         self.conn: psycopg.Connection[Any] | None = None
+        self._pruned = time.monotonic()
 
     def _profile(self, cmd: dict[str, Any]) -> tuple[Profile, SourceSpec]:
         profile = self.profiles.get(cmd["entity"])
@@ -241,6 +245,10 @@ class Applier:
         """
         result = BatchResult()
         conn = self.connect()
+        if time.monotonic() - self._pruned > 3600:  # the record of its transactions, kept a day
+            conn.execute(APPLIED_PRUNE)
+            conn.commit()
+            self._pruned = time.monotonic()
         try:
             with conn.transaction():
                 done: dict[tuple[str, int], tuple[int, str]] = {}
@@ -263,6 +271,8 @@ class Applier:
                     else:
                         for d in group:
                             self._one(conn, d, result)
+                if result.written or result.created:  # its change events are the sync's echoes
+                    conn.execute(APPLIED_INSERT)
                 faults.point("apply.write")  # written, progress not yet recorded: all of it rolls back
                 for (topic, partition), (offset, incarnation) in last.items():
                     conn.execute(progress_upsert(), (topic, partition, offset, incarnation))

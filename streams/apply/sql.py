@@ -22,7 +22,17 @@ CREATE TABLE IF NOT EXISTS sync_meta.created (
   PRIMARY KEY (entity, global_id)
 );
 CREATE INDEX IF NOT EXISTS created_by_key ON sync_meta.created (entity, key);
+-- The applier's transactions (32-bit ids, as change events carry them): their changes are the sync's echoes.
+CREATE TABLE IF NOT EXISTS sync_meta.applied_tx (
+  xid bigint      NOT NULL PRIMARY KEY,
+  at  timestamptz NOT NULL DEFAULT now()
+);
 """
+
+APPLIED_INSERT = ("INSERT INTO sync_meta.applied_tx (xid) VALUES (txid_current() % 4294967296)"
+                  " ON CONFLICT (xid) DO UPDATE SET at = now()")
+APPLIED_SELECT = "SELECT xid FROM sync_meta.applied_tx WHERE xid = ANY(%s)"
+APPLIED_PRUNE = "DELETE FROM sync_meta.applied_tx WHERE at < now() - interval '1 day'"
 
 CREATED_LOOKUP = "SELECT key FROM sync_meta.created WHERE entity = %s AND global_id = %s"
 CREATED_LOOKUP_NAMED = "SELECT key FROM sync_meta.created WHERE entity = %(entity)s AND global_id = %(gid)s"

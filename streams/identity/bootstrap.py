@@ -11,7 +11,9 @@ import psycopg
 from psycopg import sql
 
 from streams.apply.sql import CREATED_OF_ENTITY
-from streams.identity.match import Record, link_all
+from streams.identity.keys import IdentityKeys
+from streams.identity.match import Record, duplicate_groups, link_all
+from streams.identity.resolver import review_duplicates
 from streams.mapping.profile import Profile
 from streams.settings import Settings
 from streams.store import Store
@@ -50,20 +52,27 @@ def created_by_sync(profile: Profile, settings: Settings, system: str,
 
 
 def bootstrap(profile: Profile, settings: Settings, store: Store) -> Counter[str]:
-    """Link unlinked CRM records to unlinked ERP records; queue ambiguous ones; counts by outcome.
+    """Index every record's match keys; link unlinked CRM records to unlinked ERP records; counts by outcome.
 
     A row the sync created (a worker stopped before its change event attached it) joins the entity
     it was created for, never a match: else a restart could link it elsewhere or create it back.
+    Records of one system sharing a tax id or name are duplicates: the group (and the other
+    system's records sharing that key) goes to review, neither linked nor created.
     """
     links = store.links(profile.entity)
     linked = {("crm", x.crm_id) for x in links if x.crm_id} | {("erp", x.erp_id) for x in links if x.erp_id}
     counts: Counter[str] = Counter()
     unlinked: dict[str, list[Record]] = {}
+    keys = IdentityKeys(profile.entity)
     with store.conn.transaction():  # all links or none: a crash half-way leaves nothing to clean up
-        for system in ("crm", "erp"):
+        everything: dict[str, list[Record]] = {s: records(profile, settings, s) for s in ("crm", "erp")}
+        indexed = keys.indexed(store.conn)  # the others follow their change events; a restart adds none
+        fresh = [r for recs in everything.values() for r in recs if (r.system, r.source_id) not in indexed]
+        keys.put(store.conn, fresh, linked={(r.system, r.source_id) for r in fresh})  # bigrams: once free
+        for system, recs in everything.items():
             created = created_by_sync(profile, settings, system)
             unlinked[system] = []
-            for r in records(profile, settings, system):
+            for r in recs:
                 if (system, r.source_id) in linked:
                     continue
                 if r.source_id in created and store.attach(profile.entity, created[r.source_id], system,
@@ -71,7 +80,24 @@ def bootstrap(profile: Profile, settings: Settings, store: Store) -> Counter[str
                     counts["created"] += 1
                     continue
                 unlinked[system].append(r)
+        grouped: set[tuple[str, str]] = set()
+        for system, recs in everything.items():
+            for group in duplicate_groups(recs):
+                counts["duplicate"] += len(group)
+                first = group[0]
+                review_duplicates(store, keys, store.conn, first, [r.source_id for r in group[1:]])
+                grouped |= {(system, r.source_id) for r in group}
+        for system in ("crm", "erp"):
+            for r in unlinked[system]:
+                if (system, r.source_id) in grouped:
+                    crm_id, erp_id = (r.source_id, None) if system == "crm" else (None, r.source_id)
+                    store.add_link(profile.entity, crm_id, erp_id, "single")
+            unlinked[system] = [r for r in unlinked[system] if (system, r.source_id) not in grouped]
         _link(profile, store, unlinked["crm"], unlinked["erp"], counts)
+        paired = {(s, i) for x in store.links(profile.entity) if x.crm_id and x.erp_id
+                  for s, i in (("crm", x.crm_id), ("erp", x.erp_id))}
+        keys.put(store.conn, [r for r in fresh if (r.system, r.source_id) not in paired])  # free: with bigrams
+        keys.drop_grams(store.conn)  # records indexed before and linked now are no fuzzy candidates
     log.info("identity bootstrap for %s: %s", profile.entity, dict(counts))
     return counts
 

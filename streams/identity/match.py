@@ -124,7 +124,7 @@ class Index:
             self.by_name[name].add(rec.source_id)
         fkey = fuzzy_key(rec.name)
         self.fuzzy[rec.source_id] = fkey
-        for gram in _bigrams(fkey):
+        for gram in bigrams(fkey):
             self.by_bigram[gram].add(rec.source_id)
 
     def remove(self, source_id: str) -> None:
@@ -135,7 +135,7 @@ class Index:
         for i, key in enumerate(rec.exact):
             self.by_key[i].get(key, set()).discard(source_id)
         self.by_name.get(normalize_name(rec.name), set()).discard(source_id)
-        for gram in _bigrams(self.fuzzy.pop(source_id, "")):
+        for gram in bigrams(self.fuzzy.pop(source_id, "")):
             self.by_bigram.get(gram, set()).discard(source_id)
 
     def _get(self, ids: Iterable[str]) -> tuple[Record, ...]:
@@ -158,7 +158,7 @@ class Index:
         if len(hits) > 1:
             return Match("review", None, 1.0, self._get(hits), f"{len(hits)} records share the normalised name")
         fkey = fuzzy_key(rec.name)
-        pool = set().union(*(self.by_bigram.get(g, set()) for g in _bigrams(fkey))) if fkey else set()
+        pool = set().union(*(self.by_bigram.get(g, set()) for g in bigrams(fkey))) if fkey else set()
         scored = sorted(((similarity(fkey, self.fuzzy[i]), i) for i in pool), reverse=True)
         above = [(s, i) for s, i in scored if s >= threshold]
         if not above:
@@ -171,10 +171,39 @@ class Index:
         return Match("fuzzy", self.records[above[0][1]], above[0][0], reason=f"similarity {above[0][0]:.2f}")
 
 
-def _bigrams(text: str) -> set[str]:
+def bigrams(text: str) -> set[str]:
     if len(text) < 2:
         return {text} if text else set()
     return {text[i : i + 2] for i in range(len(text) - 1)}
+
+
+def duplicate_groups(records: Sequence[Record]) -> list[list[Record]]:
+    """Groups of records (of one system) that share a normalised exact key or name: duplicates, for a person.
+
+    Records joined through any shared key form one group (a shares a tax id with b, b a name with c).
+    """
+    parent = {r.source_id: r.source_id for r in records}
+
+    def root(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    first: dict[tuple[str, str], str] = {}
+    for r in records:
+        keys = [(f"exact{i}", k) for i, k in enumerate(r.exact) if k]
+        name = normalize_name(r.name)
+        keys += [("name", name)] if name else []
+        for key in keys:
+            if key in first:
+                parent[root(r.source_id)] = root(first[key])
+            else:
+                first[key] = r.source_id
+    groups: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        groups[root(r.source_id)].append(r)
+    return [sorted(g, key=lambda r: r.source_id) for g in groups.values() if len(g) > 1]
 
 
 def link_all(

@@ -1,46 +1,105 @@
-"""Identity of a record that appears while streaming (not linked by the bootstrap)."""
+"""Identity of a record that appears while streaming (not linked by the bootstrap), decided per match key.
+
+Under advisory locks on the record's exact and name keys (``identity.keys``), in one sync-store
+transaction: the record is indexed; records of its own system sharing a key are duplicates, and
+the group goes to identity review (never linked, never created); else the other system's free
+records sharing a key or name bigrams are matched (exact, name, similarity; ambiguous ones to
+review); else the record stands alone, and is created on the other system only after a hold
+(``processors.create_hold_s``), so that a twin written at the same time on the other system links
+to it instead. A twin processed by another worker waits on the same lock and then sees it.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from streams.identity.bootstrap import created_by_sync, records
+from streams.identity.keys import IdentityKeys
 from streams.identity.match import Index, Record
 from streams.mapping.profile import Profile
-from streams.settings import Settings
 from streams.store import Link, Store
 
 log = logging.getLogger(__name__)
 
 
-def resolve_new(profile: Profile, settings: Settings, store: Store, system: str, key: str,
-                row: Mapping[str, Any]) -> Link:
-    """Link a record first seen now: one the sync created, a match on the other system, or itself alone."""
-    entity = profile.entity
-    created = created_by_sync(profile, settings, system, [key]).get(key)
-    if created is not None:
-        attached = store.attach(entity, created, system, key, "created")
-        if attached is not None:
-            return attached
-    peer = "erp" if system == "crm" else "crm"
-    linked = {x.global_id: x for x in store.links(entity)}
-    singles = {getattr(x, f"{peer}_id"): x for x in linked.values()
-               if getattr(x, f"{peer}_id") and not getattr(x, f"{system}_id")}
-    index = Index()
-    for rec in records(profile, settings, peer):
-        if rec.source_id in singles:
-            index.add(rec)
+@dataclass(frozen=True)
+class Decision:
+    """A record's link, and whether it waits for a person (then it is neither linked nor created)."""
+
+    link: Link
+    reviewed: bool
+    kind: str  # exact | name | fuzzy | review | duplicate | single
+
+
+def record_of(profile: Profile, system: str, key: str, row: Mapping[str, Any]) -> Record:
+    """What identity needs of a row: its key, exact keys (profile order) and name."""
     identity = profile.identity
-    exact = tuple(row.get(getattr(pair, system)) for pair in identity.exact)
-    name = row.get(getattr(identity.name, system)) if identity.name else None
-    found = index.match(Record(system, key, exact, name), identity.fuzzy_threshold, identity.review_margin)
-    if found.target is not None:
-        attached = store.attach(entity, singles[found.target.source_id].global_id, system, key, found.kind)
-        if attached is not None:
-            log.info("linked new %s record %s to %s %s (%s)", system, key, peer, found.target.source_id, found.kind)
-            return attached
-    if found.kind == "review":
-        store.add_review(entity, system, key, [c.source_id for c in found.candidates], found.reason)
+    exact = tuple(_text(row.get(getattr(pair, system))) for pair in identity.exact)
+    name = _text(row.get(getattr(identity.name, system))) if identity.name else None
+    return Record(system, key, exact, name)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def resolve_new(profile: Profile, store: Store, system: str, key: str, row: Mapping[str, Any],
+                hold_s: float) -> Decision:
+    """Link a record first seen now (a bounded number of index look-ups, in one locked transaction)."""
+    entity = profile.entity
+    keys = IdentityKeys(entity)
+    rec = record_of(profile, system, key, row)
+    conn = store.conn
+    with conn.transaction():
+        keys.lock(conn, [rec])
+        keys.put(conn, [rec])
+        known = store.link_of(entity, system, key)  # decided meanwhile by another worker
+        if known is not None:
+            return Decision(known, bool(store.reviewing(entity, system, [key])), known.linked_by)
+        dups = keys.sharing(conn, rec, system)
+        if dups:
+            review_duplicates(store, keys, conn, rec, dups)
+            return Decision(_alone(store, entity, system, key), True, "duplicate")
+        index = Index()
+        for candidate in keys.candidates(conn, rec):
+            index.add(candidate)
+        found = index.match(rec, profile.identity.fuzzy_threshold, profile.identity.review_margin)
+        if found.target is not None:
+            peer = found.target.system
+            target = store.link_of(entity, peer, found.target.source_id)
+            linked = (store.attach(entity, target.global_id, system, key, found.kind) if target is not None
+                      else store.add_link(entity, *((key, found.target.source_id) if system == "crm"
+                                                    else (found.target.source_id, key)), found.kind, found.score))
+            if linked is not None:
+                keys.drop_grams(conn, [(system, key), (peer, found.target.source_id)])
+                log.info("linked new %s record %s to %s %s (%s)", system, key, peer, found.target.source_id,
+                         found.kind)
+                return Decision(linked, False, found.kind)
+        if found.kind == "review":
+            store.add_review(entity, system, key, [c.source_id for c in found.candidates], found.reason)
+            return Decision(_alone(store, entity, system, key), True, "review")
+        link = _alone(store, entity, system, key)
+        keys.pend_creates(conn, [(link.global_id, system, key)], hold_s)
+        return Decision(link, False, "single")
+
+
+def review_duplicates(store: Store, keys: IdentityKeys, conn: Any, rec: Record, dups: list[str]) -> None:
+    """A group of records of one system sharing a key, and the other system's records sharing it: all to review.
+
+    None of them is linked or created by the sync; a person merges the duplicates and links what remains.
+    """
+    peer = "erp" if rec.system == "crm" else "crm"
+    group = [rec.source_id, *dups]
+    others = keys.sharing(conn, rec, peer)
+    reason = (f"{len(group)} {rec.system} records share a tax id or name (duplicates): merge them in the"
+              f" {rec.system}, then link what remains")
+    for member in group:
+        store.add_review(keys.entity, rec.system, member, [*(m for m in group if m != member), *others], reason)
+    for other in others:
+        store.add_review(keys.entity, peer, other, group, reason)
+
+
+def _alone(store: Store, entity: str, system: str, key: str) -> Link:
     return store.add_link(entity, key if system == "crm" else None, key if system == "erp" else None, "single")

@@ -308,6 +308,25 @@ def end_offsets(client: dict[str, Any], topics: Sequence[str]) -> dict[str, int]
         consumer.close()
 
 
+def group_lag(client: dict[str, Any], topics: Sequence[str], group: str = "crm-erp-sync") -> int | None:
+    """Records of ``topics`` the consumer group has not committed yet (None while the broker cannot say)."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumer = Consumer({**client, "group.id": group, "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(timeout=10).topics
+        parts = [TopicPartition(t, p) for t in topics if t in meta for p in meta[t].partitions]
+        lag = 0
+        for tp in consumer.committed(parts, timeout=10):
+            high = consumer.get_watermark_offsets(tp, timeout=10)[1]
+            lag += high - max(tp.offset, 0)
+        return lag
+    except KafkaException:  # a rebalance or a leader moving: ask again
+        return None
+    finally:
+        consumer.close()
+
+
 def wait_for_capture(harness: Harness, topics: Sequence[str] = ("crm.public.accounts", "erp.public.customers"),
                      timeout: float = 120) -> None:
     """Wait until capture has written to each topic (its snapshot began)."""

@@ -238,23 +238,35 @@ class Profile(BaseModel):
 
         Raises :class:`TerminalError` naming the field for invalid input.
         """
+        values, invalid = self.read_fields(system, row)
+        if invalid:
+            raise TerminalError(next(iter(invalid.values())))
+        return values
+
+    def read_fields(self, system: str, row: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """The canonical values of the valid fields, and for each invalid field the reason (naming it).
+
+        One bad field is one bad field: the others of the row still sync.
+        """
         out: dict[str, Any] = {}
+        invalid: dict[str, str] = {}
         for name, spec in self.fields.items():
             side = spec.side(system)
             if side is None or any(c not in row for c in side.columns()):
                 continue
+            where = f"field {name} ({system}.{side.column})"
             try:
                 value = side.read(row)
             except TerminalError as exc:
-                raise TerminalError(f"field {name} ({system}.{side.column}): {exc.message}") from exc
+                invalid[name] = f"{where}: {exc.message}"
+                continue
             if spec.required and value in (None, ""):
-                raise TerminalError(f"field {name} ({system}.{side.column}) is required but empty")
-            if spec.max_length and isinstance(value, str) and len(value) > spec.max_length:
-                raise TerminalError(
-                    f"field {name} ({system}.{side.column}) is {len(value)} characters, over {spec.max_length}"
-                )
-            out[name] = value
-        return out
+                invalid[name] = f"{where} is required but empty"
+            elif spec.max_length and isinstance(value, str) and len(value) > spec.max_length:
+                invalid[name] = f"{where} is {len(value)} characters, over {spec.max_length}"
+            else:
+                out[name] = value
+        return out, invalid
 
     def to_columns(self, system: str, values: Mapping[str, Any]) -> dict[str, Any]:
         """Column values to write on ``system`` for canonical ``values`` (fields it lacks skipped)."""

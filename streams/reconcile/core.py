@@ -18,8 +18,9 @@ something the sync saw.
 A change from system S to value v of field f (S's events arrive in commit order):
 
 * not newer than the last change seen from S: a replay or duplicate, ignored;
-* S has a write in flight, v is its value and was committed after it was issued: the **echo**;
-  it settles the write (sending a deferred value next, or confirming ``synced``);
+* S has a write in flight, v is its value and the sync's own applier made the change (its
+  transaction is recorded in S): the **echo**; it settles the write (sending a deferred value
+  next, or confirming ``synced``);
 * S has a write in flight, v is unchanged (another column of the row changed): that write is now
   stale, so it is sent again against the new row version;
 * S has a write in flight and v is new: S was edited while the sync wrote to it: a **conflict**;
@@ -27,8 +28,10 @@ A change from system S to value v of field f (S's events arrive in commit order)
   or changed the field after v was committed (a **conflict**), or S is not the owner of a
   ``source_of_truth`` field (reverted or queued).
 
-Known limit: a user who writes exactly the value the sync is writing to that row at that moment is
-indistinguishable from the sync's own echo (Debezium cannot filter PostgreSQL replication origin).
+Echoes are told by the transaction, never by comparing clocks: the applier records its
+transaction ids in each target (``sync_meta.applied_tx``) and a captured change carries its own, so
+a user who writes exactly the value the sync is writing is a user, and a worker whose clock is
+off changes nothing.
 """
 
 from __future__ import annotations
@@ -246,7 +249,8 @@ class _Step:
         self.out.conflicts.append(Conflict(name, kind, spec.policy, fs.synced, crm_value, erp_value, winner, value))
         self.send(fs, other(winner), name, value)
 
-    def change(self, name: str, spec: FieldSpec, system: str, value: Any, version: Version, commit_ms: int) -> None:
+    def change(self, name: str, spec: FieldSpec, system: str, value: Any, version: Version, commit_ms: int,
+               by_sync: bool | None = None) -> None:
         """One field of one change of ``system`` (``version`` orders it, ``commit_ms`` is when it was made)."""
         out = self.out
         fs = out.state.fields.setdefault(name, FieldState())
@@ -262,7 +266,8 @@ class _Step:
             return  # a person decides; later edits are recorded, not synced
         if system in fs.inflight:
             sent, issued_ms = fs.inflight[system]
-            if value == sent and commit_ms >= issued_ms:
+            echo = by_sync if by_sync is not None else commit_ms >= issued_ms
+            if value == sent and echo:
                 out.echoes += 1
                 del fs.inflight[system]
                 if system in fs.deferred:
@@ -315,13 +320,16 @@ def apply_change(
     row_version: Any,
     now_ms: int,
     commit_ms: int | None = None,
+    by_sync: bool | None = None,
 ) -> Outcome:
     """Reconcile one change of ``system`` (canonical ``values`` of its row) into ``state``.
 
     ``version`` orders the change among ``system``'s changes of the row (replays are not newer);
     ``commit_ms`` is its source commit time (default ``version[0]``); ``row_version`` the row's
-    version column after the change; ``now_ms`` the processing time (an echo is committed after
-    its write was issued).
+    version column after the change; ``now_ms`` the processing time. ``by_sync`` says whether the
+    sync's own applier made the change (its transaction is recorded in the source): then a value
+    equal to the write in flight is its echo, whatever the clocks say; None (unknown) falls back
+    to "committed after the write was issued", which compares two machines' clocks.
     """
     commit_ms = version[0] if commit_ms is None else commit_ms
     step = _Step(state, now_ms)
@@ -333,7 +341,7 @@ def apply_change(
     for name, value in values.items():
         spec = fields.get(name)
         if spec is not None and spec.synced:
-            step.change(name, spec, system, value, version, commit_ms)
+            step.change(name, spec, system, value, version, commit_ms, by_sync)
     return step.out
 
 

@@ -86,14 +86,15 @@ def metadata(change: ChangeEvent) -> dict[str, Any]:
 
 
 def change_record(entity: str, ids: tuple[str, str | None, str | None], change: ChangeEvent, key: str,
-                  values: dict[str, Any] | None, row_version: Any, may_create: bool) -> dict[str, Any]:
+                  values: dict[str, Any] | None, row_version: Any, may_create: bool,
+                  by_sync: bool | None = None) -> dict[str, Any]:
     """A ``schemas/sync/change.avsc`` record; ``ids`` are (global, CRM, ERP); ``values`` None for a deletion."""
     global_id, crm_id, erp_id = ids
     return {
         "entity": entity, "global_id": global_id, "system": change.system, "key": key,
         "op": "delete" if values is None else "upsert", "values_json": None if values is None else _json(values),
         "row_version_json": _json(row_version), "may_create": may_create, "crm_id": crm_id,
-        "erp_id": erp_id, "metadata": metadata(change), "source_order": list(change.order),
+        "erp_id": erp_id, "metadata": metadata(change), "source_order": list(change.order), "by_sync": by_sync,
     }
 
 
@@ -108,3 +109,21 @@ def canonical_record(profile: Profile, state: EntityState, global_id: str, crm_i
     }
     record.update({"global_id": global_id, "crm_id": crm_id, "erp_id": erp_id, "deleted": False, "metadata": meta})
     return record
+
+
+def create_request(entity: str, link: tuple[str, str | None, str | None], system: str, key: str,
+                   table: str) -> dict[str, Any]:
+    """A ``schemas/sync/change.avsc`` record asking reconcile to create ``system``'s record on the other system.
+
+    Sent once the hold passed without a twin (``identity.keys``); reconcile applies the profile's
+    create rule to the values it holds of the record (so a record the rule does not take stays).
+    """
+    global_id, crm_id, erp_id = link
+    now = datetime.now(tz=UTC)
+    return {
+        "entity": entity, "global_id": global_id, "system": system, "key": key, "op": "create",
+        "values_json": None, "row_version_json": "null", "may_create": True, "crm_id": crm_id, "erp_id": erp_id,
+        "metadata": {"source_system": system, "source_table": table, "tx_id": None, "lsn": None,
+                     "source_commit_time": now, "capture_time": now, "event_id": f"create/{system}/{key}"},
+        "source_order": [], "by_sync": None,
+    }

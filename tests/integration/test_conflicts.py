@@ -49,13 +49,21 @@ def stack() -> Iterator[Harness]:
         h.stop()
 
 
-def test_one_conflict_per_policy_kind_and_manual_resolve(stack: Harness) -> None:
-    h = stack
-    with running(h.spawn("worker", log_name="worker.log")):
+SKEWS = [0, 60, -60]
+
+
+@pytest.mark.parametrize("skew", SKEWS, ids=lambda s: f"worker_clock_{s:+d}s")
+def test_one_conflict_per_policy_kind_and_manual_resolve(stack: Harness, skew: int) -> None:
+    """The same results whatever the worker's clock says: echoes are told by transaction, ``latest`` by the
+    databases' commit times (each run on its own pair, with its own values)."""
+    h, n = stack, SKEWS.index(skew) + 1
+    env = {"CRM_ERP_SYNC_CLOCK_SKEW_S": str(skew)}
+    with running(h.spawn("worker", log_name="worker.log", env=env)):
         wait_for_identity(h)
         with h.connect("sync") as conn:
             crm_id, erp_id = conn.execute(
-                "SELECT crm_id, erp_id FROM sync.xref WHERE linked_by = 'exact' ORDER BY crm_id LIMIT 1").fetchone()
+                "SELECT crm_id, erp_id FROM sync.xref WHERE linked_by = 'exact' ORDER BY crm_id OFFSET %s LIMIT 1",
+                (n,)).fetchone()
         with h.connect("sync") as conn:
             # Settled: every synced field of the pair agreed, and no write of the sync in flight.
             def settled() -> bool:
@@ -71,11 +79,11 @@ def test_one_conflict_per_policy_kind_and_manual_resolve(stack: Harness) -> None
     # The worker is stopped: edit the same four fields on both sides (the ERP later).
     with h.connect("crm") as crm:
         crm.execute("UPDATE accounts SET email = 'crm.side@example.com', credit_limit = 1.00,"
-                    " address = 'CRM 地址', uscc = 'CRMTAX000000000001' WHERE id = %s", (crm_id,))
+                    " address = 'CRM 地址', uscc = %s WHERE id = %s", (f"CRMTAX00000000000{n}", crm_id))
     with h.connect("erp") as erp:
         erp.execute("UPDATE customers SET email = 'erp.side@example.com', credit_limit_fen = 200,"
-                    " address = 'ERP 地址', tax_no = 'ERPTAX000000000001' WHERE cust_no = %s", (erp_id,))
-    with running(h.spawn("worker", log_name="worker.log")), h.connect("crm") as crm, h.connect("erp") as erp:
+                    " address = 'ERP 地址', tax_no = %s WHERE cust_no = %s", (f"ERPTAX00000000000{n}", erp_id))
+    with running(h.spawn("worker", log_name="worker.log", env=env)), h.connect("crm") as crm, h.connect("erp") as erp:
         def both(crm_sql: str, erp_sql: str) -> tuple[Any, Any]:
             return (scalar(crm, crm_sql, crm_id), scalar(erp, erp_sql, erp_id))
 
@@ -111,15 +119,15 @@ def test_one_conflict_per_policy_kind_and_manual_resolve(stack: Harness) -> None
             assert (manual["resolution"], manual["status"]) == (None, "open")
             # Waiting for a person: nothing was written for tax_id.
             assert both("SELECT uscc FROM accounts WHERE id = %s", "SELECT tax_no FROM customers WHERE cust_no = %s") \
-                == ("CRMTAX000000000001", "ERPTAX000000000001")
+                == (f"CRMTAX00000000000{n}", f"ERPTAX00000000000{n}")
             listed = subprocess.run(h.cli("conflicts", "list"), capture_output=True, text=True, check=True)
             assert str(manual["id"]) in listed.stdout and "tax_id" in listed.stdout
-            done = subprocess.run(h.cli("conflicts", "resolve", str(manual["id"]), "--value", "AGREED000000000001"),
+            done = subprocess.run(h.cli("conflicts", "resolve", str(manual["id"]), "--value", f"AGREED00000000000{n}"),
                                   capture_output=True, text=True, check=False)
             assert done.returncode == 0, done.stderr
             wait_for(lambda: both("SELECT uscc FROM accounts WHERE id = %s",
                                   "SELECT tax_no FROM customers WHERE cust_no = %s")
-                     == ("AGREED000000000001",) * 2, 90, 0.3, "the resolved value on both sides")
+                     == (f"AGREED00000000000{n}",) * 2, 90, 0.3, "the resolved value on both sides")
             assert scalar(conn, "SELECT status FROM sync.conflicts WHERE id = %s", manual["id"]) == "resolved"
             again = subprocess.run(h.cli("conflicts", "resolve", str(manual["id"]), "--take", "crm"),
                                    capture_output=True, text=True, check=False)

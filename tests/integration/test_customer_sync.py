@@ -215,6 +215,51 @@ def test_non_owner_edit_is_reverted_visibly(sync: Harness) -> None:
     assert row == ("non_owner_edit", "reverted", "010-99999999")
 
 
+def _inject(sync: Harness, crm_id: str, after: dict[str, Any], ts_step: int = 1) -> tuple[dict[str, Any], bytes]:
+    """Produce a raw update event of CRM account ``crm_id`` with ``after`` changed (bytes the profile may refuse)."""
+    reader = TopicReader(sync.bootstrap, sync.registry_url, ["crm.public.accounts"], decode=False)
+    client = SchemaRegistryClient({"url": sync.registry_url})
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+
+    decode = AvroDeserializer(client)
+
+    def latest_of_row(rs: list[dict[str, Any]]) -> dict[str, Any] | None:
+        for r in reversed(rs):
+            if r["value"] is not None and decode(r["value"], None)["after"]["id"] == crm_id:
+                return r
+        return None
+
+    original = reader.wait(latest_of_row, 60, "a raw event of the account")
+    reader.close()
+    schema = client.get_latest_version("crm.public.accounts-value").schema.schema_str
+    event = decode(original["value"], None)
+    event["op"] = "u"
+    event["before"] = dict(event["after"])
+    event["after"] = {**event["after"], **after}
+    event["source"] = {**event["source"], "ts_ms": event["source"]["ts_ms"] + ts_step,
+                       "lsn": (event["source"]["lsn"] or 0) + 1000 * ts_step, "sequence": None, "snapshot": "false"}
+    value = AvroSerializer(client, schema, conf={"auto.register.schemas": False, "use.latest.version": True})(
+        event, SerializationContext("crm.public.accounts", MessageField.VALUE))
+    producer = Producer({"bootstrap.servers": sync.bootstrap})
+    producer.produce("crm.public.accounts", key=original["key"], value=value)
+    assert producer.flush(10) == 0
+    return original, value
+
+
+def test_one_bad_field_is_one_dead_letter_and_the_row_keeps_syncing(sync: Harness) -> None:
+    """An invalid tier does not hold up the row: a phone edit made with the tier still invalid arrives."""
+    crm_id, erp_id = _pair(sync, "name")
+    _inject(sync, crm_id, {"tier": "Q"})
+    _inject(sync, crm_id, {"tier": "Q", "phone": "021-77770001"}, ts_step=2)
+    with sync.connect("erp") as erp:
+        wait_for(lambda: scalar(erp, "SELECT contact_phone FROM customers WHERE cust_no = %s", erp_id)
+                 == "021-77770001", 60, 0.3, "the phone edit of a row whose tier is invalid")
+    with sync.connect("sync") as conn:
+        letters = conn.execute("SELECT stage, reason FROM sync.dead_letters WHERE reason LIKE %s",
+                               ("%invalid enum value 'Q'%",)).fetchall()
+    assert letters == [("map", "field tier (crm.tier): invalid enum value 'Q'; allowed: A, B, C")], letters
+
+
 @pytest.mark.parametrize("bad_after, reason", [
     ({"tier": "Z"}, "invalid enum value 'Z'"),
     ({"name": "   "}, "required but empty"),
@@ -224,24 +269,7 @@ def test_bad_input_goes_to_the_dead_letters_and_the_line_goes_on(
     sync: Harness, bad_after: dict[str, Any], reason: str
 ) -> None:
     crm_id, erp_id = _pair(sync)
-    reader = TopicReader(sync.bootstrap, sync.registry_url, ["crm.public.accounts"], decode=False)
-    original = reader.wait(lambda rs: next((r for r in reversed(rs) if r["value"] is not None), None), 60,
-                           "a raw account event")
-    reader.close()
-    client = SchemaRegistryClient({"url": sync.registry_url})
-    schema = client.get_latest_version("crm.public.accounts-value").schema.schema_str
-    from confluent_kafka.schema_registry.avro import AvroDeserializer
-
-    event = AvroDeserializer(client)(original["value"], None)
-    event["op"] = "u"
-    event["before"] = dict(event["after"])
-    event["after"] = {**event["after"], **bad_after}
-    event["source"] = {**event["source"], "ts_ms": event["source"]["ts_ms"] + 1}
-    value = AvroSerializer(client, schema, conf={"auto.register.schemas": False, "use.latest.version": True})(
-        event, SerializationContext("crm.public.accounts", MessageField.VALUE))
-    producer = Producer({"bootstrap.servers": sync.bootstrap})
-    producer.produce("crm.public.accounts", key=original["key"], value=value)
-    assert producer.flush(10) == 0
+    _, value = _inject(sync, crm_id, bad_after)
 
     dlq = TopicReader(sync.bootstrap, sync.registry_url, ["sync.dlq"])
     try:

@@ -69,3 +69,38 @@ def test_names_that_differ_in_a_number_are_never_fuzzy_linked() -> None:
     assert index.match(Record("crm", "c", (None,), "华信精密2号仓储（中国）有限公司"), 0.86, 0.04).kind == "name"
     assert index.match(Record("crm", "d", (None,), "华信精密2号仓储物流有限公司"), 0.86, 0.04).kind == "fuzzy"
     assert index.match(Record("crm", "e", (None,), "华信精密3号仓储物流有限公司"), 0.86, 0.04).kind == "none"
+
+
+def test_a_creation_waits_until_the_other_system_was_read_up_to_the_noted_ends() -> None:
+    from streams.agents.creates import read_up_to
+
+    ends = {"0": 120, "1": 7}
+    assert not read_up_to({"0": 120}, ends)  # partition 1: nothing committed yet
+    assert not read_up_to({"0": 119, "1": 7}, ends)
+    assert read_up_to({"0": 120, "1": 9}, ends)
+    assert read_up_to({}, {})  # a topic that does not exist: nothing to wait for
+
+
+def test_a_creation_is_dropped_once_linked_reviewed_or_merged() -> None:
+    from streams.agents.creates import Due
+    from streams.store import Link
+
+    def due(link: Link | None, reviewed: bool = False) -> Due:
+        return Due("customer", "g1", "crm", "c1", None, link, reviewed)
+
+    assert due(Link("g1", "c1", None, "single")).still_alone()
+    assert not due(Link("g1", "c1", "E1", "exact")).still_alone()  # its twin turned up
+    assert not due(Link("g1", "c1", None, "single"), reviewed=True).still_alone()
+    assert not due(Link("g1", "c1", None, "merged")).still_alone()
+    assert not due(Link("g2", "c1", None, "single")).still_alone()  # attached to another entity by a person
+    assert not due(None).still_alone()
+
+
+def test_duplicates_are_grouped_through_any_shared_key() -> None:
+    from streams.identity.match import duplicate_groups
+
+    recs = [Record("crm", "a", ("91310000MA1K00000A",), "上海甲科技有限公司"),
+            Record("crm", "b", (" 91310000ma1k00000a",), "上海乙贸易有限公司"),  # a's tax id, written differently
+            Record("crm", "c", (None,), "上海 乙贸易有限公司"),  # b's name, spaced
+            Record("crm", "d", ("91310000MA1K00000D",), "北京丁物流有限公司")]
+    assert [[r.source_id for r in g] for g in duplicate_groups(recs)] == [["a", "b", "c"]]

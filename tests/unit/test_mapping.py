@@ -118,3 +118,12 @@ def test_a_computed_side_must_be_the_owner(tmp_path: Path) -> None:
                                      encoding="utf-8")
     with pytest.raises(ConfigError, match="erp computes this field"):
         load_profile(tmp_path / "p.yaml")
+
+
+def test_one_bad_field_is_one_bad_field() -> None:
+    """An invalid value of one field leaves the row's other fields readable."""
+    p = load_profile(DEMO)
+    values, invalid = p.read_fields("crm", {"tier": "Z", "name": "   ", "email": "Ops@Example.com", "phone": "021 1"})
+    assert values == {"email": "ops@example.com", "phone": "0211"}
+    assert invalid == {"tier": "field tier (crm.tier): invalid enum value 'Z'; allowed: A, B, C",
+                       "name": "field name (crm.name) is required but empty"}

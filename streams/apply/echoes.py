@@ -1,0 +1,49 @@
+"""Which captured changes the sync's own applier made: an echo is told by its transaction, not by clocks.
+
+The applier records its transaction's id in the target (``sync_meta.applied_tx``) in the same
+transaction as its writes; the change events of those writes carry that id (``source.txId``).
+Normalize asks each source, once per batch, which of its changes' transaction ids are the sync's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from streams.apply.sql import APPLIED_SELECT
+from streams.envelope import ChangeEvent
+from streams.errors import TransientError
+from streams.settings import Settings
+
+
+class AppliedTransactions:
+    """Looks up the sync's own transactions in each source database (one connection each, re-made when lost)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.conninfo = {s: {**settings.database(s).conninfo(), "application_name": f"crm-erp-sync echoes {s}"}
+                         for s in ("crm", "erp")}
+        self.conns: dict[str, psycopg.Connection[Any]] = {}
+
+    def of(self, changes: Sequence[ChangeEvent]) -> set[str]:
+        """The event ids of the ``changes`` made by the sync's applier."""
+        out: set[str] = set()
+        for system in {c.system for c in changes}:
+            txids = sorted({c.tx_id for c in changes if c.system == system and c.tx_id is not None})
+            if not txids:
+                continue
+            mine = self._lookup(system, txids)
+            out.update(c.position.event_id for c in changes if c.system == system and c.tx_id in mine)
+        return out
+
+    def _lookup(self, system: str, txids: list[int]) -> set[int]:
+        conn = self.conns.get(system)
+        try:
+            if conn is None or conn.closed:
+                conn = self.conns[system] = psycopg.connect(**self.conninfo[system], autocommit=True)
+            return {int(r[0]) for r in conn.execute(APPLIED_SELECT, (txids,)).fetchall()}
+        except psycopg.errors.UndefinedTable:
+            return set()  # no applier has written there yet
+        except psycopg.OperationalError as exc:
+            raise TransientError(f"{system} database unavailable: {exc}".strip()) from exc

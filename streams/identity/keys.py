@@ -1,0 +1,215 @@
+"""The identity index in the sync store: every record's match keys, looked up by index, decided under a lock.
+
+Each record of a profile's table (both systems) has rows in ``sync.identity_keys``: its normalised
+exact keys (``exact1``, ``exact2``, ...), its normalised name (``name``) and the bigrams of its
+fuzzy name key (``gram``); ``sync.identity_records`` keeps what matching needs of it. A new record
+is matched with a handful of index look-ups, never by reading a whole table; and its decision is
+taken under transaction-scoped advisory locks on its exact and name keys, so two records sharing a
+key (twins on both systems, duplicates on one) are decided one after the other, each seeing the
+other, whatever the batching or the number of workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from streams.identity.match import Record, bigrams, fuzzy_key, normalize_name
+
+DDL = """
+CREATE TABLE IF NOT EXISTS sync.identity_records (
+  entity    text NOT NULL,
+  system    text NOT NULL,
+  source_id text NOT NULL,
+  keys      text[] NOT NULL,      -- the exact keys as the record has them, in profile order
+  name      text,
+  PRIMARY KEY (entity, system, source_id)
+);
+CREATE TABLE IF NOT EXISTS sync.identity_keys (
+  entity    text NOT NULL,
+  kind      text NOT NULL,        -- exact1, exact2, ... | name | gram
+  value     text NOT NULL,
+  system    text NOT NULL,
+  source_id text NOT NULL,
+  PRIMARY KEY (entity, kind, value, system, source_id)
+);
+CREATE INDEX IF NOT EXISTS identity_keys_record ON sync.identity_keys (entity, system, source_id);
+-- Records without a counterpart, to be created on the other system once no twin turned up.
+CREATE TABLE IF NOT EXISTS sync.pending_creates (
+  entity    text NOT NULL,
+  global_id uuid NOT NULL,
+  system    text NOT NULL,
+  source_id text NOT NULL,
+  due_at    timestamptz NOT NULL,
+  PRIMARY KEY (entity, global_id)
+);
+CREATE INDEX IF NOT EXISTS pending_creates_due ON sync.pending_creates (due_at);
+-- The other system's raw-topic end offsets when the hold passed: created once the workers read that far.
+ALTER TABLE sync.pending_creates ADD COLUMN IF NOT EXISTS peer_ends jsonb;
+"""
+FUZZY_CANDIDATES = 50  # records sharing the most bigrams of a name, scored by similarity
+
+
+def match_keys(rec: Record) -> list[tuple[str, str]]:
+    """``(kind, value)`` of a record: its exact keys, its name, its name's bigrams."""
+    out = [(f"exact{i + 1}", key) for i, key in enumerate(rec.exact) if key]
+    name = normalize_name(rec.name)
+    if name:
+        out.append(("name", name))
+    out += [("gram", g) for g in sorted(bigrams(fuzzy_key(rec.name)))]
+    return out
+
+
+def lock_ids(entity: str, recs: Iterable[Record]) -> list[int]:
+    """Advisory-lock ids of the records' exact and name keys (sorted: locks taken in one order never deadlock)."""
+    ids = set()
+    for rec in recs:
+        for kind, value in match_keys(rec):
+            if kind != "gram":
+                digest = hashlib.blake2b(f"{entity}|{kind}|{value}".encode(), digest_size=8).digest()
+                ids.add(int.from_bytes(digest, "big", signed=True))
+    return sorted(ids)
+
+
+def _not_merged(system: str) -> sql.Composable:
+    """``k.source_id`` (a record of ``system``) was not merged into another by a person."""
+    return sql.SQL("NOT EXISTS (SELECT 1 FROM sync.xref m WHERE m.entity = k.entity AND m.{} = k.source_id"
+                   " AND m.linked_by = 'merged')").format(sql.Identifier(f"{system}_id"))
+
+
+class IdentityKeys:
+    """Index access for one entity's records (the caller owns the transaction)."""
+
+    def __init__(self, entity: str) -> None:
+        self.entity = entity
+
+    def lock(self, conn: psycopg.Connection[Any], recs: Iterable[Record]) -> None:
+        """Serialise decisions on these records' keys until the transaction ends."""
+        for lock_id in lock_ids(self.entity, recs):
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id,))
+
+    def put(self, conn: psycopg.Connection[Any], recs: Sequence[Record],
+            linked: Collection[tuple[str, str]] = ()) -> None:
+        """Index the records (their earlier keys replaced): three statements for any number of them.
+
+        Records in ``linked`` (``(system, source id)`` of records with a counterpart) get no name
+        bigrams: only a free record can be a fuzzy candidate, so the bigram index holds the few
+        records still without a counterpart, not every record (a common bigram would else match a
+        good part of the table).
+        """
+        recs = list({(r.system, r.source_id): r for r in recs}.values())  # the last of each record
+        if not recs:
+            return
+        systems, ids = [r.system for r in recs], [r.source_id for r in recs]
+        conn.execute("DELETE FROM sync.identity_keys k USING unnest(%s::text[], %s::text[]) AS r(s, i)"
+                     " WHERE k.entity = %s AND k.system = r.s AND k.source_id = r.i", (systems, ids, self.entity))
+        rows = [(kind, value, r.system, r.source_id) for r in recs for kind, value in match_keys(r)
+                if kind != "gram" or (r.system, r.source_id) not in linked]
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO sync.identity_records (entity, system, source_id, keys, name)"
+                        " SELECT %s, s, i, string_to_array(k, chr(31)), n"
+                        " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS r(s, i, k, n)"
+                        " ON CONFLICT (entity, system, source_id) DO UPDATE SET keys = EXCLUDED.keys,"
+                        " name = EXCLUDED.name",
+                        (self.entity, systems, ids, [chr(31).join(k or "" for k in r.keys) for r in recs],
+                         [r.name for r in recs]))
+            if rows:
+                cur.execute("INSERT INTO sync.identity_keys (entity, kind, value, system, source_id)"
+                            " SELECT %s, k, v, s, i FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[])"
+                            " AS r(k, v, s, i) ON CONFLICT DO NOTHING",
+                            (self.entity, *map(list, zip(*rows, strict=True))))
+
+    def drop_grams(self, conn: psycopg.Connection[Any], records: Sequence[tuple[str, str]] | None = None) -> None:
+        """These ``(system, source id)`` now have a counterpart: no longer fuzzy candidates (None: every linked one)."""
+        if records is None:
+            conn.execute("DELETE FROM sync.identity_keys k USING sync.xref x WHERE k.entity = %s AND k.kind = 'gram'"
+                         " AND x.entity = k.entity AND x.crm_id IS NOT NULL AND x.erp_id IS NOT NULL"
+                         " AND ((k.system = 'crm' AND x.crm_id = k.source_id)"
+                         " OR (k.system = 'erp' AND x.erp_id = k.source_id))", (self.entity,))
+        elif records:
+            conn.execute("DELETE FROM sync.identity_keys k USING unnest(%s::text[], %s::text[]) AS r(s, i)"
+                         " WHERE k.entity = %s AND k.kind = 'gram' AND k.system = r.s AND k.source_id = r.i",
+                         ([s for s, _ in records], [i for _, i in records], self.entity))
+
+    def reindex(self, conn: psycopg.Connection[Any], records: Sequence[tuple[str, str]]) -> None:
+        """Index these ``(system, source id)`` again as free records (a person unlinked them)."""
+        rows = conn.execute("SELECT r.system, r.source_id, r.keys, r.name FROM sync.identity_records r"
+                            " JOIN unnest(%s::text[], %s::text[]) AS q(s, i) ON r.system = q.s AND r.source_id = q.i"
+                            " WHERE r.entity = %s",
+                            ([s for s, _ in records], [i for _, i in records], self.entity)).fetchall()
+        self.put(conn, [Record(s, i, tuple(k or None for k in keys), name) for s, i, keys, name in rows])
+
+    def indexed(self, conn: psycopg.Connection[Any]) -> set[tuple[str, str]]:
+        """``(system, source id)`` of every record in the index."""
+        rows = conn.execute("SELECT system, source_id FROM sync.identity_records WHERE entity = %s",
+                            (self.entity,)).fetchall()
+        return {(str(r[0]), str(r[1])) for r in rows}
+
+    def remove(self, conn: psycopg.Connection[Any], system: str, source_id: str) -> None:
+        """Forget a deleted record."""
+        conn.execute("DELETE FROM sync.identity_keys WHERE entity = %s AND system = %s AND source_id = %s",
+                     (self.entity, system, source_id))
+        conn.execute("DELETE FROM sync.identity_records WHERE entity = %s AND system = %s AND source_id = %s",
+                     (self.entity, system, source_id))
+
+    def sharing(self, conn: psycopg.Connection[Any], rec: Record, system: str) -> list[str]:
+        """Records of ``system`` (other than ``rec``, not merged away) sharing one of its exact keys or its name."""
+        keys = [(k, v) for k, v in match_keys(rec) if k != "gram"]
+        if not keys:
+            return []
+        rows = conn.execute(sql.SQL(
+            "SELECT DISTINCT k.source_id FROM sync.identity_keys k JOIN unnest(%s::text[], %s::text[]) AS q(kind, v)"
+            " ON k.kind = q.kind AND k.value = q.v WHERE k.entity = %s AND k.system = %s"
+            " AND NOT (k.system = %s AND k.source_id = %s) AND {} ORDER BY 1").format(_not_merged(system)),
+            ([k for k, _ in keys], [v for _, v in keys], self.entity, system, rec.system, rec.source_id),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def candidates(self, conn: psycopg.Connection[Any], rec: Record) -> list[Record]:
+        """Records of the other system not linked to a record of ``rec``'s system, sharing a key or bigrams with it.
+
+        Three index look-ups: exact and name keys; the records sharing the most name bigrams; their details.
+        """
+        peer = "erp" if rec.system == "crm" else "crm"
+        free = sql.SQL("NOT EXISTS (SELECT 1 FROM sync.xref x WHERE x.entity = k.entity AND x.{} = k.source_id"
+                       " AND (x.{} IS NOT NULL OR x.linked_by = 'merged'))").format(
+            sql.Identifier(f"{peer}_id"), sql.Identifier(f"{rec.system}_id"))
+        keyed = [(k, v) for k, v in match_keys(rec) if k != "gram"]
+        grams = [v for k, v in match_keys(rec) if k == "gram"]
+        found: set[str] = set()
+        if keyed:
+            rows = conn.execute(sql.SQL(
+                "SELECT DISTINCT k.source_id FROM sync.identity_keys k"
+                " JOIN unnest(%s::text[], %s::text[]) AS q(kind, v) ON k.kind = q.kind AND k.value = q.v"
+                " WHERE k.entity = %s AND k.system = %s AND {}").format(free),
+                ([k for k, _ in keyed], [v for _, v in keyed], self.entity, peer)).fetchall()
+            found |= {str(r[0]) for r in rows}
+        if grams:
+            rows = conn.execute(sql.SQL(
+                "SELECT k.source_id FROM sync.identity_keys k WHERE k.entity = %s AND k.kind = 'gram'"
+                " AND k.value = ANY(%s) AND k.system = %s AND {} GROUP BY k.source_id"
+                " ORDER BY count(*) DESC, k.source_id LIMIT %s").format(free),
+                (self.entity, grams, peer, FUZZY_CANDIDATES)).fetchall()
+            found |= {str(r[0]) for r in rows}
+        if not found:
+            return []
+        rows = conn.execute("SELECT source_id, keys, name FROM sync.identity_records WHERE entity = %s"
+                            " AND system = %s AND source_id = ANY(%s)", (self.entity, peer, sorted(found))).fetchall()
+        return [Record(peer, str(r[0]), tuple(k or None for k in r[1]), r[2]) for r in rows]
+
+    def pend_creates(self, conn: psycopg.Connection[Any], records: Sequence[tuple[str, str, str]],
+                     hold_s: float) -> None:
+        """Create these ``(global id, system, source id)`` on the other system after ``hold_s`` seconds.
+
+        Unless a twin turns up meanwhile; one statement.
+        """
+        if not records:
+            return
+        conn.execute("INSERT INTO sync.pending_creates (entity, global_id, system, source_id, due_at)"
+                     " SELECT %s, g, s, i, now() + make_interval(secs => %s)"
+                     " FROM unnest(%s::uuid[], %s::text[], %s::text[]) AS r(g, s, i) ON CONFLICT DO NOTHING",
+                     (self.entity, hold_s, *map(list, zip(*records, strict=True))))

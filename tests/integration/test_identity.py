@@ -1,0 +1,261 @@
+"""Identity with messy data and concurrency: twins link once, duplicates go to review, look-ups stay indexed."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from streams.identity.keys import IdentityKeys
+from streams.identity.match import Record
+from streams.identity.resolver import resolve_new
+from streams.local.harness import (
+    REPO,
+    Harness,
+    group_lag,
+    running,
+    scalar,
+    wait_for,
+    wait_for_capture,
+    wait_for_identity,
+)
+from streams.local.ports import free_port
+from streams.mapping.profile import load_profile
+from streams.store import Store
+
+pytestmark = pytest.mark.integration
+COMMANDS = ["sync.commands.crm", "sync.commands.erp"]
+PROFILE = load_profile(REPO / "schemas" / "mappings" / "demo.yaml")
+CITIES = ["上海", "北京", "深圳", "杭州", "成都", "武汉", "南京", "苏州", "天津", "重庆"]
+TRADES = ["精密机械", "电子科技", "新材料", "物流", "医疗器械", "环保工程", "食品", "纺织", "软件", "化工"]
+
+
+def company(i: int, kind: str = "") -> str:
+    """A synthetic legal name, distinct per ``i`` (names overlap a lot in their bigrams, as real ones do)."""
+    return f"{CITIES[i % 10]}{TRADES[i // 10 % 10]}{kind}{i}号有限公司"
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[tuple[Harness, list[int]]]:
+    """Capture and two workers in one consumer group (each with its metrics port)."""
+    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-identity-", dir="/tmp"))).start()
+    ports = [free_port(), free_port()]
+    h.write_config(processors={"metrics_port": ports[0]})
+    try:
+        with running(h.spawn("capture")):
+            wait_for_capture(h)
+            with running(h.spawn("worker", log_name="worker.log")), running(h.spawn(
+                    "worker", log_name="worker2.log", env={"CRM_ERP_SYNC__PROCESSORS__METRICS_PORT": str(ports[1])})):
+                wait_for_identity(h)
+                yield h, ports
+    finally:
+        h.stop()
+
+
+def wait_settled(h: Harness) -> None:
+    """Every record's hold has passed, and the workers applied whatever creation was due (or dropped it: linked)."""
+    def pending() -> int:
+        with h.connect("sync") as conn:
+            return int(scalar(conn, "SELECT count(*) FROM sync.pending_creates"))
+
+    wait_for(lambda: pending() == 0, 60, 0.5, "every creation hold to pass")
+    topics = ["crm.public.accounts", "erp.public.customers", "sync.changes.customer", *COMMANDS]
+    wait_for(lambda: group_lag(h.client_config(), topics) == 0, 90, 0.5, "the workers to apply what is due")
+
+
+def test_twins_written_at_once_on_both_sides_link_exactly_once(stack: tuple[Harness, list[int]]) -> None:
+    """200 CRM accounts and their 200 ERP twins, inserted concurrently, shared by two workers: 200 links, 0 creates."""
+    h, _ = stack
+    n = 200
+    taxes = [f"91TWIN{i:012d}" for i in range(n)]
+
+    def insert(system: str) -> None:
+        with h.connect(system) as conn:
+            for i, tax in enumerate(taxes if system == "crm" else reversed(taxes)):
+                i = i if system == "crm" else n - 1 - i
+                if system == "crm":  # tier A: created in the ERP if no twin were found
+                    conn.execute("INSERT INTO accounts (name, legal_name, uscc, tier) VALUES (%s, %s, %s, 'A')",
+                                 (f"孪生{i}", company(i, "孪生"), tax))
+                else:
+                    conn.execute("INSERT INTO customers (full_name, tax_no) VALUES (%s, %s)", (company(i, "孪生"), tax))
+
+    threads = [threading.Thread(target=insert, args=(s,)) for s in ("crm", "erp")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with h.connect("crm") as crm, h.connect("erp") as erp:
+        crm_ids = dict(crm.execute("SELECT id::text, uscc FROM accounts WHERE uscc LIKE '91TWIN%'").fetchall())
+        erp_ids = dict(erp.execute("SELECT cust_no, tax_no FROM customers WHERE tax_no LIKE '91TWIN%'").fetchall())
+    with h.connect("sync") as conn:
+        def pairs() -> list[tuple[str, str, str]]:
+            return conn.execute("SELECT crm_id, erp_id, linked_by FROM sync.xref WHERE crm_id = ANY(%s)"
+                                " AND erp_id IS NOT NULL", (list(crm_ids),)).fetchall()
+
+        wait_for(lambda: len(pairs()) == n, 120, 0.5, f"{n} twins linked")
+        linked = pairs()
+    assert all(crm_ids[c] == erp_ids[e] and how == "exact" for c, e, how in linked), linked[:5]
+    assert len({e for _, e, _ in linked}) == n
+    wait_settled(h)
+    with h.connect("crm") as crm, h.connect("erp") as erp:  # nothing was created on either side
+        assert scalar(crm, "SELECT count(*) FROM accounts WHERE legal_name LIKE '%%孪生%%'") == n
+        assert scalar(erp, "SELECT count(*) FROM customers WHERE full_name LIKE '%%孪生%%'") == n
+
+
+def test_duplicates_in_one_system_go_to_review_as_groups_and_a_decision_settles_them(
+        stack: tuple[Harness, list[int]]) -> None:
+    """20 CRM accounts sharing tax ids in pairs: none created or linked, 10 review groups; merge and link settle."""
+    h, _ = stack
+    with h.connect("crm") as crm:
+        ids = [scalar(crm, "INSERT INTO accounts (name, legal_name, uscc, tier) VALUES (%s, %s, %s, 'A')"
+                           " RETURNING id::text", f"重复{i}", company(i, "重复"), f"91DUPS{i // 2:012d}")
+               for i in range(20)]
+    with h.connect("sync") as conn:
+        def reviews() -> dict[str, set[str]]:
+            rows = conn.execute("SELECT source_id, candidates FROM sync.identity_review WHERE system = 'crm'"
+                                " AND status = 'open' AND source_id = ANY(%s)", (ids,)).fetchall()
+            return {source: {source, *candidates} for source, candidates in rows}
+
+        wait_for(lambda: len(reviews()) == 20, 60, 0.5, "20 accounts in identity review")
+        groups = {frozenset(g) for g in reviews().values()}
+    assert groups == {frozenset(ids[i:i + 2]) for i in range(0, 20, 2)}  # 10 groups: the pairs
+    wait_settled(h)
+    with h.connect("erp") as erp:  # nothing created
+        assert scalar(erp, "SELECT count(*) FROM customers WHERE tax_no LIKE '91DUPS%%'") == 0
+    listed = subprocess.run(h.cli("identity", "review"), capture_output=True, text=True, check=True)
+    assert ids[0] in listed.stdout and "duplicates" in listed.stdout
+
+    # A person merges the first pair in the CRM: the remaining account is created in the ERP, once.
+    done = subprocess.run(h.cli("identity", "merge", "--crm", ids[0], "--into", ids[1]),
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    with h.connect("erp") as erp:
+        wait_for(lambda: scalar(erp, "SELECT count(*) FROM customers WHERE tax_no = %s", "91DUPS000000000000"),
+                 60, 0.5, "the remaining account created in the ERP")
+        assert erp.execute("SELECT full_name FROM customers WHERE tax_no = '91DUPS000000000000'").fetchall() \
+            == [(company(1, "重复"),)]
+    # The second pair has a twin in the ERP: two CRM candidates share its tax id, so it waits too.
+    with h.connect("erp") as erp:
+        twin = scalar(erp, "INSERT INTO customers (full_name, tax_no) VALUES ('孪生待定贸易有限公司',"
+                           " '91DUPS000000000001') RETURNING cust_no")
+    with h.connect("sync") as conn:
+        wait_for(lambda: scalar(conn, "SELECT count(*) FROM sync.identity_review WHERE system = 'erp'"
+                                      " AND source_id = %s AND status = 'open'", twin), 60, 0.5, "the twin in review")
+        assert scalar(conn, "SELECT crm_id FROM sync.xref WHERE erp_id = %s", twin) is None
+    done = subprocess.run(h.cli("identity", "link", "--crm", ids[3], "--erp", twin),
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    with h.connect("crm") as crm:  # linked and aligned: the ERP owns the legal name
+        wait_for(lambda: scalar(crm, "SELECT legal_name FROM accounts WHERE id = %s", ids[3]) == "孪生待定贸易有限公司",
+                 60, 0.5, "the linked pair aligned")
+    with h.connect("sync") as conn:
+        assert conn.execute("SELECT linked_by, erp_id FROM sync.xref WHERE crm_id = %s", (ids[3],)).fetchone() \
+            == ("manual", twin)
+        assert scalar(conn, "SELECT linked_by FROM sync.xref WHERE crm_id = %s", ids[0]) == "merged"
+    wait_settled(h)
+    with h.connect("crm") as crm, h.connect("erp") as erp:  # the remaining account of the merged pair, the twin
+        assert scalar(erp, "SELECT count(*) FROM customers WHERE tax_no LIKE '91DUPS%%'") == 2
+        assert scalar(crm, "SELECT count(*) FROM accounts WHERE uscc LIKE '91DUPS%%'") == 20
+
+
+class CountingConnection:
+    """A connection that counts the statements sent through it (``execute``, and cursors' ``execute``)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn, self.statements = conn, 0
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        self.statements += 1
+        return self.conn.execute(*args, **kwargs)
+
+    def cursor(self) -> Any:
+        outer, cur = self, self.conn.cursor()
+
+        class Counted:
+            def __enter__(self) -> Counted:
+                cur.__enter__()
+                return self
+
+            def __exit__(self, *exc: Any) -> None:
+                cur.__exit__(*exc)
+
+            def execute(self, *args: Any, **kwargs: Any) -> Any:
+                outer.statements += 1
+                return cur.execute(*args, **kwargs)
+
+        return Counted()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def test_a_new_record_among_100k_linked_pairs_takes_a_bounded_number_of_indexed_queries(
+        stack: tuple[Harness, list[int]]) -> None:
+    """The decision for one new record reads no table whole: a fixed count of statements, none a sequential scan
+    of the index or cross-reference tables."""
+    h, _ = stack
+    with h.connect("postgres") as admin:
+        admin.execute("DROP DATABASE IF EXISTS identity_scale WITH (FORCE)")
+        admin.execute("CREATE DATABASE identity_scale")
+    conninfo = {**h.conninfo("sync"), "dbname": "identity_scale"}
+    store = Store(conninfo)
+    store.migrate()
+    n, keys, entity = 100_000, IdentityKeys(PROFILE.entity), PROFILE.entity
+    started = time.monotonic()
+    with store.conn.transaction():
+        store.conn.execute(
+            "INSERT INTO sync.xref (entity, global_id, crm_id, erp_id, linked_by) SELECT %s, gen_random_uuid(),"
+            " 'c' || i, 'E' || i, 'exact' FROM generate_series(0, %s) AS i", (entity, n - 1))
+        for chunk in range(0, n, 10_000):  # as the bootstrap indexes linked records: no bigrams
+            recs = [Record(system, f"{'c' if system == 'crm' else 'E'}{i}", (f"91SCAL{i:012d}",), company(i))
+                    for i in range(chunk, chunk + 10_000) for system in ("crm", "erp")]
+            keys.put(store.conn, recs, linked={(r.system, r.source_id) for r in recs})
+        # And 1,000 ERP records still without a counterpart, with names much like the new one's: fuzzy candidates.
+        store.conn.execute("INSERT INTO sync.xref (entity, global_id, erp_id, linked_by) SELECT %s, gen_random_uuid(),"
+                           " 'F' || i, 'single' FROM generate_series(0, 999) AS i", (entity,))
+        keys.put(store.conn, [Record("erp", f"F{i}", (None,), f"{CITIES[3]}{TRADES[5]}{i}号有限公司")
+                              for i in range(1000)])
+    store.conn.execute("ANALYZE")
+    print(f"\nindexed {2 * n} records in {time.monotonic() - started:.1f} s")
+
+    def scans() -> dict[str, tuple[int, int]]:
+        with psycopg.connect(**conninfo, autocommit=True) as conn:
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            return {r[0]: (r[1], r[2] or 0) for r in conn.execute(
+                "SELECT relname, seq_scan, idx_scan FROM pg_stat_user_tables WHERE schemaname = 'sync'"
+                " AND relname IN ('xref', 'identity_keys', 'identity_records')").fetchall()}
+
+    before = scans()
+    counting = CountingConnection(store.conn)
+    store._conn = counting  # type: ignore[assignment]
+    # A new CRM account whose name shares bigrams with every free ERP record, with no twin: it stands alone.
+    name = f"{CITIES[3]}{TRADES[5]}新开分公司"
+    row = {"id": "new-one", "legal_name": name, "uscc": "91SCALNEW000000001"}
+    decision = resolve_new(PROFILE, store, "crm", "new-one", row, 3.0)
+    store._conn = counting.conn
+    store.conn.execute("SELECT pg_stat_force_next_flush()")
+    store.conn.commit()
+    assert decision.kind == "single" and not decision.reviewed
+    # lock x2 (tax id, name); index x3; own link; duplicates; candidates x3; new link x2; pending create
+    assert counting.statements <= 13, counting.statements
+    after = wait_for(lambda: (s := scans()) and s != before and s, 30, 0.5, "the table statistics")
+    seq = {table: after[table][0] - before[table][0] for table in after}
+    assert seq == {"xref": 0, "identity_keys": 0, "identity_records": 0}, seq
+    # And a twin arriving on the ERP links to it through the same index.
+    store._conn = counting = CountingConnection(store.conn)  # type: ignore[assignment]
+    twin = resolve_new(PROFILE, store, "erp", "E-new", {"cust_no": "E-new", "full_name": name,
+                                                         "tax_no": "91SCALNEW000000001"}, 3.0)
+    assert (twin.kind, twin.link.crm_id, twin.link.erp_id) == ("exact", "new-one", "E-new")
+    # lock x2; index x3; own link; duplicates; candidates x3; the match's link; attach x2; its bigrams dropped
+    assert counting.statements <= 14, counting.statements
+    store.close()
+    with h.connect("postgres") as admin:
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier("identity_scale")))
