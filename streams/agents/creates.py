@@ -107,12 +107,25 @@ class Creates:
         return ends, committed
 
     def _finish(self, done: list[tuple[str, str]], noted: list[tuple[str, str, str]]) -> None:
-        assert self.conn is not None
-        if done:
-            self.conn.execute(DONE, ([e for e, _ in done], [g for _, g in done]))
-        if noted:
-            self.conn.execute(NOTE, ([e for e, _, _ in noted], [g for _, g, _ in noted], [j for _, _, j in noted]))
-        self.conn.commit()
+        """Forget the creations sent or dropped, note the others' ends; all or nothing.
+
+        A failure (a deadlock with a worker pending new creations, say) rolls back, so the retry
+        starts a transaction of its own: both statements are idempotent.
+        """
+        if self.conn is None or self.conn.closed:
+            self.conn = psycopg.connect(**self.ctx.settings.store.conninfo())
+        try:
+            if done:
+                done = sorted(done)  # rows locked in one order: fewer deadlocks
+                self.conn.execute(DONE, ([e for e, _ in done], [g for _, g in done]))
+            if noted:
+                noted = sorted(noted)
+                self.conn.execute(NOTE, ([e for e, _, _ in noted], [g for _, g, _ in noted],
+                                         [j for _, _, j in noted]))
+            self.conn.commit()
+        except BaseException:
+            self._rollback()
+            raise
 
     def _rollback(self) -> None:
         if self.conn is not None and not self.conn.closed:

@@ -237,7 +237,7 @@ def _inject(sync: Harness, crm_id: str, after: dict[str, Any], ts_step: int = 1)
     event["before"] = dict(event["after"])
     event["after"] = {**event["after"], **after}
     event["source"] = {**event["source"], "ts_ms": event["source"]["ts_ms"] + ts_step,
-                       "lsn": (event["source"]["lsn"] or 0) + 1000 * ts_step, "sequence": None, "snapshot": "false"}
+                       "lsn": (event["source"]["lsn"] or 0) + ts_step, "sequence": None, "snapshot": "false"}
     value = AvroSerializer(client, schema, conf={"auto.register.schemas": False, "use.latest.version": True})(
         event, SerializationContext("crm.public.accounts", MessageField.VALUE))
     producer = Producer({"bootstrap.servers": sync.bootstrap})
