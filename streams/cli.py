@@ -286,6 +286,27 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
+    """Check a deployment before its first start: one line per check, with the fix; status 1 if one fails."""
+    from streams.doctor import doctor
+
+    checks = doctor(settings)
+    for check in checks:
+        print(check.line(), flush=True)
+    failed = sum(c.status == "FAIL" for c in checks)
+    warned = sum(c.status == "warn" for c in checks)
+    print(f"{len(checks)} checks: {failed} failed, {warned} warnings", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_roles(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the least-privilege SQL of one database, rendered from the profiles."""
+    from streams.roles import render
+
+    sys.stdout.write(render(settings, args.database).text)
+    return 0
+
+
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     """Print the effective settings with secrets masked."""
     import yaml
@@ -345,6 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     ident.add_argument("--into", help="merge: the record of the same system that remains")
     ident.add_argument("--entity", help="which profile's entity (default: the first profile's, customer in the demo)")
     ident.set_defaults(func=cmd_identity)
+    sub.add_parser("doctor", help="check a deployment before its first start (databases, roles, publication,"
+                   " broker, registry, Kafka Connect): a line per check with the fix").set_defaults(func=cmd_doctor)
+    roles = sub.add_parser("roles", help="print the least-privilege roles and grants of a database (run by its"
+                           " owner; deploy/sql/ holds the demo's), rendered from the profiles")
+    roles.add_argument("database", choices=["crm", "erp", "store"])
+    roles.set_defaults(func=cmd_roles)
     sub.add_parser("registry", help="serve the embedded schema registry alone (on registry.url)"
                    ).set_defaults(func=cmd_registry)
     bench = sub.add_parser("bench", help="benchmarks on freshly started local services (not the running stack)")

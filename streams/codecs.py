@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 from typing import Any
 
 import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+from streams import resources
 from streams.errors import TerminalError, TransientError
 from streams.settings import Settings
 
@@ -31,7 +31,7 @@ def _registry_error(what: str, exc: Exception) -> Exception:
         return TransientError(f"{what}: the schema registry failed: HTTP {status} {exc.error_message}")
     return TransientError(f"{what}: the schema registry is not reachable: {type(exc).__name__}: {exc}")
 
-SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMAS = resources.resource("schemas")
 
 
 def schema_text(relative: str) -> str:

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from streams import resources
 from streams.errors import ConfigError
 
 ENV_PREFIX = "CRM_ERP_SYNC__"
@@ -329,10 +330,17 @@ def _resolve(settings: Settings, base: Path) -> Settings:
     def absolute(path: Path) -> Path:
         return path if path.is_absolute() else (base / path).resolve()
 
+    def shipped(section: BaseModel, key: str) -> Any:
+        """A path setting: the user's against the config's folder; the default one from the installed files."""
+        value = getattr(section, key)
+        if key in section.model_fields_set:
+            return [absolute(p) for p in value] if isinstance(value, list) else absolute(value)
+        return [resources.root() / p for p in value] if isinstance(value, list) else resources.root() / value
+
     local = settings.local.model_copy(update={"state_dir": absolute(settings.local.state_dir)})
-    capture_update: dict[str, Any] = {"connectors_dir": absolute(settings.capture.connectors_dir)}
-    processors_update: dict[str, Any] = {"profiles": [absolute(p) for p in settings.processors.profiles],
-                                         "documents": [absolute(p) for p in settings.processors.documents]}
+    capture_update: dict[str, Any] = {"connectors_dir": shipped(settings.capture, "connectors_dir")}
+    processors_update: dict[str, Any] = {"profiles": shipped(settings.processors, "profiles"),
+                                         "documents": shipped(settings.processors, "documents")}
     if local.enabled and "metrics_port" not in settings.capture.model_fields_set:
         capture_update["metrics_port"] = local.capture_metrics_port
     if local.enabled and "metrics_port" not in settings.processors.model_fields_set:
@@ -362,6 +370,36 @@ def _resolve(settings: Settings, base: Path) -> Settings:
     return settings.model_copy(update=update)
 
 
+# Addresses a deployment must name when local.enabled is false: (section, key, what it is).
+ADDRESSES = (("crm", "host", "the CRM database"), ("erp", "host", "the ERP database"),
+             ("store", "host", "the sync store database"), ("kafka", "bootstrap_servers", "the Kafka cluster"),
+             ("registry", "url", "the schema registry"))
+
+
+def _check_production(settings: Settings, source: str) -> None:
+    """Without the embedded stack, an address left at its default is an error (it would be 127.0.0.1)."""
+    if settings.local.enabled:
+        return
+    for section, key, what in ADDRESSES:  # capture.connect_url: only `capture` and `status` use it, and say so
+        if key not in getattr(settings, section).model_fields_set:
+            raise ConfigError(
+                f"local.enabled is false but {section}.{key} ({what}) is not set in {source}",
+                hint=f"set {section}.{key} in {source} or env {_env_name((section, key))}"
+                     " (or local.enabled: true for the embedded demo stack)")
+
+
+def production_warnings(settings: Settings) -> list[str]:
+    """What works but is unsafe in production: one line each, with the fix."""
+    if settings.local.enabled:
+        return []
+    out = []
+    if settings.kafka.replication_factor < 3 or settings.kafka.min_insync_replicas < 2:
+        out.append(f"kafka.replication_factor {settings.kafka.replication_factor} / kafka.min_insync_replicas"
+                   f" {settings.kafka.min_insync_replicas}: a broker loss can lose or stop the sync's topics"
+                   " (set 3 / 2)")
+    return out
+
+
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     """Read ``sync.yaml`` (or ``config``), apply env overrides, validate, freeze.
 
@@ -387,5 +425,6 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
             f"invalid setting {key} in {source}: {first['msg']}{got}",
             hint=f"fix {key} in {source} or set env {_env_name(loc)}",
         ) from exc
+    _check_production(settings, source)
     base = config.resolve().parent if config is not None else Path.cwd()
     return _resolve(settings, base)

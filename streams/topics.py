@@ -234,8 +234,11 @@ def planned(settings: Settings) -> list[TopicSpec]:
 
 def ensure_planned(settings: Settings) -> list[TopicSpec]:
     """Create the sync's missing topics (idempotent); log a warning for each that differs from settings."""
+    from streams.settings import production_warnings
+
     specs = planned(settings)
-    for warning in provision(admin_client(settings.kafka), specs, settings.kafka.replication_factor):
+    for warning in [*provision(admin_client(settings.kafka), specs, settings.kafka.replication_factor),
+                    *production_warnings(settings)]:
         log.warning("%s", warning)
     return specs
 

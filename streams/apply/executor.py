@@ -26,6 +26,7 @@ from streams.apply.sql import (
     CREATED_INSERT,
     CREATED_LOOKUP,
     PROGRESS_DDL,
+    PROGRESS_TABLES,
     compare_and_set,
     insert_many,
     insert_recorded,
@@ -34,6 +35,7 @@ from streams.apply.sql import (
     progress_upsert,
     set_row,
 )
+from streams.ddl import ensure
 from streams.documents.spec import CreateRule, DocumentProfile, RollupRule
 from streams.errors import TerminalError, TransientError
 from streams.mapping.profile import Profile, SourceSpec
@@ -88,7 +90,7 @@ class Applier:
             try:
                 self.conn = psycopg.connect(**self.conninfo)
                 with self.conn.transaction():
-                    self.conn.execute(PROGRESS_DDL)
+                    ensure(self.conn, PROGRESS_DDL, PROGRESS_TABLES, ["sync_meta.applier_progress.incarnation"])
             except psycopg.OperationalError as exc:
                 self.conn = None
                 raise TransientError(f"{self.system} database unavailable: {exc}".strip()) from exc

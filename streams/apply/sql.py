@@ -29,6 +29,8 @@ CREATE TABLE IF NOT EXISTS sync_meta.applied_tx (
 );
 """
 
+PROGRESS_TABLES = ("sync_meta.applier_progress", "sync_meta.created", "sync_meta.applied_tx")
+
 APPLIED_INSERT = ("INSERT INTO sync_meta.applied_tx (xid) VALUES (txid_current() % 4294967296)"
                   " ON CONFLICT (xid) DO UPDATE SET at = now()")
 APPLIED_SELECT = "SELECT xid FROM sync_meta.applied_tx WHERE xid = ANY(%s)"

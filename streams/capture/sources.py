@@ -11,6 +11,7 @@ import psycopg
 
 from streams import metrics
 from streams.capture.connector import load_connector
+from streams.ddl import ensure
 from streams.errors import PreflightError, TransientError
 from streams.settings import Settings
 from streams.topics import Topics, admin_client, ensure_planned
@@ -50,7 +51,7 @@ def check_source(settings: Settings, source: str) -> None:
                     f"{source} database {db.where()} has wal_level={wal_level}; change-data-capture needs logical",
                     hint="run ALTER SYSTEM SET wal_level = logical; then restart that PostgreSQL server",
                 )
-            conn.execute(CAPTURE_DDL)
+            ensure(conn, CAPTURE_DDL, ("sync_meta.heartbeat", "sync_meta.debezium_signal"))
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PreflightError(

@@ -238,11 +238,22 @@ class Harness:
         if args[:1] == ("capture",) and self.capture_mode == "connect" and not self.connect_worker:
             self.start_connect()
             self.write_config(**self._extra)
+        return self.spawn_command(self.cli(*args), log_name, env)
+
+    def spawn_command(self, argv: list[str], log_name: str, env: dict[str, str] | None = None,
+                      cwd: Path = REPO) -> subprocess.Popen[bytes]:
+        """Start any command in the background (another config, an installed copy), output appended to a log."""
         with (self.root / log_name).open("ab") as out:
-            return subprocess.Popen(
-                self.cli(*args), stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                env={**os.environ, **(env or {})},
-            )
+            return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                                    env={**os.environ, **(env or {})})
+
+    def linked_pair(self, kind: str = "exact") -> tuple[str, str]:
+        """``(CRM id, ERP key)`` of the first pair the identity linked by ``kind``."""
+        with self.connect("sync") as conn:
+            row = conn.execute("SELECT crm_id, erp_id FROM sync.xref WHERE linked_by = %s ORDER BY crm_id LIMIT 1",
+                               (kind,)).fetchone()
+        assert row is not None, f"no pair linked by {kind}"
+        return str(row[0]), str(row[1])
 
 
 @contextmanager

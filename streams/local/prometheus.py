@@ -9,11 +9,12 @@ from pathlib import Path
 
 import yaml
 
+from streams import resources
 from streams.errors import PreflightError
 from streams.local.ports import http_ok
 from streams.settings import Settings
 
-MONITORING = Path(__file__).resolve().parent.parent.parent / "monitoring" / "prometheus"
+MONITORING = resources.resource("monitoring", "prometheus")
 HINT = "install the Debian package prometheus (./run.sh up does) or set local.prometheus: false"
 
 

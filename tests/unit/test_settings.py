@@ -7,13 +7,19 @@ from pathlib import Path
 import pytest
 
 from streams.errors import ConfigError
-from streams.settings import load_settings
+from streams.settings import load_settings, production_warnings
+
+# Every address a deployment must name (local.enabled: false).
+PRODUCTION = ("local:\n  enabled: false\ncrm:\n  host: crm.db\n  dbname: crm\nerp:\n  host: erp.db\n  dbname: erp\n"
+              "store:\n  host: sync.db\n  dbname: sync\n"
+              "registry:\n  url: http://registry:8081\ncapture:\n  connect_url: http://connect:8083\n")
 
 
 def test_yaml_then_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "sync.yaml"
-    cfg.write_text("crm:\n  dbname: crm\n  host: db.example\n  password: s3cr3t-value\n"
-                   "kafka:\n  bootstrap_servers: k1:9092\nlocal:\n  enabled: false\n", encoding="utf-8")
+    cfg.write_text(PRODUCTION.replace("crm:\n  host: crm.db\n  dbname: crm\n", "") +
+                   "crm:\n  dbname: crm\n  host: db.example\n  password: s3cr3t-value\n"
+                   "kafka:\n  bootstrap_servers: k1:9092\n", encoding="utf-8")
     monkeypatch.setenv("CRM_ERP_SYNC__KAFKA__BOOTSTRAP_SERVERS", "k2:9092")
     monkeypatch.setenv("CRM_ERP_SYNC__CRM__PORT", "6543")
     s = load_settings(cfg)
@@ -65,10 +71,56 @@ def test_kafka_security_reaches_faust(tmp_path: Path) -> None:
     from streams.app import broker_credentials
 
     cfg = tmp_path / "sync.yaml"
-    cfg.write_text("local:\n  enabled: false\nkafka:\n  security_protocol: SASL_SSL\n  sasl_mechanism: SCRAM-SHA-512\n"
-                   "  sasl_username: sync\n  sasl_password: pw-from-test\n", encoding="utf-8")
+    cfg.write_text(PRODUCTION + "kafka:\n  bootstrap_servers: k1:9093\n  security_protocol: SASL_SSL\n"
+                   "  sasl_mechanism: SCRAM-SHA-512\n  sasl_username: sync\n  sasl_password: pw-from-test\n",
+                   encoding="utf-8")
     creds = broker_credentials(load_settings(cfg))
     assert isinstance(creds, faust.SASLCredentials)
     assert (creds.username, creds.password, str(creds.mechanism.value)) == ("sync", "pw-from-test", "SCRAM-SHA-512")
     assert creds.ssl_context is not None
     assert broker_credentials(load_settings(None, local={"enabled": True})) is None
+
+
+@pytest.mark.parametrize("missing", ["crm.host", "erp.host", "store.host", "kafka.bootstrap_servers", "registry.url"])
+def test_a_production_config_names_every_address(tmp_path: Path, missing: str) -> None:
+    """Without the embedded stack, an address left out is an error naming it, not a silent 127.0.0.1."""
+    section, key = missing.split(".")
+    text = PRODUCTION + "kafka:\n  bootstrap_servers: k1:9092\n"
+    lines = text.splitlines()
+    at = lines.index(f"{section}:")
+    assert lines[at + 1].strip().startswith(f"{key}:")
+    del lines[at + 1]
+    if at + 1 == len(lines) or not lines[at + 1].startswith("  "):
+        del lines[at]  # the section had nothing else
+    cfg = tmp_path / "prod.yaml"
+    cfg.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    line = err.value.one_line()
+    assert missing in line and f"CRM_ERP_SYNC__{section.upper()}__{key.upper()}" in line and "\n" not in line
+
+
+def test_small_replication_in_production_is_a_warning(tmp_path: Path) -> None:
+    cfg = tmp_path / "prod.yaml"
+    text = PRODUCTION
+    cfg.write_text(text + "kafka:\n  bootstrap_servers: k1:9092\n", encoding="utf-8")
+    warned = production_warnings(load_settings(cfg))
+    assert len(warned) == 1 and "kafka.replication_factor 1" in warned[0] and "3 / 2" in warned[0]
+    cfg.write_text(text + "kafka:\n  bootstrap_servers: k1:9092\n  replication_factor: 3\n"
+                   "  min_insync_replicas: 2\n", encoding="utf-8")
+    assert production_warnings(load_settings(cfg)) == []
+
+
+def test_shipped_files_resolve_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default profiles and connectors are the installed ones; a path the user sets is against the config."""
+    from streams import resources
+
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(None)
+    assert s.processors.profiles[0] == resources.resource("schemas", "mappings", "demo.yaml")
+    assert all(p.is_file() for p in [*s.processors.profiles, *s.processors.documents])
+    assert (s.capture.connectors_dir / "crm-postgres.json").is_file()
+    cfg = tmp_path / "conf" / "sync.yaml"
+    cfg.parent.mkdir()
+    cfg.write_text("processors:\n  profiles: [mine.yaml]\n", encoding="utf-8")
+    assert load_settings(cfg).processors.profiles == [cfg.parent / "mine.yaml"]

@@ -1,0 +1,69 @@
+-- crm-erp-sync: least-privilege roles for the ERP database, rendered from the profiles
+-- (crm-erp-sync roles erp). Run as the owner of the captured tables, once and after every
+-- profile change; then set the passwords (\password ...). Nothing else needs DDL rights.
+BEGIN;
+DO $$ BEGIN CREATE ROLE crm_erp_sync_capture LOGIN REPLICATION; EXCEPTION WHEN duplicate_object THEN ALTER ROLE crm_erp_sync_capture LOGIN REPLICATION; END $$;
+DO $$ BEGIN CREATE ROLE crm_erp_sync_apply LOGIN; EXCEPTION WHEN duplicate_object THEN ALTER ROLE crm_erp_sync_apply LOGIN; END $$;
+
+-- The sync's bookkeeping: heartbeat and signals (capture), progress, created records and
+-- its own transactions (appliers).
+CREATE SCHEMA IF NOT EXISTS sync_meta;
+CREATE TABLE IF NOT EXISTS sync_meta.heartbeat (id int PRIMARY KEY, beat_at timestamptz NOT NULL);
+CREATE TABLE IF NOT EXISTS sync_meta.debezium_signal (
+  id varchar(64) PRIMARY KEY, type varchar(32) NOT NULL, data varchar(2048));
+CREATE SCHEMA IF NOT EXISTS sync_meta;
+CREATE TABLE IF NOT EXISTS sync_meta.applier_progress (
+  topic     text NOT NULL,
+  partition int  NOT NULL,
+  "offset"  bigint NOT NULL,
+  PRIMARY KEY (topic, partition)
+);
+-- The topic's id when that offset was applied: a topic deleted and created again starts afresh.
+ALTER TABLE sync_meta.applier_progress ADD COLUMN IF NOT EXISTS incarnation text NOT NULL DEFAULT '';
+CREATE TABLE IF NOT EXISTS sync_meta.created (
+  entity     text NOT NULL,
+  global_id  text NOT NULL,
+  key        text NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (entity, global_id)
+);
+CREATE INDEX IF NOT EXISTS created_by_key ON sync_meta.created (entity, key);
+-- The applier's transactions (32-bit ids, as change events carry them): their changes are the sync's echoes.
+CREATE TABLE IF NOT EXISTS sync_meta.applied_tx (
+  xid bigint      NOT NULL PRIMARY KEY,
+  at  timestamptz NOT NULL DEFAULT now()
+);
+
+GRANT USAGE ON SCHEMA sync_meta, public TO crm_erp_sync_capture, crm_erp_sync_apply;
+GRANT SELECT, INSERT, UPDATE ON sync_meta.heartbeat TO crm_erp_sync_capture;
+GRANT SELECT ON sync_meta.debezium_signal TO crm_erp_sync_capture;
+GRANT SELECT, INSERT ON sync_meta.debezium_signal TO crm_erp_sync_apply;
+GRANT SELECT, INSERT, UPDATE, DELETE ON sync_meta.applier_progress, sync_meta.created, sync_meta.applied_tx TO crm_erp_sync_apply;
+
+-- Capture reads the captured tables, nothing else.
+GRANT SELECT ON "public"."customers", "public"."invoices", "public"."items", "public"."payments", "public"."return_orders", "public"."sales_order_lines", "public"."sales_orders", "public"."shipments" TO crm_erp_sync_capture;
+DO $$ BEGIN CREATE PUBLICATION crm_erp_sync_erp; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+ALTER PUBLICATION crm_erp_sync_erp SET TABLE "public"."customers", "public"."invoices", "public"."items", "public"."payments", "public"."return_orders", "public"."sales_order_lines", "public"."sales_orders", "public"."shipments", sync_meta.heartbeat, sync_meta.debezium_signal;
+
+-- The appliers read what the sync reads and write only what the profiles map.
+GRANT SELECT ON "public"."customers", "public"."invoices", "public"."items", "public"."payments", "public"."return_orders", "public"."sales_order_lines", "public"."sales_orders", "public"."shipments" TO crm_erp_sync_apply;
+GRANT UPDATE (address, blocked, contact_phone, credit_limit_fen, email, full_name, tax_no) ON "public"."customers" TO crm_erp_sync_apply;
+GRANT UPDATE (price_fen, sku) ON "public"."items" TO crm_erp_sync_apply;
+GRANT INSERT ON "public"."customers", "public"."return_orders", "public"."sales_order_lines", "public"."sales_orders" TO crm_erp_sync_apply;
+-- and the sequences their column defaults draw from
+DO $$ DECLARE s regclass; BEGIN
+  FOR s IN SELECT DISTINCT d.refobjid::regclass FROM pg_depend d
+    JOIN pg_attrdef a ON a.oid = d.objid JOIN pg_class c ON c.oid = d.refobjid AND c.relkind = 'S'
+    WHERE d.classid = 'pg_attrdef'::regclass AND d.refclassid = 'pg_class'::regclass
+      AND a.adrelid = ANY (ARRAY['"public"."customers"', '"public"."return_orders"', '"public"."sales_order_lines"', '"public"."sales_orders"']::regclass[])
+  LOOP EXECUTE format('GRANT USAGE ON SEQUENCE %s TO crm_erp_sync_apply', s); END LOOP;
+END $$;
+ALTER TABLE "public"."customers" REPLICA IDENTITY FULL;
+ALTER TABLE "public"."invoices" REPLICA IDENTITY FULL;
+ALTER TABLE "public"."items" REPLICA IDENTITY FULL;
+ALTER TABLE "public"."payments" REPLICA IDENTITY FULL;
+ALTER TABLE "public"."return_orders" REPLICA IDENTITY FULL;
+ALTER TABLE "public"."sales_order_lines" REPLICA IDENTITY FULL;
+ALTER TABLE "public"."sales_orders" REPLICA IDENTITY FULL;
+ALTER TABLE "public"."shipments" REPLICA IDENTITY FULL;
+COMMIT;

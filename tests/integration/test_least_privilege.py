@@ -1,0 +1,85 @@
+"""The least-privilege roles of deploy/sql/: the sync works with them, and they allow nothing else."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+
+from streams.local.harness import REPO, Harness, running, scalar, wait_for, wait_for_capture, wait_for_identity
+
+pytestmark = pytest.mark.integration
+PASSWORD = "least-privilege-test"
+
+
+@pytest.fixture(scope="module")
+def restricted() -> Iterator[Harness]:
+    """The demo databases with deploy/sql/ applied by their owner; a config whose CRM and ERP login is the applier."""
+    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-roles-", dir="/tmp"))).start()
+    try:
+        for system in ("crm", "erp"):
+            with h.connect(system) as owner:
+                owner.execute((REPO / "deploy" / "sql" / f"{system}.sql").read_text(encoding="utf-8"))
+                owner.execute(f"ALTER ROLE crm_erp_sync_apply PASSWORD '{PASSWORD}'")
+        yield h
+    finally:
+        h.stop()
+
+
+def applier_config(h: Harness) -> Path:
+    """The harness's configuration as it is now, with the applier's login for the CRM and the ERP."""
+    secret = h.root / "secrets" / "apply-password"
+    secret.write_text(PASSWORD + "\n", encoding="utf-8")
+    config = yaml.safe_load(h.config_path.read_text(encoding="utf-8"))
+    for system in ("crm", "erp"):
+        config[system].update(user="crm_erp_sync_apply", password_file=str(secret))
+    path = h.root / "apply.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def test_the_applier_role_writes_mapped_columns_only(restricted: Harness) -> None:
+    h = restricted
+    login = {**h.conninfo("crm"), "user": "crm_erp_sync_apply", "password": PASSWORD}
+    with psycopg.connect(**login, autocommit=True) as crm:
+        account = scalar(crm, "SELECT id::text FROM accounts ORDER BY id LIMIT 1")
+        crm.execute("UPDATE accounts SET email = 'granted@example.com' WHERE id = %s", (account,))  # mapped
+        for column, value in (("tier", "A"), ("owner", "someone"), ("industry", "none")):  # unmapped
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                crm.execute(f"UPDATE accounts SET {column} = %s WHERE id = %s", (value, account))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            crm.execute("DELETE FROM accounts WHERE id = %s", (account,))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            crm.execute("CREATE TABLE public.anything (id int)")
+    with psycopg.connect(**{**login, **{"dbname": "erp"}}, autocommit=True) as erp:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            erp.execute("UPDATE customers SET payment_terms = 'COD'")  # the ERP owns it, the CRM has no column
+
+
+def test_a_worker_with_the_applier_role_syncs_both_ways(restricted: Harness) -> None:
+    h = restricted
+    with running(h.spawn("capture")):  # capture keeps the owner's login; the worker gets the applier's
+        wait_for_capture(h)
+        applier = applier_config(h)
+        with running(h.spawn_command([*h.cli()[:4], str(applier), "worker"], "worker.log")):
+            wait_for_identity(h)
+            crm_id, erp_id = h.linked_pair()
+            with h.connect("crm") as crm:
+                crm.execute("UPDATE accounts SET phone = '021-12340000' WHERE id = %s", (crm_id,))
+            with h.connect("erp") as erp:
+                erp.execute("UPDATE customers SET credit_limit_fen = 4242 WHERE cust_no = %s", (erp_id,))
+                wait_for(lambda: scalar(erp, "SELECT contact_phone FROM customers WHERE cust_no = %s", erp_id)
+                         == "021-12340000", 90, 0.5, "the CRM-owned phone in the ERP")
+            with h.connect("crm") as crm:
+                wait_for(lambda: scalar(crm, "SELECT credit_limit FROM accounts WHERE id = %s", crm_id)
+                         == Decimal("42.42"), 90, 0.5, "the ERP-owned credit limit in the CRM")
+    done = subprocess.run([*h.cli()[:4], str(applier), "doctor"], capture_output=True, text=True, check=False,
+                          timeout=120)
+    failed = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
+    assert done.returncode == 0 and not failed, done.stdout

@@ -1,0 +1,42 @@
+"""What the sync needs of each database, from the profiles; the least-privilege scripts rendered from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streams.access import needs, select_names
+from streams.roles import render
+from streams.settings import load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_select_names_reads_aliases_and_bare_columns_at_the_top_level() -> None:
+    query = ("SELECT o.order_no AS erp_order_no,"
+             " CASE WHEN o.status = 90 THEN 'a, b' ELSE 'c' END AS fulfillment_status,"
+             " coalesce(sum(x.fen), 0) total, o.currency -- a comment, with a comma\n"
+             " FROM public.sales_orders o WHERE o.order_no IN (SELECT order_no FROM t)")
+    assert select_names(query) == ["erp_order_no", "fulfillment_status", "total", "currency"]
+    with pytest.raises(ValueError, match="AS name"):
+        select_names("SELECT count(*) FROM t")
+
+
+def test_the_demo_needs_what_its_profiles_map() -> None:
+    access = needs(load_settings(None))
+    crm, erp = access["crm"], access["erp"]
+    assert {"public.accounts", "public.opportunities", "public.opportunity_lines"} <= crm.captured
+    # mapped fields, the deactivation field, the receivables rollup; never the CRM's own tier or owner
+    assert {"email", "phone", "status", "ar_balance", "last_payment_at"} <= crm.updates["public.accounts"]
+    assert not {"tier", "owner", "industry", "name"} & crm.updates["public.accounts"]
+    assert crm.updates["public.opportunities"] == {"erp_order_no", "fulfillment_status"}
+    assert {"public.sales_orders", "public.sales_order_lines", "public.customers"} <= erp.inserts
+    assert "public.invoices" not in erp.inserts and "public.invoices" not in erp.updates
+
+
+@pytest.mark.parametrize("database", ["crm", "erp", "store"])
+def test_deploy_sql_is_what_the_demo_profiles_render(database: str) -> None:
+    """deploy/sql/ is rendered, never edited by hand: `crm-erp-sync roles DB > deploy/sql/DB.sql`."""
+    committed = (REPO / "deploy" / "sql" / f"{database}.sql").read_text(encoding="utf-8")
+    assert committed == render(load_settings(None), database).text
