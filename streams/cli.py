@@ -307,6 +307,26 @@ def cmd_roles(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render_kubernetes(settings: Settings, args: argparse.Namespace) -> int:
+    """Write the Kubernetes resources generated from connectors/ and monitoring/."""
+    from streams.kube import render
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, text in render(settings.capture.connectors_dir).items():
+        (args.out / name).write_text(text, encoding="utf-8")
+        print(f"wrote {args.out / name}")
+    return 0
+
+
+def cmd_demo_seed(settings: Settings, args: argparse.Namespace) -> int:
+    """Create the demo CRM and ERP schemas and synthetic rows in the configured databases (once)."""
+    from streams.local.stack import seed_demo
+
+    for system, seeded in seed_demo(settings).items():
+        print(f"{system}: {'seeded' if seeded else 'already has the demo schema; left as it is'}")
+    return 0
+
+
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     """Print the effective settings with secrets masked."""
     import yaml
@@ -372,6 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
                            " owner; deploy/sql/ holds the demo's), rendered from the profiles")
     roles.add_argument("database", choices=["crm", "erp", "store"])
     roles.set_defaults(func=cmd_roles)
+    kube = sub.add_parser("render-kubernetes", help="write the Strimzi KafkaConnectors, PrometheusRule and"
+                          " dashboards ConfigMap rendered from connectors/ and monitoring/")
+    kube.add_argument("--out", type=Path, default=Path("deploy/kubernetes/generated"))
+    kube.set_defaults(func=cmd_render_kubernetes)
+    sub.add_parser("demo-seed", help="create the demo CRM and ERP (schemas and synthetic rows) in the configured"
+                   " databases, once (deploy/compose's demo profile runs it)").set_defaults(func=cmd_demo_seed)
     sub.add_parser("registry", help="serve the embedded schema registry alone (on registry.url)"
                    ).set_defaults(func=cmd_registry)
     bench = sub.add_parser("bench", help="benchmarks on freshly started local services (not the running stack)")

@@ -65,7 +65,7 @@ def source_checks(settings: Settings, system: str, access: Access, connector: di
                             " has_database_privilege(current_database(), 'CREATE')").fetchone()
         if meta and not (meta[0] or meta[1]):
             yield Check("FAIL", f"{system} schema sync_meta", "missing, and the login may not create it",
-                        "run deploy/sql/source.sql as the database owner, or GRANT CREATE ON DATABASE")
+                        f"run `crm-erp-sync roles {system}` as the database owner, or GRANT CREATE ON DATABASE")
 
 
 def _wal(conn: psycopg.Connection[Any], system: str, connector: dict[str, Any]) -> Iterator[Check]:
@@ -107,7 +107,7 @@ def _publication(conn: psycopg.Connection[Any], system: str, access: Access,
         return
     if connector.get("publication.autocreate.mode", "all_tables") == "disabled":
         yield Check("FAIL", f"{system} publication {name}", "missing, and the connector does not create it",
-                    "run deploy/sql/source.sql (it creates the publication with the captured tables)")
+                    f"run `crm-erp-sync roles {system}` as the owner (it creates the publication)")
         return
     owned = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname || '.' || tablename = ANY(%s)"
                          " AND pg_has_role(current_user, tableowner, 'USAGE')", (sorted(access.captured),)).fetchone()
@@ -115,7 +115,8 @@ def _publication(conn: psycopg.Connection[Any], system: str, access: Access,
         yield Check("ok", f"{system} publication {name}", "created by the connector at its first start")
     else:
         yield Check("FAIL", f"{system} publication {name}", "missing, and the login does not own every captured"
-                    " table (only an owner may add it to a publication)", "run deploy/sql/source.sql as the owner")
+                    " table (only an owner may add it to a publication)",
+                    f"run `crm-erp-sync roles {system}` as the owner")
 
 
 def _may(conn: psycopg.Connection[Any], query: str, *params: Any) -> bool:
@@ -170,7 +171,7 @@ def store_checks(settings: Settings) -> Iterator[Check]:
     yield Check("ok", "store database", f"reachable ({db.where()})")
     if row and not (row[0] or row[1]):
         yield Check("FAIL", "store schema sync", "missing, and the login may not create it",
-                    "GRANT CREATE ON DATABASE to the store login, or run deploy/sql/store.sql")
+                    "GRANT CREATE ON DATABASE to the store login, or run `crm-erp-sync roles store`")
 
 
 def broker_checks(settings: Settings) -> Iterator[Check]:

@@ -1,0 +1,105 @@
+"""deploy/compose checked without a Docker engine: against the compose specification's own JSON schema
+(from the Go module proxy: compose-go, the library `docker compose` itself parses with), and against the
+files the native stack runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from streams.cli import build_parser
+from streams.settings import load_settings
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = REPO / "deploy" / "compose"
+COMPOSE_GO = "github.com/compose-spec/compose-go/v2@v2.16.2"
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    """The compose specification's schema, from the compose-go module (downloaded once into a cache)."""
+    go = shutil.which("go")
+    assert go, "Go is needed to fetch the compose specification's schema from the Go module proxy"
+    cache = Path.home() / ".cache" / "crm-erp-sync" / "go"
+    env = {**os.environ, "GOMODCACHE": str(cache / "mod"), "GOPATH": str(cache), "GOFLAGS": "-mod=mod"}
+    done = subprocess.run([go, "mod", "download", "-json", COMPOSE_GO], capture_output=True, text=True, env=env,
+                          check=False, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    schema: dict[str, Any] = json.loads((Path(json.loads(done.stdout)["Dir"]) / "schema" / "compose-spec.json")
+                                        .read_text(encoding="utf-8"))
+    return schema
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((COMPOSE / "compose.yaml").read_text(encoding="utf-8"))
+    return data
+
+
+def test_the_compose_file_follows_the_compose_specification(spec: dict[str, Any], compose: dict[str, Any]) -> None:
+    errors = sorted(jsonschema.Draft202012Validator(spec).iter_errors(compose), key=lambda e: list(e.path))
+    assert not errors, [f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors]
+    # It does catch mistakes: a misspelt key is refused.
+    broken = {**compose, "services": {**compose["services"], "worker1": {**compose["services"]["worker1"],
+                                                                          "comand": ["worker"]}}}
+    assert list(jsonschema.Draft202012Validator(spec).iter_errors(broken))
+
+
+def test_it_mounts_the_files_the_native_stack_runs(compose: dict[str, Any]) -> None:
+    mounted: dict[str, Path] = {}
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                mounted[f"{name}:{volume.split(':')[1]}"] = (COMPOSE / source).resolve()
+    secrets = (COMPOSE / "secrets").resolve()
+    assert "deploy/compose/secrets/" in (REPO / ".gitignore").read_text(encoding="utf-8")  # made by the user
+    assert all(path.exists() for path in mounted.values() if path != secrets), mounted
+    assert mounted["prometheus:/etc/prometheus/prometheus.yml"] == REPO / "monitoring/prometheus/prometheus.yml"
+    assert mounted["prometheus:/etc/prometheus/alerts.yml"] == REPO / "monitoring/prometheus/alerts.yml"
+    assert mounted["grafana:/var/lib/grafana/dashboards/crm-erp-sync"] == REPO / "monitoring/grafana/dashboards"
+    assert not re.search(r"PASSWORD:\s*[\"']?\w", (COMPOSE / "compose.yaml").read_text(encoding="utf-8")
+                         .replace("PASSWORD: ${", "")), "a password in the compose file"
+
+
+def test_its_parts_fit_together(compose: dict[str, Any], tmp_path: Path) -> None:
+    services = compose["services"]
+    settings = load_settings(COMPOSE / "sync.yaml")  # a production config: every address named
+    hosts = {settings.crm.host, settings.erp.host, settings.store.host,
+             *(s.split(":")[0] for s in settings.kafka.bootstrap_servers.split(",")),
+             re.sub(r"https?://([^:/]+).*", r"\1", settings.registry.url),
+             re.sub(r"https?://([^:/]+).*", r"\1", settings.capture.connect_url)}
+    assert hosts <= set(services), hosts - set(services)
+    assert (settings.kafka.replication_factor, settings.kafka.min_insync_replicas) == (3, 2)
+    kafka = [s for s in services.values() if str(s.get("image", "")).startswith("apache/kafka")]
+    assert len(kafka) == 3 and all(s["environment"]["KAFKA_MIN_INSYNC_REPLICAS"] == "2" for s in kafka)
+    # Every ${env:...} of the connectors is set on the Connect container.
+    env = services["connect"]["environment"]
+    for path in (REPO / "connectors").glob("*-postgres.json"):
+        config = json.loads(path.read_text(encoding="utf-8"))["config"]
+        needed = {v[6:-1] for v in config.values() if isinstance(v, str) and v.startswith("${env:")}
+        assert needed <= set(env), needed - set(env)
+    # Prometheus scrapes the ports the processes serve.
+    targets = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in (COMPOSE / "prometheus-targets").glob("*")}
+    workers = [n for n, s in services.items() if s.get("command", [])[-1:] == ["worker"]]
+    assert sorted(targets["worker"][0]["targets"]) == sorted(f"{w}:{settings.processors.metrics_port}"
+                                                             for w in workers)
+    assert targets["capture"][0]["targets"] == [
+        f"capture:{services['capture']['environment']['CRM_ERP_SYNC__CAPTURE__METRICS_PORT']}"]
+    # Every command is one the CLI has; every image is pinned.
+    parser = build_parser()
+    for name, service in services.items():
+        if "command" in service and str(service.get("image", "")).startswith("crm-erp-sync/"):
+            parser.parse_args(service["command"])
+        image = str(service.get("image", ""))
+        assert re.search(r":[\w.-]+$", image) and not image.endswith(":latest"), (name, image)
