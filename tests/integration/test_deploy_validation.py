@@ -1,6 +1,7 @@
-"""deploy/compose checked without a Docker engine: against the compose specification's own JSON schema
-(from the Go module proxy: compose-go, the library `docker compose` itself parses with), and against the
-files the native stack runs."""
+"""deploy/ checked without a Docker engine or a cluster: the compose file against the compose specification's
+own JSON schema (compose-go, the library `docker compose` parses with) and against the files the native stack
+runs; the rendered Kubernetes resources decoded strictly into their Go API types (deploy/kubernetes/check).
+Both come from the Go module proxy, into a cache outside the repository."""
 
 from __future__ import annotations
 
@@ -25,15 +26,20 @@ COMPOSE = REPO / "deploy" / "compose"
 COMPOSE_GO = "github.com/compose-spec/compose-go/v2@v2.16.2"
 
 
+def go(*args: str, cwd: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the go command with its module cache under ~/.cache/crm-erp-sync/go."""
+    binary = shutil.which("go")
+    assert binary, "Go is needed to fetch the compose schema and the Kubernetes API types from the Go module proxy"
+    cache = Path.home() / ".cache" / "crm-erp-sync" / "go"
+    env = {**os.environ, "GOMODCACHE": str(cache / "mod"), "GOPATH": str(cache), "GOFLAGS": "-mod=mod"}
+    return subprocess.run([binary, *args], capture_output=True, text=True, env=env, cwd=cwd, input=stdin,
+                          check=False, timeout=900)
+
+
 @pytest.fixture(scope="module")
 def spec() -> dict[str, Any]:
     """The compose specification's schema, from the compose-go module (downloaded once into a cache)."""
-    go = shutil.which("go")
-    assert go, "Go is needed to fetch the compose specification's schema from the Go module proxy"
-    cache = Path.home() / ".cache" / "crm-erp-sync" / "go"
-    env = {**os.environ, "GOMODCACHE": str(cache / "mod"), "GOPATH": str(cache), "GOFLAGS": "-mod=mod"}
-    done = subprocess.run([go, "mod", "download", "-json", COMPOSE_GO], capture_output=True, text=True, env=env,
-                          check=False, timeout=300)
+    done = go("mod", "download", "-json", COMPOSE_GO)
     assert done.returncode == 0, done.stdout + done.stderr
     schema: dict[str, Any] = json.loads((Path(json.loads(done.stdout)["Dir"]) / "schema" / "compose-spec.json")
                                         .read_text(encoding="utf-8"))
@@ -103,3 +109,22 @@ def test_its_parts_fit_together(compose: dict[str, Any], tmp_path: Path) -> None
             parser.parse_args(service["command"])
         image = str(service.get("image", ""))
         assert re.search(r":[\w.-]+$", image) and not image.endswith(":latest"), (name, image)
+
+
+def test_kubernetes_resources_decode_strictly_into_their_api_types() -> None:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl (with its built-in kustomize) is needed to render deploy/kubernetes"
+    rendered = subprocess.run([kubectl, "kustomize", str(REPO / "deploy" / "kubernetes")], capture_output=True,
+                              text=True, check=True).stdout
+    check = REPO / "deploy" / "kubernetes" / "check"
+    done = go("run", ".", cwd=check, stdin=rendered)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stdout + done.stderr
+    checked = {tuple(line.split()[1:3]) for line in lines if line.startswith("ok ")}
+    assert {("Deployment", "crm-erp-sync-worker"), ("PodMonitor", "crm-erp-sync-worker"),
+            ("PrometheusRule", "crm-erp-sync"), ("Namespace", "crm-erp-sync")} <= checked, lines
+    # It catches what the API server would refuse: a misspelt field of the worker's container.
+    broken = rendered.replace("readinessProbe:", "readinesProbe:", 1)
+    assert broken != rendered
+    refused = go("run", ".", cwd=check, stdin=broken)
+    assert refused.returncode == 1 and 'unknown field "readinesProbe"' in refused.stdout, refused.stdout
