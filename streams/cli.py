@@ -327,6 +327,29 @@ def cmd_demo_seed(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
+    """Read both databases through the profile(s): every record in one category (read-only)."""
+    import json
+
+    from streams.compare import compare, format_table
+    from streams.mapping.profile import load_profiles, profile_of
+
+    profiles = load_profiles(settings.processors.profiles)
+    chosen = [profile_of(profiles, args.entity)] if args.entity else profiles
+    store = _store(settings)
+
+    def progress(system: str, done: int) -> None:
+        if done and done % 50_000 == 0:
+            print(f"… {system}: {done} rows read", file=sys.stderr, flush=True)
+
+    reports = [compare(settings, p, store, progress=progress) for p in chosen]
+    if args.format == "json":
+        print(json.dumps([r.as_dict() for r in reports], ensure_ascii=False, default=str, indent=2))
+    else:
+        print("\n\n".join(format_table(r) for r in reports))
+    return 0
+
+
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     """Print the effective settings with secrets masked."""
     import yaml
@@ -398,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     kube.set_defaults(func=cmd_render_kubernetes)
     sub.add_parser("demo-seed", help="create the demo CRM and ERP (schemas and synthetic rows) in the configured"
                    " databases, once (deploy/compose's demo profile runs it)").set_defaults(func=cmd_demo_seed)
+    cmp = sub.add_parser("compare", help="read both databases through the profiles (read-only): every record in one"
+                         " category (linked equal / drifted, eligible, not eligible and why, in review, unknown)")
+    cmp.add_argument("--entity", help="one profile's entity (default: every profile)")
+    cmp.add_argument("--format", choices=["table", "json"], default="table")
+    cmp.set_defaults(func=cmd_compare)
     sub.add_parser("registry", help="serve the embedded schema registry alone (on registry.url)"
                    ).set_defaults(func=cmd_registry)
     bench = sub.add_parser("bench", help="benchmarks on freshly started local services (not the running stack)")
