@@ -328,10 +328,10 @@ def cmd_demo_seed(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
-    """Read both databases through the profile(s): every record in one category (read-only)."""
+    """Read both databases through the profile(s): every record in one category; --repair makes sync events."""
     import json
 
-    from streams.compare import compare, format_table
+    from streams.compare import compare, format_table, repair
     from streams.mapping.profile import load_profiles, profile_of
 
     profiles = load_profiles(settings.processors.profiles)
@@ -343,6 +343,10 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
             print(f"… {system}: {done} rows read", file=sys.stderr, flush=True)
 
     reports = [compare(settings, p, store, progress=progress) for p in chosen]
+    if args.repair:
+        for profile, report in zip(chosen, reports, strict=True):
+            done = repair(settings, profile, store, report)
+            print(f"{profile.entity} repair: " + ", ".join(f"{k} {v}" for k, v in done.items()), file=sys.stderr)
     if args.format == "json":
         print(json.dumps([r.as_dict() for r in reports], ensure_ascii=False, default=str, indent=2))
     else:
@@ -425,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
                          " category (linked equal / drifted, eligible, not eligible and why, in review, unknown)")
     cmp.add_argument("--entity", help="one profile's entity (default: every profile)")
     cmp.add_argument("--format", choices=["table", "json"], default="table")
+    cmp.add_argument("--repair", action="store_true", help="turn the findings into sync events (drifted and unknown"
+                     " rows read again through capture, eligible records created); nothing is written directly")
     cmp.set_defaults(func=cmd_compare)
     sub.add_parser("registry", help="serve the embedded schema registry alone (on registry.url)"
                    ).set_defaults(func=cmd_registry)

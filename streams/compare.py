@@ -55,6 +55,8 @@ class Report:
     categories: dict[str, Counter[str]] = field(default_factory=lambda: {"crm": Counter(), "erp": Counter()})
     drift: list[Drift] = field(default_factory=list)
     reasons: Counter[str] = field(default_factory=Counter)  # why one-sided records are not eligible
+    eligible: list[tuple[str, str, str]] = field(default_factory=list)  # (global id, system, key)
+    unknown: dict[str, list[str]] = field(default_factory=lambda: {"crm": [], "erp": []})
 
     def adds_up(self) -> bool:
         return all(sum(self.categories[s].values()) == self.totals.get(s, 0) for s in ("crm", "erp"))
@@ -114,7 +116,12 @@ def compare(settings: Settings, profile: Profile, store: Store, chunk: int = 500
             if link is not None and peer is not None:
                 values[system][link.global_id] = canonical  # categorised once both sides are read
                 continue
-            report.categories[system][_alone(profile, system, source_id, canonical, link, reviewing, report)] += 1
+            category = _alone(profile, system, source_id, canonical, link, reviewing, report)
+            report.categories[system][category] += 1
+            if category == "eligible" and link is not None:
+                report.eligible.append((link.global_id, system, source_id))
+            elif category == "unknown":
+                report.unknown[system].append(source_id)
         report.totals[system] = count
     for x in {x.global_id: x for x in links.values() if x.crm_id and x.erp_id}.values():
         crm, erp = values["crm"].get(x.global_id), values["erp"].get(x.global_id)
@@ -131,6 +138,27 @@ def compare(settings: Settings, profile: Profile, store: Store, chunk: int = 500
         for system in ("crm", "erp"):
             report.categories[system][category] += 1
     return report
+
+
+def repair(settings: Settings, profile: Profile, store: Store, report: Report) -> dict[str, int]:
+    """Turn the findings into ordinary sync events; nothing is written to either system directly.
+
+    Both rows of each drifted pair are read again by Debezium (an incremental snapshot filtered by
+    key), so reconcile meets the drifted value as a change and the field's policy decides (a manual
+    field becomes a conflict); a row the sync never saw is read the same way and meets identity; an
+    eligible one-sided record is due to be created now.
+    """
+    from streams.capture.signal import resnapshot
+    from streams.identity.keys import IdentityKeys
+
+    pairs = sorted({(d.crm_id, d.erp_id) for d in report.drift})
+    signals = 0
+    for i, system in enumerate(("crm", "erp")):
+        signals += resnapshot(profile, settings, system, sorted({p[i] for p in pairs} | set(report.unknown[system])))
+    with store.conn.transaction():
+        IdentityKeys(profile.entity).pend_creates(store.conn, report.eligible, 0)
+    return {"drifted pairs re-read": len(pairs), "unknown rows re-read": sum(map(len, report.unknown.values())),
+            "creations due": len(report.eligible), "snapshot signals": signals}
 
 
 def _alone(profile: Profile, system: str, source_id: str, canonical: dict[str, Any], link: Any,

@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import uuid
-
-import psycopg
-
+from streams.capture.signal import resnapshot
 from streams.errors import SyncError
 from streams.identity.keys import IdentityKeys
 from streams.mapping.profile import Profile
 from streams.settings import Settings
 from streams.store import Store
-
-
-def _resnapshot(profile: Profile, settings: Settings, system: str, key: str) -> None:
-    """Ask Debezium to read one row again (an incremental snapshot filtered by its key)."""
-    table = profile.table_of(system)
-    literal = key.replace("'", "''")
-    data = {"data-collections": [table], "type": "incremental",
-            "additional-conditions": [{"data-collection": table, "filter": f"{profile.key_of(system)} = '{literal}'"}]}
-    with psycopg.connect(**settings.database(system).conninfo(), autocommit=True) as conn:
-        conn.execute("INSERT INTO sync_meta.debezium_signal (id, type, data) VALUES (%s, 'execute-snapshot', %s)",
-                     (str(uuid.uuid4()), json.dumps(data)))
 
 
 def link(profile: Profile, settings: Settings, store: Store, crm_id: str, erp_id: str) -> str:
@@ -49,7 +34,7 @@ def link(profile: Profile, settings: Settings, store: Store, crm_id: str, erp_id
                            (entity, crm_id, erp_id))
         IdentityKeys(entity).drop_grams(store.conn, [("crm", crm_id), ("erp", erp_id)])
     for system, key in (("crm", crm_id), ("erp", erp_id)):
-        _resnapshot(profile, settings, system, key)
+        resnapshot(profile, settings, system, [key])
     return crm.global_id
 
 

@@ -62,7 +62,8 @@ def test_the_seed_is_explained_and_adds_up(synced: Harness) -> None:
 
 
 def test_drift_behind_the_syncs_back_is_found_field_by_field(synced: Harness) -> None:
-    """Writes the sync cannot see (the table out of the publication meanwhile): found, category and field exact."""
+    """Writes the sync cannot see (the table out of the publication meanwhile): found, category and field exact;
+    repaired through the policies, then a second compare is clean."""
     h = synced
     settled(h)
     with h.connect("sync") as conn:
@@ -75,7 +76,7 @@ def test_drift_behind_the_syncs_back_is_found_field_by_field(synced: Harness) ->
             erp.execute("UPDATE customers SET email = 'drift@example.com' WHERE cust_no = %s", (pairs[0][1],))
             erp.execute("UPDATE customers SET address = '漂移路 1 号', credit_limit_fen = credit_limit_fen + 1"
                         " WHERE cust_no = %s", (pairs[1][1],))
-            unseen = scalar(erp, "INSERT INTO customers (full_name) VALUES ('背后新客有限公司') RETURNING cust_no")
+            erp.execute("INSERT INTO customers (full_name) VALUES ('背后新客有限公司')")
         finally:
             erp.execute(f"ALTER PUBLICATION {publication} ADD TABLE public.customers")
     found = report(h)
@@ -85,5 +86,19 @@ def test_drift_behind_the_syncs_back_is_found_field_by_field(synced: Harness) ->
     assert email["erp"] == "drift@example.com" and email["crm"] != email["erp"]
     assert found["categories"]["erp"]["unknown"] == 1 and found["categories"]["crm"]["linked_drifted"] == 2
     assert sum(found["categories"]["erp"].values()) == found["totals"]["erp"]
-    with h.connect("erp") as erp:
-        erp.execute("DELETE FROM customers WHERE cust_no = %s", (unseen,))
+    # Repaired through the policies: the CRM owns e-mail and address (the ERP is set back), the ERP owns
+    # the credit limit (the CRM follows); the row the sync never saw meets identity and is created in the CRM.
+    done = subprocess.run(h.cli("compare", "--repair"), capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 0 and "drifted pairs re-read 2" in done.stderr, done.stderr
+    clean = wait_for(lambda: (r := report(h)) and not r["drift"] and not r["categories"]["erp"]["unknown"] and r,
+                     120, 2.0, "a clean second compare")
+    with h.connect("crm") as crm, h.connect("erp") as erp:
+        crm_email = scalar(crm, "SELECT email FROM accounts WHERE id = %s", pairs[0][0])
+        assert scalar(erp, "SELECT email FROM customers WHERE cust_no = %s", pairs[0][1]) == crm_email
+        assert crm_email != "drift@example.com"
+        assert scalar(erp, "SELECT address FROM customers WHERE cust_no = %s", pairs[1][1]) != "漂移路 1 号"
+        fen = scalar(erp, "SELECT credit_limit_fen FROM customers WHERE cust_no = %s", pairs[1][1])
+        assert scalar(crm, "SELECT credit_limit * 100 FROM accounts WHERE id = %s", pairs[1][0]) == fen
+        wait_for(lambda: scalar(crm, "SELECT count(*) FROM accounts WHERE legal_name = '背后新客有限公司'") == 1,
+                 60, 1.0, "the unseen ERP customer created in the CRM")
+    assert sum(clean["categories"]["erp"].values()) == clean["totals"]["erp"]
