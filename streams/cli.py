@@ -266,12 +266,14 @@ def cmd_registry(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     """Run a benchmark on its own local services and print its figures."""
     from streams.bench import capture, faults, faust_ceiling, full, orders, steady, sync
+    from streams.bench import compare as compare_bench
 
     out = args.out or Path(f"bench-results/{args.which}.json")
     rates = tuple(float(r) for r in args.rates.split(","))
     runs: dict[str, tuple[Any, Callable[[], dict[str, Any]]]] = {
         "all": (full, lambda: full.run(rates=rates, seconds=args.seconds, edits=args.edits,
                                        accounts=args.accounts, out=out)),
+        "compare": (compare_bench, lambda: compare_bench.run(accounts=args.accounts, out=out)),
         "capture": (capture, lambda: capture.run(updates=args.updates, out=out,
                                                  modes=(args.capture_mode,) if args.capture_mode else capture.MODES)),
         "faust": (faust_ceiling, lambda: faust_ceiling.run(events=args.events, out=out)),
@@ -436,14 +438,15 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(func=cmd_registry)
     bench = sub.add_parser("bench", help="benchmarks on freshly started local services (not the running stack)")
     bench.add_argument("which", nargs="?", default="all",
-                       choices=["all", "capture", "sync", "steady", "orders", "faust", "faults"],
+                       choices=["all", "capture", "sync", "steady", "orders", "faust", "faults", "compare"],
                        help="all (default): steady state, native logical replication, backlog drain and initial"
                             " sync in one run, as one table; capture: N single-row CRM updates -> broker;"
                             " sync: CRM edit -> ERP commit latency;"
                             " steady: fixed-rate edits on both systems, per-edit latency and peak memory;"
                             " orders: deals won in a burst -> ERP sales orders;"
                             " faust: Faust alone taking batches from a topic (its ceiling per hop);"
-                            " faults: time to converge after faults injected during bursts of changes")
+                            " faults: time to converge after faults injected during bursts of changes;"
+                            " compare: the reconciliation report on N linked accounts")
     bench.add_argument("--updates", type=int, default=100_000, help="capture: single-row updates (default 100000)")
     bench.add_argument("--capture-mode", choices=["connect", "embedded"], default=None,
                        help="capture: only this capture mode (default: both, one after the other)")
@@ -452,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sync, steady: duration of the load (per rate) (default 60)")
     bench.add_argument("--edits", type=int, default=100_000,
                        help="all: backlog edits, and the anchor's burst (default 100000)")
-    bench.add_argument("--accounts", type=int, default=100_000, help="all: initial-sync accounts (default 100000)")
+    bench.add_argument("--accounts", type=int, default=100_000,
+                       help="all: initial-sync accounts; compare: seeded accounts (default 100000)")
     bench.add_argument("--events", type=int, default=50_000, help="faust: records to take (default 50000)")
     bench.add_argument("--deals", type=int, default=500, help="orders: deals won in a burst (default 500)")
     bench.add_argument("--rates", default="200,1000,2000",

@@ -100,7 +100,10 @@ def compare(settings: Settings, profile: Profile, store: Store, chunk: int = 500
     entity = profile.entity
     report = Report(entity)
     links = {(s, i): x for x in store.links(entity) for s, i in (("crm", x.crm_id), ("erp", x.erp_id)) if i}
-    reviewing = {(r[1], r[2]) for r in store.open_reviews(entity)}
+    reviewing: set[tuple[str, str]] = set()  # a review item, and its candidates (of either system)
+    for _, system, source_id, candidates, _ in store.open_reviews(entity):
+        reviewing.add((system, source_id))
+        reviewing.update((s, str(c)) for c in candidates for s in ("crm", "erp"))
     conflicted = {(str(r[0]), r[1]) for r in store.conn.execute(
         "SELECT global_id::text, field FROM sync.conflicts WHERE entity = %s AND status = 'open'", (entity,))}
     values: dict[str, dict[str, dict[str, Any]]] = {"crm": {}, "erp": {}}
