@@ -57,6 +57,12 @@ def needs(settings: Settings) -> dict[str, Access]:
     return out
 
 
+def quoted(table: str) -> str:
+    """``schema.table`` as a quoted SQL identifier."""
+    schema, _, name = table.partition(".")
+    return f'"{schema}"."{name}"'
+
+
 def select_names(query: str) -> list[str]:
     """The names of the columns a ``SELECT`` returns (each item's alias, or its last identifier)."""
     text = re.sub(r"--[^\n]*", " ", query)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import psycopg
 
-from streams.access import Access, needs
+from streams.access import Access, needs, quoted
 from streams.errors import SyncError
 from streams.settings import Settings, production_warnings
 
@@ -34,11 +34,6 @@ class Check:
     def line(self) -> str:
         text = f"{self.status:<4} {self.what}: {self.found}"
         return f"{text} (fix: {self.fix})" if self.fix and self.status != "ok" else text
-
-
-def _quoted(table: str) -> str:
-    schema, _, name = table.partition(".")
-    return f'"{schema}"."{name}"'
 
 
 def source_checks(settings: Settings, system: str, access: Access, connector: dict[str, Any]) -> Iterator[Check]:
@@ -103,7 +98,7 @@ def _publication(conn: psycopg.Connection[Any], system: str, access: Access,
         yield (Check("ok", f"{system} publication {name}", f"{len(rows)} tables, every captured one")
                if not missing else
                Check("FAIL", f"{system} publication {name}", f"lacks {', '.join(missing)}",
-                     f"ALTER PUBLICATION {name} ADD TABLE {', '.join(_quoted(t) for t in missing)}"))
+                     f"ALTER PUBLICATION {name} ADD TABLE {', '.join(quoted(t) for t in missing)}"))
         return
     if connector.get("publication.autocreate.mode", "all_tables") == "disabled":
         yield Check("FAIL", f"{system} publication {name}", "missing, and the connector does not create it",
@@ -127,7 +122,7 @@ def _may(conn: psycopg.Connection[Any], query: str, *params: Any) -> bool:
 def _table(conn: psycopg.Connection[Any], system: str, table: str, access: Access) -> Iterator[Check]:
     what = f"{system} table {table}"
     row = conn.execute("SELECT c.relreplident, has_table_privilege(c.oid, 'SELECT') FROM pg_class c"
-                       " WHERE c.oid = to_regclass(%s)", (_quoted(table),)).fetchone()
+                       " WHERE c.oid = to_regclass(%s)", (quoted(table),)).fetchone()
     if row is None:
         yield Check("FAIL", what, "does not exist", "check the profile's table names, or the login's search rights")
         return
@@ -135,21 +130,21 @@ def _table(conn: psycopg.Connection[Any], system: str, table: str, access: Acces
     problems, fixes = [], []
     if identity != "f":
         problems.append("replica identity not FULL (updates lose unchanged values, deletes their before image)")
-        fixes.append(f"ALTER TABLE {_quoted(table)} REPLICA IDENTITY FULL")
+        fixes.append(f"ALTER TABLE {quoted(table)} REPLICA IDENTITY FULL")
     if not readable:
         problems.append("not readable by the login")
-        fixes.append(f"GRANT SELECT ON {_quoted(table)} TO <login>")
+        fixes.append(f"GRANT SELECT ON {quoted(table)} TO <login>")
     columns = sorted(access.updates.get(table, set()))
     if columns:
         denied = [c for c in columns if not _may(
-            conn, "SELECT has_column_privilege(to_regclass(%s), %s, 'UPDATE')", _quoted(table), c)]
+            conn, "SELECT has_column_privilege(to_regclass(%s), %s, 'UPDATE')", quoted(table), c)]
         if denied:
             problems.append(f"may not update {', '.join(denied)}")
-            fixes.append(f"GRANT UPDATE ({', '.join(denied)}) ON {_quoted(table)} TO <applier login>")
+            fixes.append(f"GRANT UPDATE ({', '.join(denied)}) ON {quoted(table)} TO <applier login>")
     if table in access.inserts and not _may(conn, "SELECT has_table_privilege(to_regclass(%s), 'INSERT')",
-                                            _quoted(table)):
+                                            quoted(table)):
         problems.append("may not insert (a create rule writes here)")
-        fixes.append(f"GRANT INSERT ON {_quoted(table)} TO <applier login>")
+        fixes.append(f"GRANT INSERT ON {quoted(table)} TO <applier login>")
     if problems:
         yield Check("FAIL", what, "; ".join(problems), "; ".join(fixes))
     else:

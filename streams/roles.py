@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from streams.access import Access, needs
+from streams.access import Access, needs, quoted
 from streams.apply.sql import PROGRESS_DDL
 from streams.capture.sources import CAPTURE_DDL
 from streams.settings import Settings
@@ -35,11 +35,6 @@ class Script:
 
     database: str
     text: str
-
-
-def _q(table: str) -> str:
-    schema, _, name = table.partition(".")
-    return f'"{schema}"."{name}"'
 
 
 def _role(name: str, options: str) -> str:
@@ -65,28 +60,28 @@ def source_script(system: str, access: Access, publication: str) -> str:
              f"GRANT SELECT, INSERT, UPDATE, DELETE ON sync_meta.applier_progress, sync_meta.created,"
              f" sync_meta.applied_tx TO {APPLY};", "",
              "-- Capture reads the captured tables, nothing else.",
-             f"GRANT SELECT ON {', '.join(_q(t) for t in captured)} TO {CAPTURE};",
+             f"GRANT SELECT ON {', '.join(quoted(t) for t in captured)} TO {CAPTURE};",
              f"DO $$ BEGIN CREATE PUBLICATION {publication}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
-             f"ALTER PUBLICATION {publication} SET TABLE {', '.join(_q(t) for t in captured)},"
+             f"ALTER PUBLICATION {publication} SET TABLE {', '.join(quoted(t) for t in captured)},"
              " sync_meta.heartbeat, sync_meta.debezium_signal;", "",
              "-- The appliers read what the sync reads and write only what the profiles map.",
-             f"GRANT SELECT ON {', '.join(_q(t) for t in sorted(set(captured) | set(written)))} TO {APPLY};"]
+             f"GRANT SELECT ON {', '.join(quoted(t) for t in sorted(set(captured) | set(written)))} TO {APPLY};"]
     for table in sorted(access.updates):
         columns = sorted(access.updates[table])
         if columns:
-            lines.append(f"GRANT UPDATE ({', '.join(columns)}) ON {_q(table)} TO {APPLY};")
+            lines.append(f"GRANT UPDATE ({', '.join(columns)}) ON {quoted(table)} TO {APPLY};")
     if access.inserts:
         tables = sorted(access.inserts)
-        lines += [f"GRANT INSERT ON {', '.join(_q(t) for t in tables)} TO {APPLY};",
+        lines += [f"GRANT INSERT ON {', '.join(quoted(t) for t in tables)} TO {APPLY};",
                   "-- and the sequences their column defaults draw from",
                   "DO $$ DECLARE s regclass; BEGIN",
                   "  FOR s IN SELECT DISTINCT d.refobjid::regclass FROM pg_depend d",
                   "    JOIN pg_attrdef a ON a.oid = d.objid JOIN pg_class c ON c.oid = d.refobjid AND c.relkind = 'S'",
                   "    WHERE d.classid = 'pg_attrdef'::regclass AND d.refclassid = 'pg_class'::regclass",
-                  f"      AND a.adrelid = ANY (ARRAY[{', '.join(repr(_q(t)) for t in tables)}]::regclass[])",
+                  f"      AND a.adrelid = ANY (ARRAY[{', '.join(repr(quoted(t)) for t in tables)}]::regclass[])",
                   f"  LOOP EXECUTE format('GRANT USAGE ON SEQUENCE %s TO {APPLY}', s); END LOOP;",
                   "END $$;"]
-    lines += [f"ALTER TABLE {_q(t)} REPLICA IDENTITY FULL;" for t in captured]
+    lines += [f"ALTER TABLE {quoted(t)} REPLICA IDENTITY FULL;" for t in captured]
     lines.append("COMMIT;")
     return "\n".join(lines) + "\n"
 

@@ -82,11 +82,14 @@ class Creates:
         if self.conn is None or self.conn.closed:
             self.conn = psycopg.connect(**self.ctx.settings.store.conninfo())
         rows = self.conn.execute(DUE).fetchall()
-        store, out = self.ctx.store, []
-        for entity, gid, system, key, ends in rows:
-            out.append(Due(entity, gid, system, key, ends, store.link_of(entity, system, key),
-                           bool(store.reviewing(entity, system, [key]))))
-        return out
+        store = self.ctx.store
+        keys: dict[tuple[str, str], list[str]] = {}
+        for entity, _, system, key, _ in rows:
+            keys.setdefault((entity, system), []).append(key)
+        links = {(e, s): store.links_of(e, s, k) for (e, s), k in keys.items()}  # two look-ups per entity, system
+        waiting = {(e, s): store.reviewing(e, s, k) for (e, s), k in keys.items()}
+        return [Due(entity, gid, system, key, ends, links[(entity, system)].get(key), key in waiting[(entity, system)])
+                for entity, gid, system, key, ends in rows]
 
     def _positions(self, topics: set[str]) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
         """Per topic: end offsets and the workers' committed offsets, by partition (as text, for JSON)."""

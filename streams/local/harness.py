@@ -17,6 +17,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -407,3 +408,26 @@ def records_in(harness: Harness, topics: Sequence[str]) -> int:
         return len(reader.records)
     finally:
         reader.close()
+
+
+@contextmanager
+def live_stack(name: str, worker: bool = True, **config: Any) -> Iterator[Harness]:
+    """A test module's own stack under /tmp, stopped on exit.
+
+    Services, capture running and (unless ``worker`` is False) a worker with the identity bootstrap
+    done; ``config`` goes to :meth:`Harness.write_config`.
+    """
+    h = Harness(Path(tempfile.mkdtemp(prefix=f"crm-erp-sync-{name}-", dir="/tmp"))).start()
+    if config:
+        h.write_config(**config)
+    try:
+        with running(h.spawn("capture")):
+            wait_for_capture(h)
+            if not worker:
+                yield h
+                return
+            with running(h.spawn("worker", log_name="worker.log")):
+                wait_for_identity(h)
+                yield h
+    finally:
+        h.stop()

@@ -4,28 +4,20 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from streams.local.harness import Harness, running, scalar, wait_for, wait_for_capture, wait_for_identity
+from streams.local.harness import Harness, live_stack, scalar, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def synced() -> Iterator[Harness]:
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-compare-", dir="/tmp"))).start()
-    try:
-        with running(h.spawn("capture")), running(h.spawn("worker", log_name="worker.log")):
-            wait_for_capture(h)
-            wait_for_identity(h)
-            yield h
-    finally:
-        h.stop()
+    with live_stack("compare") as h:
+        yield h
 
 
 def report(h: Harness) -> dict[str, Any]:

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from streams.local.harness import Harness, running, wait_for_capture
+from streams.local.harness import Harness, live_stack
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def deployed() -> Iterator[Harness]:
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-doctor-", dir="/tmp"))).start()
-    try:
-        with running(h.spawn("capture")):
-            wait_for_capture(h)
-            yield h
-    finally:
-        h.stop()
+    with live_stack("doctor", worker=False) as h:
+        yield h
 
 
 def doctor(h: Harness) -> tuple[int, list[str]]:
