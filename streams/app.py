@@ -27,6 +27,7 @@ import psycopg
 
 from streams import codecs, faults, metrics, transport
 from streams.agents.apply import Apply
+from streams.agents.audit import AuditTrail
 from streams.agents.creates import Creates
 from streams.agents.documents import DocumentStage
 from streams.agents.flow import Flow
@@ -42,7 +43,7 @@ from streams.mapping.profile import Profile
 from streams.produce import Outputs
 from streams.settings import Settings
 from streams.store import StateCache, Store
-from streams.topics import CONFLICTS, DLQ, admin_client, commands_topic, topic_ids
+from streams.topics import AUDIT, CONFLICTS, DLQ, admin_client, commands_topic, topic_ids
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class Processors:
             commands_topic("erp"): "sync/command.avsc",
             CONFLICTS: "sync/conflict.avsc",
             DLQ: "sync/dead_letter.avsc",
+            AUDIT: "sync/audit.avsc",
         }
         for flow in self.flows:
             outputs[flow.changes] = "sync/change.avsc"
@@ -133,11 +135,13 @@ class Processors:
         self.apply = Apply(self)
         self.health = Health(self)
         self.creates = Creates(self)
+        self.audit = AuditTrail(self)
         self.app.agent(raw, name="normalize")(self._agent("normalize", self.normalize.normalize, BATCH))
         changes = self.app.topic(*self.by_changes, key_serializer="raw", value_serializer="raw")
         self.app.agent(changes, name="reconcile")(self._agent("reconcile", self.reconcile.reconcile, BATCH))
         self.app.timer(5.0, name="health")(self.health.tick)
         self.app.timer(1.0, name="creates-due")(self.creates.tick)
+        self.app.timer(5.0, name="audit")(self.audit.tick)
         if self.document_profile.creates:
             self.app.timer(5.0, name="pending-documents")(self.document_stage.retry_pending)
         for flow in self.flows:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import signal
@@ -146,7 +147,8 @@ def cmd_conflicts(settings: Settings, args: argparse.Namespace) -> int:
 
     if (args.take is None) == (args.value is None):
         raise SyncError("resolve needs exactly one of --take crm|erp or --value V")
-    done = resolve(settings, store, args.id, args.take, None if args.value is None else parse_value(args.value))
+    by = args.by or getpass.getuser()
+    done = resolve(settings, store, args.id, args.take, None if args.value is None else parse_value(args.value), by)
     print(f"conflict {done['conflict']} resolved: {done['field']} = {done['value']!r}, "
           f"written to {', '.join(done['sent_to']) or 'nobody (both already hold it)'}")
     return 0
@@ -356,6 +358,30 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
+    """Who changed what, when and why: the sync's writes, from the audit trail."""
+    import csv
+
+    from streams import audit
+
+    try:
+        since = audit.parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        raise SyncError(f"--since {args.since!r}: {exc}", hint="an ISO time (2026-11-30T08:00) or an age (90m, 36h, 7d)"
+                        ) from exc
+    entries = audit.query(_store(settings).conn, args.global_id, args.system, args.field, since, args.limit)
+    if args.format == "json":
+        print(json.dumps(entries, ensure_ascii=False, default=str, indent=2))
+    elif args.format == "csv":
+        out = csv.DictWriter(sys.stdout, fieldnames=list(audit.COLUMNS))
+        out.writeheader()
+        out.writerows({k: json.dumps(v, ensure_ascii=False) if k in ("old_value", "new_value") else v
+                       for k, v in e.items()} for e in entries)
+    else:
+        print("\n".join(audit.line(e) for e in entries) if entries else "no writes match")
+    return 0
+
+
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     """Print the effective settings with secrets masked."""
     import yaml
@@ -395,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("--all", action="store_true", help="list resolved ones too")
     conf.add_argument("--take", choices=["crm", "erp"], help="resolve with this system's value")
     conf.add_argument("--value", help="resolve with this value (JSON if it parses, else text)")
+    conf.add_argument("--by", default=None,
+                      help="who decides, for the audit trail (default: the operating-system user running this)")
     conf.set_defaults(func=cmd_conflicts)
     dlq = sub.add_parser("dlq", help="dead letters: list, show, or replay them after a fix")
     dlq.add_argument("action", choices=["list", "show", "replay"])
@@ -434,6 +462,15 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--repair", action="store_true", help="turn the findings into sync events (drifted and unknown"
                      " rows read again through capture, eligible records created); nothing is written directly")
     cmp.set_defaults(func=cmd_compare)
+    aud = sub.add_parser("audit", help="the sync's writes to either system: what changed, when, and the change or"
+                         " decision that caused it")
+    aud.add_argument("--global-id", help="one record (its global id: compare, conflicts and status show them)")
+    aud.add_argument("--system", choices=["crm", "erp"], help="writes to this system only")
+    aud.add_argument("--field", help="one field (canonical name, document rule or column)")
+    aud.add_argument("--since", help="from this time (ISO, UTC unless it says) or this age (90m, 36h, 7d)")
+    aud.add_argument("--limit", type=int, default=1000, help="the newest N that match (default 1000)")
+    aud.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    aud.set_defaults(func=cmd_audit)
     sub.add_parser("registry", help="serve the embedded schema registry alone (on registry.url)"
                    ).set_defaults(func=cmd_registry)
     bench = sub.add_parser("bench", help="benchmarks on freshly started local services (not the running stack)")

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import psycopg
 
 from streams.access import Access, needs, quoted
+from streams.apply.sql import PROGRESS_TABLES
 from streams.errors import SyncError
 from streams.settings import Settings, production_warnings
 
@@ -61,6 +62,14 @@ def source_checks(settings: Settings, system: str, access: Access, connector: di
         if meta and not (meta[0] or meta[1]):
             yield Check("FAIL", f"{system} schema sync_meta", "missing, and the login may not create it",
                         f"run `crm-erp-sync roles {system}` as the database owner, or GRANT CREATE ON DATABASE")
+        elif meta and meta[0]:
+            missing = [str(r[0]) for r in conn.execute(
+                "SELECT t FROM unnest(%s::text[]) AS t WHERE NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n"
+                " ON n.oid = c.relnamespace WHERE n.nspname || '.' || c.relname = t)", (list(PROGRESS_TABLES),))]
+            if missing and not _may(conn, "SELECT has_schema_privilege('sync_meta', 'CREATE')"):
+                yield Check("FAIL", f"{system} schema sync_meta", f"{', '.join(missing)} missing (new in this"
+                            " version), and the login may not create them",
+                            f"run `crm-erp-sync roles {system}` again as the database owner")
 
 
 def _wal(conn: psycopg.Connection[Any], system: str, connector: dict[str, Any]) -> Iterator[Check]:

@@ -18,7 +18,7 @@ from streams.errors import TransientError
 
 ENV = "CRM_ERP_SYNC_FAULTS"
 SKEW_ENV = "CRM_ERP_SYNC_CLOCK_SKEW_S"
-STEPS = ("normalize.send", "reconcile.commit", "apply.write", "documents.step")
+STEPS = ("normalize.send", "reconcile.commit", "apply.write", "documents.step", "audit.move")
 
 
 def _plan(text: str) -> dict[str, str]:

@@ -85,6 +85,10 @@ END_TO_END = Histogram(
     ["flow", "direction"], buckets=LAG_BUCKETS,
 )
 RETRIES = Counter("sync_retries_total", "Transient failures retried with backoff.", ["stage"])
+AUDIT_ENTRIES = Counter(
+    "sync_audit_entries_total", "Writes of the sync recorded in the audit trail (sync store and topic sync.audit).",
+    ["system", "kind"],
+)
 IDENTITY_CREATES_DUE = Counter(
     "sync_identity_creates_due_total",
     "Records still without a counterpart after the hold, sent to reconcile to be created on the other system.",

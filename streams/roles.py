@@ -25,8 +25,6 @@ from streams.capture.sources import CAPTURE_DDL
 from streams.settings import Settings
 
 CAPTURE, APPLY, STORE = "crm_erp_sync_capture", "crm_erp_sync_apply", "crm_erp_sync_store"
-META_TABLES = ("sync_meta.heartbeat", "sync_meta.debezium_signal", "sync_meta.applier_progress",
-               "sync_meta.created", "sync_meta.applied_tx")
 
 
 @dataclass(frozen=True)
@@ -51,14 +49,17 @@ def source_script(system: str, access: Access, publication: str) -> str:
              f"-- (crm-erp-sync roles {system}). Run as the owner of the captured tables, once and after every",
              "-- profile change; then set the passwords (\\password ...). Nothing else needs DDL rights.",
              "BEGIN;", _role(CAPTURE, "LOGIN REPLICATION"), _role(APPLY, "LOGIN"), "",
-             "-- The sync's bookkeeping: heartbeat and signals (capture), progress, created records and",
-             "-- its own transactions (appliers).", CAPTURE_DDL.strip(), PROGRESS_DDL.strip(), "",
+             "-- The sync's bookkeeping: heartbeat and signals (capture), progress, created records, its",
+             "-- own transactions and the audit notes of its writes (appliers).", CAPTURE_DDL.strip(),
+             PROGRESS_DDL.strip(), "",
              f"GRANT USAGE ON SCHEMA sync_meta, {', '.join(schemas)} TO {CAPTURE}, {APPLY};",
              f"GRANT SELECT, INSERT, UPDATE ON sync_meta.heartbeat TO {CAPTURE};",
              f"GRANT SELECT ON sync_meta.debezium_signal TO {CAPTURE};",
              f"GRANT SELECT, INSERT ON sync_meta.debezium_signal TO {APPLY};",
              f"GRANT SELECT, INSERT, UPDATE, DELETE ON sync_meta.applier_progress, sync_meta.created,"
-             f" sync_meta.applied_tx TO {APPLY};", "",
+             f" sync_meta.applied_tx TO {APPLY};",
+             f"GRANT SELECT, INSERT, UPDATE, DELETE ON sync_meta.audit_outbox TO {APPLY};",  # UPDATE: taken FOR UPDATE
+             f"GRANT USAGE ON SEQUENCE sync_meta.audit_outbox_id_seq TO {APPLY};", "",
              "-- Capture reads the captured tables, nothing else.",
              f"GRANT SELECT ON {', '.join(quoted(t) for t in captured)} TO {CAPTURE};",
              f"DO $$ BEGIN CREATE PUBLICATION {publication}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;",

@@ -92,7 +92,7 @@ class TopicPartitions(BaseModel):
     raw: int = Field(4, ge=1, le=1024)  # Debezium's topics of the mapped and watched tables
     changes: int = Field(4, ge=1, le=1024)  # sync.changes.<entity>, keyed by global id
     commands: int = Field(4, ge=1, le=1024)  # sync.commands.crm / .erp
-    dlq: int = Field(1, ge=1, le=1024)  # sync.dlq and sync.conflicts
+    dlq: int = Field(1, ge=1, le=1024)  # sync.dlq, sync.conflicts and sync.audit
     canonical: int = Field(4, ge=1, le=1024)  # canonical.<entity>.v1, for downstream consumers
 
 
@@ -216,6 +216,15 @@ class ProcessorSettings(BaseModel):
         return [value] if isinstance(value, (str, Path)) else value
 
 
+class AuditSettings(BaseModel):
+    """The audit trail of the sync's writes (``crm-erp-sync audit``; topic ``sync.audit``)."""
+
+    model_config = _FROZEN
+
+    # How long entries stay in the sync store and on the topic (auditors often ask for a year or more).
+    retention_days: int = Field(400, ge=1, le=36500)
+
+
 class LocalSettings(BaseModel):
     """The embedded stack started by ``crm-erp-sync up``."""
 
@@ -263,6 +272,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = RegistrySettings()
     capture: CaptureSettings = CaptureSettings()
     processors: ProcessorSettings = ProcessorSettings()
+    audit: AuditSettings = AuditSettings()
     local: LocalSettings = LocalSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     metrics_host: str = "127.0.0.1"  # where capture and workers serve /metrics (0.0.0.0 for a remote Prometheus)

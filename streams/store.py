@@ -168,10 +168,12 @@ class Store:
 
     def migrate(self) -> None:
         """Create the tables (idempotent)."""
+        from streams.audit import DDL as AUDIT_DDL
         from streams.identity.keys import DDL as IDENTITY_DDL
 
         self.conn.execute(DDL)
         self.conn.execute(IDENTITY_DDL)
+        self.conn.execute(AUDIT_DDL)
 
     def close(self) -> None:
         """Close the connection."""

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 DLQ = "sync.dlq"
 CONFLICTS = "sync.conflicts"
+AUDIT = "sync.audit"
 COMPACTED = {"cleanup.policy": "compact"}
 FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
 AUTH_HINT = ("check kafka.sasl_username / sasl_password and the CA in kafka.ssl_ca_location; the sync's principal"
@@ -57,7 +58,7 @@ class TopicSpec:
 
 
 def plan(kafka: KafkaSettings, raw: Iterable[str], entities: Iterable[str], canonical: Iterable[str],
-         sources: Iterable[str] = ("crm", "erp")) -> list[TopicSpec]:
+         sources: Iterable[str] = ("crm", "erp"), audit_days: int = 400) -> list[TopicSpec]:
     """Every topic of the sync, with the partitions and configuration settings ask for."""
     parts = kafka.partitions
     base = {"min.insync.replicas": str(kafka.min_insync_replicas)}
@@ -65,6 +66,8 @@ def plan(kafka: KafkaSettings, raw: Iterable[str], entities: Iterable[str], cano
     specs += [TopicSpec(changes_topic(e), parts.changes, base) for e in dict.fromkeys(entities)]
     specs += [TopicSpec(commands_topic(s), parts.commands, base) for s in ("crm", "erp")]
     specs += [TopicSpec(t, parts.dlq, {**base, **FOREVER}) for t in (DLQ, CONFLICTS)]
+    specs.append(TopicSpec(AUDIT, parts.dlq, {**base, "retention.ms": str(audit_days * 86_400_000),
+                                              "retention.bytes": "-1"}))
     specs += [TopicSpec(t, parts.canonical, {**base, **COMPACTED}) for t in dict.fromkeys(canonical)]
     specs += [TopicSpec(marker_topic(s), 1, base) for s in sources]
     return specs
@@ -229,7 +232,8 @@ def planned(settings: Settings) -> list[TopicSpec]:
     raw = [f"{s}.{p.table_of(s)}" for p in profiles for s in ("crm", "erp")]
     raw += [f"{rule.source}.{table}" for rule in documents.rules for table in rule.watch]
     canonical = [p.canonical.topic for p in profiles if p.canonical] + [r.topic for r in documents.canonical]
-    return plan(settings.kafka, raw, [p.entity for p in profiles], canonical, settings.capture.sources)
+    return plan(settings.kafka, raw, [p.entity for p in profiles], canonical, settings.capture.sources,
+                settings.audit.retention_days)
 
 
 def ensure_planned(settings: Settings) -> list[TopicSpec]:

@@ -20,3 +20,32 @@ def harness() -> Iterator[Harness]:
         yield h
     finally:
         h.stop()
+
+
+NOTEWORTHY = ("WARNING", "ERROR", "CRITICAL", "Error:", "Exception")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """A failed test's report carries what the processes it ran logged as going wrong meanwhile.
+
+    CI keeps only pytest's output: without this, a worker's dead letter or crash behind a timeout
+    is invisible there. The logs of every stack under /tmp written during the test, their warning
+    and error lines only, the last few of each.
+    """
+    report = yield
+    if report.failed and call.when == "call":
+        found = []
+        for log in sorted(Path("/tmp").glob("crm-erp-sync-*/**/*.log")):
+            try:
+                if log.stem.isdigit() or log.stat().st_mtime < call.start:  # a Kafka segment, or older
+                    continue
+                lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()
+                         if any(word in ln for word in NOTEWORTHY)]
+            except OSError:
+                continue
+            if lines:
+                found.append(f"--- {log}\n" + "\n".join(ln[:400] for ln in lines[-12:]))
+        if found:
+            report.sections.append(("logs written during the test (warnings and errors)", "\n".join(found)[-12000:]))
+    return report

@@ -5,8 +5,8 @@ BEGIN;
 DO $$ BEGIN CREATE ROLE crm_erp_sync_capture LOGIN REPLICATION; EXCEPTION WHEN duplicate_object THEN ALTER ROLE crm_erp_sync_capture LOGIN REPLICATION; END $$;
 DO $$ BEGIN CREATE ROLE crm_erp_sync_apply LOGIN; EXCEPTION WHEN duplicate_object THEN ALTER ROLE crm_erp_sync_apply LOGIN; END $$;
 
--- The sync's bookkeeping: heartbeat and signals (capture), progress, created records and
--- its own transactions (appliers).
+-- The sync's bookkeeping: heartbeat and signals (capture), progress, created records, its
+-- own transactions and the audit notes of its writes (appliers).
 CREATE SCHEMA IF NOT EXISTS sync_meta;
 CREATE TABLE IF NOT EXISTS sync_meta.heartbeat (id int PRIMARY KEY, beat_at timestamptz NOT NULL);
 CREATE TABLE IF NOT EXISTS sync_meta.debezium_signal (
@@ -33,12 +33,19 @@ CREATE TABLE IF NOT EXISTS sync_meta.applied_tx (
   xid bigint      NOT NULL PRIMARY KEY,
   at  timestamptz NOT NULL DEFAULT now()
 );
+-- Each write's audit note, in the write's transaction, until the worker moved it to the sync store.
+CREATE TABLE IF NOT EXISTS sync_meta.audit_outbox (
+  id    bigserial PRIMARY KEY,
+  entry jsonb NOT NULL
+);
 
 GRANT USAGE ON SCHEMA sync_meta, public TO crm_erp_sync_capture, crm_erp_sync_apply;
 GRANT SELECT, INSERT, UPDATE ON sync_meta.heartbeat TO crm_erp_sync_capture;
 GRANT SELECT ON sync_meta.debezium_signal TO crm_erp_sync_capture;
 GRANT SELECT, INSERT ON sync_meta.debezium_signal TO crm_erp_sync_apply;
 GRANT SELECT, INSERT, UPDATE, DELETE ON sync_meta.applier_progress, sync_meta.created, sync_meta.applied_tx TO crm_erp_sync_apply;
+GRANT SELECT, INSERT, UPDATE, DELETE ON sync_meta.audit_outbox TO crm_erp_sync_apply;
+GRANT USAGE ON SEQUENCE sync_meta.audit_outbox_id_seq TO crm_erp_sync_apply;
 
 -- Capture reads the captured tables, nothing else.
 GRANT SELECT ON "public"."customers", "public"."invoices", "public"."items", "public"."payments", "public"."return_orders", "public"."sales_order_lines", "public"."sales_orders", "public"."shipments" TO crm_erp_sync_capture;

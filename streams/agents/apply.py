@@ -15,7 +15,7 @@ from streams import metrics
 from streams.apply.executor import Applier, Delivery
 from streams.errors import TransientError
 from streams.reconcile.core import Conflict, EntityState, reject
-from streams.reconcile.records import command_record
+from streams.reconcile.records import cause_from, command_record
 from streams.topics import commands_topic
 
 if TYPE_CHECKING:
@@ -43,6 +43,8 @@ class Apply:
             except Exception as exc:  # undecodable command: dead letter, the batch goes on
                 bad.append((m, f"{type(exc).__name__}: {exc}"))
         result = await self.ctx.retrying(f"apply {applier.system}", applier.apply, batch)
+        if result.audit:
+            await self.ctx.audit.move(applier.system)
         metrics.STAGE_EVENTS.labels(stage, "out").inc(result.written + result.created)
         for outcome, n in (("written", result.written), ("created", result.created), ("skipped", result.skipped),
                            ("replayed", result.replayed), ("failed", len(result.failed))):
@@ -77,9 +79,8 @@ class Apply:
             steps.append((cmd["entity"], cmd["global_id"], step))
         results, tx, saved = await self.ctx.retrying("apply", self.ctx.locked, steps)
         for cmd, (outcome, _) in zip(commands, results, strict=True):
-            cause_ms = int(cmd["cause_commit_time"].timestamp() * 1000)
             sends += [(commands_topic(c.system), cmd["global_id"], command_record(
-                cmd["entity"], cmd["global_id"], cmd["key"], c, cause_ms, cmd["cause_event"]))
+                cmd["entity"], cmd["global_id"], cmd["key"], c, cause_from(cmd)))
                 for c in outcome.commands]
             log.warning("%s refused %s of %s %s: the field is free again%s", cmd["system"], cmd["field"],
                         cmd["entity"], cmd["key"], " (the value set aside goes now)" if outcome.commands else "")

@@ -14,7 +14,14 @@ from streams import metrics
 from streams.agents.flow import Flow
 from streams.errors import SyncError, TerminalError
 from streams.reconcile.core import Conflict, EntityState, Outcome, apply_change, deactivate, other, request_create
-from streams.reconcile.records import canonical_record, command_record, conflict_record, create_record
+from streams.reconcile.records import (
+    canonical_record,
+    cause_fields,
+    cause_ref,
+    command_record,
+    conflict_record,
+    create_record,
+)
 from streams.topics import CONFLICTS, commands_topic
 
 if TYPE_CHECKING:
@@ -35,7 +42,8 @@ class Reconcile:
         meta = rec["metadata"]
         commit_ms = int(meta["source_commit_time"].timestamp() * 1000)
         change_version = tuple(rec["source_order"]) if rec["source_order"] else (commit_ms, meta["lsn"] or 0)
-        system, gid, event_id = rec["system"], rec["global_id"], meta["event_id"]
+        system, gid, ref = rec["system"], rec["global_id"], cause_ref(meta)
+        cause = cause_fields(ref)
         ids = {"crm": rec["crm_id"], "erp": rec["erp_id"]}
         if rec["values_json"] is None and rec["op"] != "create":  # a deletion: deactivate the counterpart
             def deleted(state: EntityState, now_ms: int) -> tuple[EntityState, list[Conflict], Any]:
@@ -49,7 +57,7 @@ class Reconcile:
                     return []
                 log.info("%s %s deleted: deactivating %s %s", system, rec["key"], cmd.system, ids[cmd.system])
                 return [(commands_topic(cmd.system), gid,
-                         command_record(entity, gid, ids[cmd.system], cmd, commit_ms, event_id))]
+                         command_record(entity, gid, ids[cmd.system], cmd, cause, kind="deactivation"))]
 
             return deleted, finish_deleted
 
@@ -59,7 +67,7 @@ class Reconcile:
                 return outcome.state, [], (outcome, request_create(profile.create_rule(system), outcome.state,
                                                                    system, now_ms))
             outcome = apply_change(profile.fields, state, system, json.loads(rec["values_json"]), change_version,
-                                   json.loads(rec["row_version_json"]), now_ms, commit_ms, rec.get("by_sync"))
+                                   json.loads(rec["row_version_json"]), now_ms, commit_ms, rec.get("by_sync"), ref)
             create = (request_create(profile.create_rule(system), outcome.state, system, now_ms)
                       if rec["may_create"] else None)
             return outcome.state, outcome.conflicts, (outcome, create)
@@ -70,11 +78,11 @@ class Reconcile:
             if create is not None:
                 peer = other(system)
                 sends.append((commands_topic(peer), gid,
-                              create_record(entity, gid, peer, create, commit_ms, event_id)))
+                              create_record(entity, gid, peer, create, cause)))
             for cmd in outcome.commands:
                 if ids[cmd.system] is not None:  # else: not linked on that system yet
                     sends.append((commands_topic(cmd.system), gid, command_record(
-                        entity, gid, ids[cmd.system], cmd, commit_ms, event_id)))
+                        entity, gid, ids[cmd.system], cmd, cause)))
             sends += [(CONFLICTS, gid, conflict_record(entity, gid, conflict_id, c))
                       for conflict_id, c in zip(conflict_ids, outcome.conflicts, strict=True)]
             if flow.canonical and outcome.replays == 0:  # built later, for the entity's last change in the batch

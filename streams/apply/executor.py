@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 
 from streams import faults
+from streams.apply.audit import entry, note
 from streams.apply.sql import (
     APPLIED_INSERT,
     APPLIED_PRUNE,
@@ -64,6 +65,7 @@ class BatchResult:
     replayed: int = 0  # at or below the stored progress
     failed: list[tuple[Delivery, str]] = field(default_factory=list)
     written_cause_times: list[tuple[str, float]] = field(default_factory=list)  # (entity, unix s of the cause)
+    audit: list[dict[str, Any]] = field(default_factory=list)  # a note per change made (``streams.apply.audit``)
 
 
 class Applier:
@@ -122,12 +124,19 @@ class Applier:
         return (insert_recorded(source.table, list(columns), source.key),
                 [*columns.values(), cmd["entity"], cmd["global_id"]])
 
-    def _create(self, conn: psycopg.Connection[Any], cmd: dict[str, Any]) -> int:
-        """Insert the row unless this global id was created here before; 1 if it inserted."""
-        if conn.execute(CREATED_LOOKUP, (cmd["entity"], cmd["global_id"])).fetchone():
-            return 0  # a replayed or repeated create: the row exists
-        conn.execute(*self._create_params(cmd))
-        return 1
+    def _create(self, conn: psycopg.Connection[Any], d: Delivery, result: BatchResult) -> None:
+        """Insert the row unless this global id was created here before."""
+        if conn.execute(CREATED_LOOKUP, (d.command["entity"], d.command["global_id"])).fetchone():
+            return  # a replayed or repeated create: the row exists
+        self._made(d, conn.execute(*self._create_params(d.command)), result)
+
+    def _made(self, d: Delivery, cur: Any, result: BatchResult) -> None:
+        """Count a row created (its cursor returns the new key) and note it."""
+        _, source = self._profile(d.command)
+        row = cur.fetchone()
+        result.created += 1
+        result.audit.append(entry(self.system, d.command, source.table, row[0], "", "", None,
+                                  json.loads(d.command["values_json"] or "{}")))
 
     def _rule(self, cmd: dict[str, Any], kind: type[Any]) -> Any:
         rule = self.rules.get(cmd["field"])
@@ -135,14 +144,15 @@ class Applier:
             raise TerminalError(f"no document rule {cmd['field']!r} writing to {self.system} in the profiles")
         return rule
 
-    def _create_document(self, conn: psycopg.Connection[Any], cmd: dict[str, Any]) -> int:
-        """Insert a document's header and lines unless this global id was created here before; 1 if it did.
+    def _create_document(self, conn: psycopg.Connection[Any], d: Delivery, result: BatchResult) -> None:
+        """Insert a document's header and lines unless this global id was created here before.
 
         A credit check, when the rule has one, runs here: against the target's receivables as they are
         in this transaction.
         """
+        cmd = d.command
         if conn.execute(CREATED_LOOKUP, (cmd["entity"], cmd["global_id"])).fetchone():
-            return 0  # a replayed or repeated create: the document exists
+            return  # a replayed or repeated create: the document exists
         rule: CreateRule = self._rule(cmd, CreateRule)
         spec, doc = rule.target_spec, json.loads(cmd["values_json"])
         header = dict(doc["header"])
@@ -161,7 +171,9 @@ class Applier:
                 cur.executemany(insert_many(spec.lines.table, list(lines[0])), [list(x.values()) for x in lines])
         conn.execute(CREATED_INSERT, (cmd["entity"], cmd["global_id"], str(row[0])))
         log.info("%s %s created as %s %s", rule.name, cmd["global_id"], self.system, row[0])
-        return 1
+        result.created += 1
+        result.audit.append(entry(self.system, cmd, spec.table, row[0], rule.name, "", None,
+                                  {**doc, "header": header}))
 
     def _row_params(self, cmd: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         """A rollup's values onto its row, unless it already holds them (the statement and its parameters)."""
@@ -172,15 +184,31 @@ class Applier:
     def _write_params(self, cmd: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         return self._row_params(cmd) if cmd.get("op") == "row" else self._params(cmd)
 
-    @staticmethod
-    def _counted(d: Delivery, count: int, result: BatchResult) -> None:
-        if count:
-            result.written += 1
-            cause = d.command.get("cause_commit_time")
-            if cause is not None:
-                result.written_cause_times.append((d.command["entity"], cause.timestamp()))
+    def _written(self, d: Delivery, cur: Any, result: BatchResult) -> None:
+        """Count a field or row write (or its skip: the row changed, or holds the value) and note what it changed."""
+        cmd = d.command
+        if cmd.get("op") == "row":  # the cursor returns the columns' old values when it wrote
+            rule: RollupRule = self._rule(cmd, RollupRule)
+            old, values = cur.fetchone(), json.loads(cmd["values_json"])
+            notes = [] if old is None else [
+                entry(self.system, cmd, rule.target_table, cmd["key"], rule.name, column, before, values[column], n)
+                for n, (column, before) in enumerate(zip(values, old, strict=True))]
+        elif cur.rowcount:
+            profile, source = self._profile(cmd)
+            side = profile.fields[cmd["field"]].side(self.system)
+            assert side is not None
+            notes = [entry(self.system, cmd, source.table, cmd["key"], cmd["field"], side.column,
+                           json.loads(cmd["expect_json"]), json.loads(cmd["value_json"]))]
         else:
+            notes = []
+        if not notes:
             result.skipped += 1
+            return
+        result.written += 1
+        result.audit += notes
+        cause = cmd.get("cause_commit_time")
+        if cause is not None:
+            result.written_cause_times.append((cmd["entity"], cause.timestamp()))
 
     def _one(self, conn: psycopg.Connection[Any], d: Delivery, result: BatchResult) -> None:
         """One command in its own savepoint: a bad one is reported and does not sink the batch."""
@@ -188,18 +216,16 @@ class Applier:
             op = d.command.get("op", "set")
             with conn.transaction():
                 if op in ("create", "document"):
-                    result.created += (self._create if op == "create" else self._create_document)(conn, d.command)
+                    (self._create if op == "create" else self._create_document)(conn, d, result)
                     return
                 statement, params = self._write_params(d.command)
-                count = conn.execute(statement, params).rowcount
+                self._written(d, conn.execute(statement, params), result)
         except TerminalError as exc:
             result.failed.append((d, exc.message))
             return
         except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
             detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
             result.failed.append((d, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}{detail}"))
-            return
-        self._counted(d, count, result)
 
     def _pipelined(self, conn: psycopg.Connection[Any], group: list[Delivery], result: BatchResult,
                    params: Any) -> list[tuple[Delivery, Any]] | None:
@@ -225,7 +251,7 @@ class Applier:
     def _writes(self, conn: psycopg.Connection[Any], group: list[Delivery], result: BatchResult) -> None:
         """Field and row writes, pipelined."""
         for d, cur in self._pipelined(conn, group, result, self._write_params) or []:
-            self._counted(d, cur.rowcount, result)
+            self._written(d, cur, result)
 
     def _creates(self, conn: psycopg.Connection[Any], group: list[Delivery], result: BatchResult) -> None:
         """Creates, pipelined: one lookup of the global ids created here before, then one insert each."""
@@ -236,8 +262,8 @@ class Applier:
             if key not in seen:  # else a replayed or repeated create: the row exists
                 seen.add(key)
                 todo.append(d)
-        made = self._pipelined(conn, todo, result, self._create_params)  # None: _one counted them
-        result.created += len(made or [])
+        for d, cur in self._pipelined(conn, todo, result, self._create_params) or []:  # None: _one counted them
+            self._made(d, cur, result)
 
     def apply(self, batch: Sequence[Delivery]) -> BatchResult:
         """Apply a batch in one transaction (a failing command is reported, the rest still apply).
@@ -275,6 +301,7 @@ class Applier:
                             self._one(conn, d, result)
                 if result.written or result.created:  # its change events are the sync's echoes
                     conn.execute(APPLIED_INSERT)
+                note(conn, result.audit)
                 faults.point("apply.write")  # written, progress not yet recorded: all of it rolls back
                 for (topic, partition), (offset, incarnation) in last.items():
                     conn.execute(progress_upsert(), (topic, partition, offset, incarnation))

@@ -27,9 +27,15 @@ CREATE TABLE IF NOT EXISTS sync_meta.applied_tx (
   xid bigint      NOT NULL PRIMARY KEY,
   at  timestamptz NOT NULL DEFAULT now()
 );
+-- Each write's audit note, in the write's transaction, until the worker moved it to the sync store.
+CREATE TABLE IF NOT EXISTS sync_meta.audit_outbox (
+  id    bigserial PRIMARY KEY,
+  entry jsonb NOT NULL
+);
 """
 
-PROGRESS_TABLES = ("sync_meta.applier_progress", "sync_meta.created", "sync_meta.applied_tx")
+PROGRESS_TABLES = ("sync_meta.applier_progress", "sync_meta.created", "sync_meta.applied_tx",
+                   "sync_meta.audit_outbox")
 
 APPLIED_INSERT = ("INSERT INTO sync_meta.applied_tx (xid) VALUES (txid_current() % 4294967296)"
                   " ON CONFLICT (xid) DO UPDATE SET at = now()")
@@ -55,13 +61,14 @@ def insert_returning(table: str, columns: list[str], key_column: str) -> sql.Com
 
 
 def insert_recorded(table: str, columns: list[str], key_column: str) -> sql.Composed:
-    """``INSERT`` a new row and record which global id it was created for, in one statement.
+    """``INSERT`` a new row and record which global id it was created for, in one statement; returns its key.
 
     Parameters: the column values, then the entity and the global id.
     """
     schema, _, name = table.partition(".")
     return sql.SQL("WITH row AS (INSERT INTO {}.{} ({}) VALUES ({}) RETURNING {})"
-                   " INSERT INTO sync_meta.created (entity, global_id, key) SELECT %s, %s, {}::text FROM row").format(
+                   " INSERT INTO sync_meta.created (entity, global_id, key) SELECT %s, %s, {}::text FROM row"
+                   " RETURNING key").format(
         sql.Identifier(schema), sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(c) for c in columns),
         sql.SQL(", ").join(sql.Placeholder() for _ in columns), sql.Identifier(key_column),
         sql.Identifier(key_column),
@@ -78,14 +85,21 @@ def insert_many(table: str, columns: list[str]) -> sql.Composed:
 
 
 def set_row(table: str, key_column: str, columns: list[str]) -> sql.Composed:
-    """``UPDATE`` columns of one row (named parameters, the key as ``__key``) unless it holds those values."""
+    """``UPDATE`` columns of one row (named parameters, the key as ``__key``) unless it holds those values.
+
+    Returns the columns' values from before (no row: nothing changed).
+    """
     schema, _, name = table.partition(".")
+    target = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+    key = sql.Identifier(key_column)
     idents = [sql.Identifier(c) for c in columns]
     params = [sql.Placeholder(c) for c in columns]
-    return sql.SQL("UPDATE {}.{} SET {} WHERE {} = %(__key)s AND ({}) IS DISTINCT FROM ({})").format(
-        sql.Identifier(schema), sql.Identifier(name),
-        sql.SQL(", ").join(sql.SQL("{} = {}").format(i, p) for i, p in zip(idents, params, strict=True)),
-        sql.Identifier(key_column), sql.SQL(", ").join(idents), sql.SQL(", ").join(params),
+    return sql.SQL("UPDATE {} AS t SET {} FROM (SELECT {}, {} FROM {} WHERE {} = %(__key)s FOR UPDATE) AS o"
+                   " WHERE t.{} = o.{} AND ({}) IS DISTINCT FROM ({}) RETURNING {}").format(
+        target, sql.SQL(", ").join(sql.SQL("{} = {}").format(i, p) for i, p in zip(idents, params, strict=True)),
+        key, sql.SQL(", ").join(idents), target, key, key, key,
+        sql.SQL(", ").join(sql.SQL("t.{}").format(i) for i in idents), sql.SQL(", ").join(params),
+        sql.SQL(", ").join(sql.SQL("o.{}").format(i) for i in idents),
     )
 
 

@@ -7,7 +7,10 @@ write changes, e.g. ``updated_at``), and per field:
 * ``seen``     the last value seen from each system; ``changed_at`` when each last changed it;
 * ``inflight`` per system, the one write the sync sent there and has not seen come back
   (value, time it was issued); ``deferred`` a newer value to send once that write is settled;
-  ``refused`` a value the system refused (not sent again; the next different value is).
+  ``refused`` a value the system refused (not sent again; the next different value is);
+  ``why`` per system, why the value in flight or deferred there is written: who decided it (a
+  policy settling a conflict; none for an ordinary update) and the change that caused it, so a
+  value sent later (after an echo, or again after going stale) keeps its reason for the audit.
 
 Writes are compare-and-set: a command carries the value and the row version the sync last *saw*
 on the target, and the applier writes only if the row still has both. So a write can never land on
@@ -63,6 +66,8 @@ class Command:
     value: Any
     expect: Any
     expect_row: Any
+    decided_by: str | None = None  # ``policy:<policy>`` when it settles a conflict
+    cause: Mapping[str, Any] | None = None  # the reference of the change that caused it (None: the current one)
 
 
 @dataclass(frozen=True)
@@ -91,11 +96,13 @@ class FieldState:
     deferred: dict[str, Any] = field(default_factory=dict)
     open_conflict: bool = False
     refused: dict[str, Any] = field(default_factory=dict)  # per system, the value it refused (not sent again)
+    why: dict[str, dict[str, Any]] = field(default_factory=dict)  # per system: {"by": ..., "cause": ...}
 
     def copy(self) -> FieldState:
         """A copy to change without touching this one (the values themselves are never mutated)."""
         return FieldState(self.synced, dict(self.seen), dict(self.versions), dict(self.changed_at),
-                          dict(self.inflight), dict(self.deferred), self.open_conflict, dict(self.refused))
+                          dict(self.inflight), dict(self.deferred), self.open_conflict, dict(self.refused),
+                          dict(self.why))
 
     def intended(self, system: str) -> Any:
         """The value ``system`` will hold once the sync's writes to it are done."""
@@ -111,7 +118,8 @@ class FieldState:
         return {**base, "seen": self.seen,
                 "versions": {k: list(v) for k, v in self.versions.items()}, "changed_at": self.changed_at,
                 "inflight": {k: list(v) for k, v in self.inflight.items()}, "deferred": self.deferred,
-                "open_conflict": self.open_conflict, **({"refused": self.refused} if self.refused else {})}
+                "open_conflict": self.open_conflict, **({"refused": self.refused} if self.refused else {}),
+                **({"why": self.why} if self.why else {})}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FieldState:
@@ -125,6 +133,7 @@ class FieldState:
             deferred=dict(data.get("deferred", {})),
             open_conflict=bool(data.get("open_conflict", False)),
             refused=dict(data.get("refused", {})),
+            why=dict(data.get("why", {})),
         )
 
 
@@ -194,17 +203,25 @@ class Outcome:
 class _Step:
     """Applying one change: the working state plus what it produced."""
 
-    def __init__(self, state: EntityState, now_ms: int) -> None:
+    def __init__(self, state: EntityState, now_ms: int, cause: Mapping[str, Any] | None = None) -> None:
         self.out = Outcome(state.copy())
         self.now_ms = now_ms
+        self.cause = cause
 
-    def send(self, fs: FieldState, system: str, name: str, value: Any) -> None:
-        """Write ``value`` to ``system`` now, or after the write already in flight there."""
+    def send(self, fs: FieldState, system: str, name: str, value: Any, by: str | None = None,
+             why: dict[str, Any] | None = None) -> None:
+        """Write ``value`` to ``system`` now, or after the write already in flight there.
+
+        ``by`` names who decided it (a policy); ``why`` instead passes on the reason of a value set
+        aside earlier (see ``FieldState.why``).
+        """
+        why = why or {"by": by, "cause": self.cause}
         if system in fs.inflight:
             if fs.inflight[system][0] == value:
                 fs.deferred.pop(system, None)
             else:
                 fs.deferred[system] = value
+            fs.why[system] = why
             return
         fs.deferred.pop(system, None)
         if fs.refused.get(system, MISSING) == value:
@@ -213,24 +230,33 @@ class _Step:
         if fs.seen.get(system, MISSING) == value:
             # It holds that value already: never write an equal value. If the other system holds it
             # too and nothing is in flight, that is the new agreement.
+            fs.why.pop(system, None)
             if not fs.inflight and not fs.deferred and fs.seen.get(other(system), MISSING) == value:
                 fs.synced = value
             return
         fs.inflight[system] = (value, self.now_ms)
-        self.out.commands.append(
-            Command(system, name, value, fs.seen.get(system), self.out.state.rows.get(system))
-        )
+        fs.why[system] = why
+        self.out.commands.append(Command(system, name, value, fs.seen.get(system), self.out.state.rows.get(system),
+                                         why["by"], why["cause"]))
+
+    def release(self, fs: FieldState, system: str, name: str) -> None:
+        """The write in flight to ``system`` is settled: the value set aside goes now, with its reason."""
+        if system in fs.deferred:
+            self.send(fs, system, name, fs.deferred.pop(system), why=fs.why.get(system))
+        else:
+            fs.why.pop(system, None)
 
     def resend(self, fs: FieldState, system: str, name: str) -> None:
-        """The write in flight to ``system`` went stale (its row changed): send it again."""
+        """The write in flight to ``system`` went stale (its row changed): send it again, with its reason."""
         value = fs.deferred.pop(system, fs.inflight.pop(system)[0])
-        self.send(fs, system, name, value)
+        self.send(fs, system, name, value, why=fs.why.get(system))
 
     def resolve(self, name: str, spec: FieldSpec, fs: FieldState, kind: ConflictKind) -> None:
         """Both systems hold different values: decide by policy, or queue for a person."""
         crm_value, erp_value = fs.seen.get("crm"), fs.seen.get("erp")
         fs.inflight.clear()  # stale: the row they expected has changed
         fs.deferred.clear()
+        fs.why.clear()
         if crm_value == erp_value:
             fs.synced = crm_value  # they changed to the same value: agreement, not a conflict
             return
@@ -247,7 +273,7 @@ class _Step:
             return
         value = fs.seen[winner]
         self.out.conflicts.append(Conflict(name, kind, spec.policy, fs.synced, crm_value, erp_value, winner, value))
-        self.send(fs, other(winner), name, value)
+        self.send(fs, other(winner), name, value, by=f"policy:{spec.policy}")
 
     def change(self, name: str, spec: FieldSpec, system: str, value: Any, version: Version, commit_ms: int,
                by_sync: bool | None = None) -> None:
@@ -270,10 +296,9 @@ class _Step:
             if value == sent and echo:
                 out.echoes += 1
                 del fs.inflight[system]
-                if system in fs.deferred:
-                    self.send(fs, system, name, fs.deferred.pop(system))
-                elif peer not in fs.inflight and fs.seen.get(peer) == value:
+                if system not in fs.deferred and peer not in fs.inflight and fs.seen.get(peer) == value:
                     fs.synced = value
+                self.release(fs, system, name)
             elif value == previous:
                 self.resend(fs, system, name)
             else:
@@ -306,7 +331,7 @@ class _Step:
                 revert = fs.intended(peer)
                 out.conflicts.append(Conflict(name, "non_owner_edit", spec.policy, fs.synced,
                                               fs.seen.get("crm"), fs.seen.get("erp"), "reverted", revert))
-                self.send(fs, system, name, revert)
+                self.send(fs, system, name, revert, by=f"policy:{spec.policy}")
         else:
             self.send(fs, peer, name, value)
 
@@ -321,6 +346,7 @@ def apply_change(
     now_ms: int,
     commit_ms: int | None = None,
     by_sync: bool | None = None,
+    cause: Mapping[str, Any] | None = None,
 ) -> Outcome:
     """Reconcile one change of ``system`` (canonical ``values`` of its row) into ``state``.
 
@@ -329,10 +355,11 @@ def apply_change(
     version column after the change; ``now_ms`` the processing time. ``by_sync`` says whether the
     sync's own applier made the change (its transaction is recorded in the source): then a value
     equal to the write in flight is its echo, whatever the clocks say; None (unknown) falls back
-    to "committed after the write was issued", which compares two machines' clocks.
+    to "committed after the write was issued", which compares two machines' clocks. ``cause``
+    (JSON-able) references the change, for the commands it leads to, now or later.
     """
     commit_ms = version[0] if commit_ms is None else commit_ms
-    step = _Step(state, now_ms)
+    step = _Step(state, now_ms, cause)
     st = step.out.state
     if version >= st.latest.get(system, (0, 0)):
         st.rows[system] = row_version
@@ -352,6 +379,7 @@ def resolve_manual(state: EntityState, name: str, value: Any, now_ms: int) -> Ou
     fs.open_conflict = False
     fs.inflight.clear()
     fs.deferred.clear()
+    fs.why.clear()
     for system in SYSTEMS:
         step.send(fs, system, name, value)
     if not fs.inflight:
@@ -372,8 +400,7 @@ def reject(state: EntityState, system: str, name: str, value: Any, now_ms: int) 
         return step.out
     del fs.inflight[system]
     fs.refused[system] = value
-    if system in fs.deferred:
-        step.send(fs, system, name, fs.deferred.pop(system))
+    step.release(fs, system, name)
     return step.out
 
 

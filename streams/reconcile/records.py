@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,26 +18,65 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def command_record(entity: str, global_id: str, target_key: str, cmd: Command, cause_ms: int, cause_event: str,
-                   now: datetime | None = None) -> dict[str, Any]:
-    """A ``schemas/sync/command.avsc`` record."""
+def cause_ref(meta: dict[str, Any]) -> dict[str, Any]:
+    """A change's reference as the entity state keeps it for a write it causes later (JSON-able)."""
+    return {"ms": int(meta["source_commit_time"].timestamp() * 1000), "event": meta["event_id"],
+            "system": meta.get("source_system"), "tx_id": meta.get("tx_id"), "lsn": meta.get("lsn")}
+
+
+def cause_fields(ref: Mapping[str, Any]) -> dict[str, Any]:
+    """A command's cause fields (commit time, event, system, transaction, LSN) from a change's reference."""
+    return {"cause_commit_time": datetime.fromtimestamp(ref["ms"] / 1000, tz=UTC), "cause_event": ref["event"],
+            "cause_system": ref.get("system"), "cause_tx_id": ref.get("tx_id"), "cause_lsn": ref.get("lsn")}
+
+
+def cause_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """A command's cause fields from a change's metadata."""
+    return cause_fields(cause_ref(meta))
+
+
+def cause_at(ms: int, event: str) -> dict[str, Any]:
+    """The cause fields of a command caused by no captured change (a person's decision, say)."""
+    return cause_fields({"ms": ms, "event": event})
+
+
+def cause_from(command: dict[str, Any]) -> dict[str, Any]:
+    """The cause fields of an earlier command (a value sent again keeps its cause)."""
+    return {name: command.get(name) for name in CAUSE_FIELDS}
+
+
+CAUSE_FIELDS = ("cause_commit_time", "cause_event", "cause_system", "cause_tx_id", "cause_lsn")
+
+
+def command_record(entity: str, global_id: str, target_key: str, cmd: Command, cause: dict[str, Any],
+                   now: datetime | None = None, kind: str | None = None, decided_by: str | None = None
+                   ) -> dict[str, Any]:
+    """A ``schemas/sync/command.avsc`` record.
+
+    ``cause`` (from :func:`cause_of`, :func:`cause_at` or :func:`cause_from`) unless the command
+    names the change that caused it (a value sent after being set aside). ``kind`` says what the
+    write is in the audit trail (default: a resolution when a policy decided it, else an update);
+    ``decided_by`` who chose the value (default: the command's policy).
+    """
+    decided_by = decided_by or cmd.decided_by
+    kind = kind or ("resolution" if decided_by else "update")
+    cause = cause_fields(cmd.cause) if cmd.cause else cause
     return {
         "command_id": str(uuid.uuid4()), "entity": entity, "global_id": global_id, "system": cmd.system,
         "key": target_key, "field": cmd.field, "value_json": _json(cmd.value), "expect_json": _json(cmd.expect),
         "expect_row_json": _json(cmd.expect_row), "issued_at": now or datetime.now(tz=UTC),
-        "cause_commit_time": datetime.fromtimestamp(cause_ms / 1000, tz=UTC), "cause_event": cause_event,
-        "op": "set", "values_json": None,
+        "op": "set", "values_json": None, "kind": kind, "decided_by": decided_by, **cause,
     }
 
 
-def create_record(entity: str, global_id: str, system: str, values: dict[str, Any], cause_ms: int,
-                  cause_event: str) -> dict[str, Any]:
+def create_record(entity: str, global_id: str, system: str, values: dict[str, Any],
+                  cause: dict[str, Any]) -> dict[str, Any]:
     """A ``create`` command: make the entity exist on ``system`` with canonical ``values``."""
     return {
         "command_id": str(uuid.uuid4()), "entity": entity, "global_id": global_id, "system": system, "key": "",
         "field": "", "value_json": "null", "expect_json": "null", "expect_row_json": "null",
-        "issued_at": datetime.now(tz=UTC), "cause_commit_time": datetime.fromtimestamp(cause_ms / 1000, tz=UTC),
-        "cause_event": cause_event, "op": "create", "values_json": _json(values),
+        "issued_at": datetime.now(tz=UTC), "op": "create", "values_json": _json(values), "kind": "create",
+        "decided_by": None, **cause,
     }
 
 
@@ -49,8 +89,8 @@ def document_command(op: str, rule: Any, global_id: str, target_key: str, payloa
     return {
         "command_id": str(uuid.uuid4()), "entity": rule.entity, "global_id": global_id, "system": rule.target,
         "key": target_key, "field": rule.name, "value_json": "null", "expect_json": "null",
-        "expect_row_json": "null", "issued_at": datetime.now(tz=UTC), "cause_commit_time": meta["source_commit_time"],
-        "cause_event": meta["event_id"], "op": op, "values_json": _json(payload),
+        "expect_row_json": "null", "issued_at": datetime.now(tz=UTC), "op": op, "values_json": _json(payload),
+        "kind": "create" if op == "document" else "update", "decided_by": None, **cause_of(meta),
     }
 
 

@@ -15,7 +15,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from streams.codecs import schema_text
 from streams.errors import SyncError
 from streams.reconcile.core import resolve_manual
-from streams.reconcile.records import command_record
+from streams.reconcile.records import cause_at, command_record
 from streams.settings import Settings
 from streams.store import Store
 from streams.topics import commands_topic
@@ -29,8 +29,12 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def resolve(settings: Settings, store: Store, conflict_id: int, take: str | None, value: Any = None) -> dict[str, Any]:
-    """Resolve an open conflict with one side's value (``take``) or ``value``; what was sent."""
+def resolve(settings: Settings, store: Store, conflict_id: int, take: str | None, value: Any = None,
+            by: str = "unknown") -> dict[str, Any]:
+    """Resolve an open conflict with one side's value (``take``) or ``value``; what was sent.
+
+    ``by`` names who decided: the audit trail shows the writes as a resolution by ``person:<by>``.
+    """
     row = store.conflict(conflict_id)
     if row is None:
         raise SyncError(f"no conflict {conflict_id}", hint="crm-erp-sync conflicts list shows the open ones")
@@ -56,8 +60,9 @@ def resolve(settings: Settings, store: Store, conflict_id: int, take: str | None
             key = row["crm_id"] if cmd.system == "crm" else row["erp_id"]
             if key is None:
                 continue
-            record = command_record(row["entity"], row["global_id"], key, cmd, int(time.time() * 1000),
-                                    f"conflict/{conflict_id}")
+            record = command_record(row["entity"], row["global_id"], key, cmd,
+                                    cause_at(int(time.time() * 1000), f"conflict/{conflict_id}"),
+                                    kind="resolution", decided_by=f"person:{by}")
             value_bytes = serializer(record, SerializationContext(commands_topic(cmd.system), MessageField.VALUE))
             producer.produce(commands_topic(cmd.system), key=row["global_id"].encode(), value=value_bytes,
                              on_delivery=delivered)

@@ -10,7 +10,7 @@ from streams.apply.executor import Applier, Delivery
 from streams.local.harness import REPO, Harness
 from streams.mapping.profile import load_profiles
 from streams.reconcile.core import Command
-from streams.reconcile.records import command_record
+from streams.reconcile.records import cause_at, command_record
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,7 @@ TOPIC = f"test.apply.{uuid.uuid4().hex[:8]}"  # its own progress rows
 
 def _command(cust_no: str, field: str, value: object, expect: object) -> dict[str, object]:
     return command_record("customer", str(uuid.uuid4()), cust_no, Command("erp", field, value, expect, None),
-                          1_700_000_000_000, "test/0/0")
+                          cause_at(1_700_000_000_000, "test/0/0"))
 
 
 def test_a_bad_write_among_good_ones_is_reported_and_the_rest_apply_once(harness: Harness) -> None:
@@ -79,11 +79,11 @@ def test_a_topic_created_again_is_a_new_incarnation_not_a_replay(harness: Harnes
 
 
 def test_creates_are_made_once_each_and_a_bad_one_does_not_sink_the_rest(harness: Harness) -> None:
-    from streams.reconcile.records import create_record
+    from streams.reconcile.records import cause_at, create_record
 
     def create(gid: str, name: str, limit: int) -> dict[str, object]:
         values = {"legal_name": name, "name": name, "credit_limit_fen": limit, "payment_terms": "NET30"}
-        return create_record("customer", gid, "erp", values, 1_700_000_000_000, "test/0/0")
+        return create_record("customer", gid, "erp", values, cause_at(1_700_000_000_000, "test/0/0"))
 
     topic = f"{TOPIC}.create"
     first, second, bad = (str(uuid.uuid4()) for _ in range(3))

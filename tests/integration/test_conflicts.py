@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import pytest
 from streams.local.harness import (
     REPO,
     Harness,
+    TopicReader,
     running,
     scalar,
     wait_for,
@@ -21,6 +24,7 @@ from streams.local.harness import (
     wait_for_identity,
 )
 from streams.mapping.profile import load_profile
+from streams.topics import AUDIT
 
 pytestmark = pytest.mark.integration
 DEMO = REPO / "schemas" / "mappings" / "demo.yaml"
@@ -76,6 +80,8 @@ def test_one_conflict_per_policy_kind_and_manual_resolve(stack: Harness, skew: i
                     for f in synced)
 
             wait_for(settled, 90, 0.3, "the pair's initial alignment to settle")
+            since, gid = conn.execute("SELECT now(), global_id::text FROM sync.xref WHERE crm_id = %s",
+                                      (crm_id,)).fetchone()
     # The worker is stopped: edit the same four fields on both sides (the ERP later).
     with h.connect("crm") as crm:
         crm.execute("UPDATE accounts SET email = 'crm.side@example.com', credit_limit = 1.00,"
@@ -122,8 +128,8 @@ def test_one_conflict_per_policy_kind_and_manual_resolve(stack: Harness, skew: i
                 == (f"CRMTAX00000000000{n}", f"ERPTAX00000000000{n}")
             listed = subprocess.run(h.cli("conflicts", "list"), capture_output=True, text=True, check=True)
             assert str(manual["id"]) in listed.stdout and "tax_id" in listed.stdout
-            done = subprocess.run(h.cli("conflicts", "resolve", str(manual["id"]), "--value", f"AGREED00000000000{n}"),
-                                  capture_output=True, text=True, check=False)
+            done = subprocess.run(h.cli("conflicts", "resolve", str(manual["id"]), "--value", f"AGREED00000000000{n}",
+                                        "--by", "ops-test"), capture_output=True, text=True, check=False)
             assert done.returncode == 0, done.stderr
             wait_for(lambda: both("SELECT uscc FROM accounts WHERE id = %s",
                                   "SELECT tax_no FROM customers WHERE cust_no = %s")
@@ -132,3 +138,45 @@ def test_one_conflict_per_policy_kind_and_manual_resolve(stack: Harness, skew: i
             again = subprocess.run(h.cli("conflicts", "resolve", str(manual["id"]), "--take", "crm"),
                                    capture_output=True, text=True, check=False)
             assert again.returncode == 2 and "already resolved" in again.stderr
+            check_audit(h, gid, since, manual["id"], n)
+
+
+def check_audit(h: Harness, gid: str, since: datetime, conflict_id: int, n: int) -> None:
+    """Each final write is in the audit trail once, with who decided and the change that caused it."""
+    final = {("crm", "uscc"): f"AGREED00000000000{n}", ("erp", "tax_no"): f"AGREED00000000000{n}",
+             ("crm", "address"): "ERP 地址", ("erp", "email"): "crm.side@example.com", ("crm", "credit_limit"): 200}
+
+    def trail() -> list[dict[str, Any]]:
+        out = subprocess.run(h.cli("audit", "--global-id", gid, "--since", since.isoformat(), "--format", "json"),
+                             capture_output=True, text=True, check=True)
+        return list(json.loads(out.stdout))
+
+    def each(entries: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        return {where: [e for e in entries if (e["system"], e["column_name"]) == where and e["new_value"] == new]
+                for where, new in final.items()}
+
+    entries = wait_for(lambda: (t := trail()) and all(each(t).values()) and t, 60, 0.5, "the writes in the audit trail")
+    found = each(entries)
+    assert all(len(v) == 1 for v in found.values()), found  # once each
+    for where in (("crm", "uscc"), ("erp", "tax_no")):
+        (e,) = found[where]
+        assert (e["kind"], e["decided_by"], e["cause_event"]) == ("resolution", "person:ops-test",
+                                                                   f"conflict/{conflict_id}"), e
+    (address,) = found[("crm", "address")]
+    assert (address["kind"], address["decided_by"], address["old_value"]) == ("resolution", "policy:latest",
+                                                                              "CRM 地址"), "\n".join(
+        f"{e['system']} {e['column_name']} {e['old_value']!r}->{e['new_value']!r} {e['kind']} {e['decided_by']}"
+        f" {e['cause_event']}" for e in entries)
+    for where in (("crm", "address"), ("erp", "email"), ("crm", "credit_limit")):  # caused by a captured change
+        (e,) = found[where]  # (whichever of the two edits reconcile read second)
+        assert e["cause_system"] in ("crm", "erp") and e["cause_tx_id"] and e["cause_lsn"], e
+    assert all(e["command_id"] and e["cause_event"] and e["entity"] == "customer" for e in entries)
+    table = subprocess.run(h.cli("audit", "--global-id", gid, "--field", "tax_id", "--since", since.isoformat()),
+                           capture_output=True, text=True, check=True).stdout
+    assert "resolution by person:ops-test" in table and f"AGREED00000000000{n}" in table, table
+    reader = TopicReader(h.bootstrap, h.registry_url, [AUDIT])  # published too, with the same ids
+    try:
+        ids = {e["audit_id"] for v in found.values() for e in v}
+        reader.wait(lambda rs: ids <= {r["value"]["audit_id"] for r in rs} or None, 60, "the entries on sync.audit")
+    finally:
+        reader.close()

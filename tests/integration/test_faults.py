@@ -71,6 +71,7 @@ class Traffic:
         with h.connect("erp") as erp:
             self.skus = [r[0] for r in erp.execute("SELECT sku FROM items ORDER BY sku LIMIT 2").fetchall()]
             self.orders_before = self._orders(erp)
+            self.started = scalar(erp, "SELECT now()")
 
     def _orders(self, erp: Any) -> dict[str, int]:
         dealers = [erp_id for _, erp_id in self.pairs[:2]]
@@ -111,8 +112,34 @@ class Traffic:
                 and orders == {c: n + 1 for c, n in self.orders_before.items()})
 
     def check_once(self) -> None:
-        """Nothing doubled: each new account once, one order per deal."""
+        """Nothing doubled: each new account once, one order per deal, each write once in the audit trail."""
         assert self.arrived()
+        assert self.audited()
+
+    def audited(self) -> bool:
+        """Each write of the traffic is in the audit trail exactly once, with its cause (False: not all yet)."""
+        with self.h.connect("sync") as sync, self.h.connect("erp") as erp:
+            def entries(where: str, *params: Any) -> list[tuple[Any, ...]]:
+                return sync.execute("SELECT kind, cause_system, cause_event FROM sync.audit WHERE written_at >= %s"
+                                    f" AND {where}", (self.started, *params)).fetchall()
+
+            found = [entries("system = 'erp' AND key = %s AND column_name = 'email' AND new_value = to_jsonb(%s::text)",
+                             erp_id, email) for erp_id, email in self.emails.items()]
+            found += [entries("system = 'crm' AND key = %s AND column_name = 'credit_limit'"
+                              " AND new_value = to_jsonb(%s::bigint)", crm_id, int(limit * 100))
+                      for crm_id, limit in self.limits.items()]
+            found += [entries("system = 'erp' AND kind = 'create' AND table_name = 'public.customers'"
+                              " AND new_value->>'legal_name' = %s", name) for name in self.accounts]
+            orders = erp.execute("SELECT c.key FROM sync_meta.created c JOIN sales_orders o ON o.order_no::text = c.key"
+                                 " WHERE o.cust_no = ANY(%s) AND c.created_at >= %s",
+                                 (list(self.orders_before), self.started)).fetchall()
+            found += [entries("system = 'erp' AND kind = 'create' AND table_name = 'public.sales_orders' AND key = %s",
+                              key) for key, in orders]
+        if len(orders) != len(self.orders_before) or not all(found):
+            return False
+        assert all(len(f) == 1 for f in found), f"a write audited more than once: {found}"
+        assert all(cause and event for f in found for _, cause, event in f), found
+        return True
 
 
 def dead_letters(h: Harness) -> int:
@@ -125,13 +152,14 @@ def test_an_exception_in_each_step_is_retried_and_loses_nothing(stack: Harness) 
     dead = dead_letters(h)
     port = free_port()
     with running(worker(h, "normalize.send=transient,reconcile.commit=transient,apply.write=transient,"
-                           "documents.step=transient", port)) as proc:
+                           "documents.step=transient,audit.move=transient", port)) as proc:
         wait_for_identity(h)
         traffic = Traffic(h, "transient", 0)
         traffic.make()
         wait_for(traffic.arrived, 120, 0.5, "every change despite an exception in each step")
         assert proc.poll() is None, "a transient fault ended the worker"
-        for stage in ("normalize", "reconcile", "apply", "documents"):
+        wait_for(traffic.audited, 60, 0.5, "every write in the audit trail")
+        for stage in ("normalize", "reconcile", "apply", "documents", "audit"):
             assert metric(port, "sync_retries_total", stage=stage) >= 1, f"no retry counted for {stage}"
     traffic.check_once()
     assert dead_letters(h) == dead
@@ -144,14 +172,16 @@ def test_a_crash_in_each_step_leaves_the_batch_unacknowledged(stack: Harness) ->
     traffic = Traffic(h, "crash", 5)
     traffic.make()
     # In the order a change meets them: a crash leaves its batch unacknowledged, so the next worker
-    # reaches the same step again, passes it and meets the next crash.
-    for step in ("documents.step", "normalize.send", "reconcile.commit", "apply.write"):
+    # reaches the same step again, passes it and meets the next crash. The last one crashes after
+    # the targets committed, with the audit notes in the store but not yet out of the outboxes.
+    for step in ("documents.step", "normalize.send", "reconcile.commit", "apply.write", "audit.move"):
         proc = worker(h, f"{step}=crash")
         with running(proc):
             code = wait_for(lambda p=proc: p.poll(), 120, 0.5, f"the worker to crash at {step}")
         assert code == CRASHED, f"{step}: exit status {code}"
     with running(worker(h)):
-        wait_for(traffic.arrived, 120, 0.5, "every change after four crashes")
+        wait_for(traffic.arrived, 120, 0.5, "every change after five crashes")
+        wait_for(traffic.audited, 60, 0.5, "every write in the audit trail")
     traffic.check_once()
     assert dead_letters(h) == dead
 

@@ -112,11 +112,13 @@ def test_rule_names_are_unique_and_unknown_sections_refused(tmp_path: Path) -> N
         load_documents([tmp_path / "missing.yaml"])
 
 
-def test_a_rollup_writes_only_when_a_value_differs() -> None:
+def test_a_rollup_writes_only_when_a_value_differs_and_returns_the_values_before() -> None:
     text = set_row("public.accounts", "id", ["ar_balance", "last_payment_at"]).as_string(None)
-    assert text == ('UPDATE "public"."accounts" SET "ar_balance" = %(ar_balance)s, "last_payment_at" ='
-                    ' %(last_payment_at)s WHERE "id" = %(__key)s AND ("ar_balance", "last_payment_at")'
-                    ' IS DISTINCT FROM (%(ar_balance)s, %(last_payment_at)s)')
+    assert text == ('UPDATE "public"."accounts" AS t SET "ar_balance" = %(ar_balance)s, "last_payment_at" ='
+                    ' %(last_payment_at)s FROM (SELECT "id", "ar_balance", "last_payment_at" FROM "public"."accounts"'
+                    ' WHERE "id" = %(__key)s FOR UPDATE) AS o WHERE t."id" = o."id"'
+                    ' AND (t."ar_balance", t."last_payment_at") IS DISTINCT FROM (%(ar_balance)s, %(last_payment_at)s)'
+                    ' RETURNING o."ar_balance", o."last_payment_at"')
 
 
 def test_an_update_of_unwatched_columns_is_no_news() -> None:

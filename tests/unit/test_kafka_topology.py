@@ -15,13 +15,14 @@ def test_every_kind_of_topic_gets_its_partitions_and_settings() -> None:
     kafka = KafkaSettings(replication_factor=3, min_insync_replicas=2,
                           partitions=TopicPartitions(raw=6, changes=8, commands=3, dlq=2, canonical=5))
     listed = plan(kafka, ["crm.public.accounts", "erp.public.customers", "crm.public.accounts"], ["customer"],
-                  ["canonical.customer.v1"])
+                  ["canonical.customer.v1"], audit_days=30)
     specs = {s.name: s for s in listed}
-    assert len(listed) == len(specs) == 10  # a topic named twice is planned once
+    assert len(listed) == len(specs) == 11  # a topic named twice is planned once
     assert specs["crm.public.accounts"].partitions == 6
     assert specs["sync.changes.customer"].partitions == 8
     assert specs["sync.commands.crm"].partitions == specs["sync.commands.erp"].partitions == 3
-    assert specs["sync.dlq"].partitions == specs["sync.conflicts"].partitions == 2
+    assert specs["sync.dlq"].partitions == specs["sync.conflicts"].partitions == specs["sync.audit"].partitions == 2
+    assert specs["sync.audit"].config["retention.ms"] == str(30 * 24 * 3600 * 1000)  # audit.retention_days
     assert specs["canonical.customer.v1"].config["cleanup.policy"] == "compact"
     assert specs["sync.dlq"].config["retention.ms"] == specs["sync.conflicts"].config["retention.ms"] == "-1"
     assert specs["_crm-erp-sync.capture.crm"].partitions == 1

@@ -48,6 +48,24 @@ def test_a_second_edit_waits_for_the_first_write() -> None:
     assert [(c.value, c.expect, c.expect_row) for c in echo.commands] == [("b", "a", 12)]
 
 
+def test_a_write_keeps_who_decided_it_and_its_cause_when_sent_later() -> None:
+    """A value set aside (or resent when stale) is still a policy's resolution caused by its change."""
+    first = apply_change(FIELDS, synced("o"), "crm", row(own_crm="a"), (10, 0), 10, 10, cause={"event": "c/10"})
+    (update,) = first.commands
+    assert (update.decided_by, update.cause) == (None, {"event": "c/10"})  # an ordinary update
+    # The ERP edits the CRM-owned field while the CRM's write is in flight there: reverted by the policy.
+    reverted = apply_change(FIELDS, first.state, "erp", row(own_crm="x"), (11, 0), 11, 11, cause={"event": "e/11"})
+    assert [(c.system, c.value, c.decided_by, c.cause) for c in reverted.commands] == [
+        ("erp", "a", "policy:source_of_truth", {"event": "e/11"})]
+    # An unrelated ERP edit makes that write stale: sent again, still the policy's, still caused by e/11.
+    stale = apply_change(FIELDS, reverted.state, "erp", row(own_crm="x", own_erp="y"), (12, 0), 12, 12,
+                         cause={"event": "e/12"})
+    again = [c for c in stale.commands if c.field == "own_crm"]
+    assert [(c.value, c.decided_by, c.cause) for c in again] == [("a", "policy:source_of_truth", {"event": "e/11"})]
+    kept = FieldState.from_json(stale.state.fields["own_crm"].to_json())  # as the store keeps it
+    assert kept.why == {"erp": {"by": "policy:source_of_truth", "cause": {"event": "e/11"}}}
+
+
 def test_unrelated_edit_on_the_target_resends_the_stale_write() -> None:
     first = apply_change(FIELDS, synced("o"), "crm", row(own_crm="a"), (10, 0), 10, 10)
     unrelated = apply_change(FIELDS, first.state, "erp", row(own_erp="x"), (11, 0), 11, 11)

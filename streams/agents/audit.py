@@ -1,0 +1,66 @@
+"""Moving the appliers' audit notes to the audit trail: the sync store and the topic ``sync.audit``.
+
+Runs after every batch that wrote something, and every few seconds for notes a worker left when it
+died between its write and the move. Each round takes a target's notes row-locked (two workers
+never move the same ones), records them in the store (once each), sends them to the topic, and
+only then deletes them; a failure in between leaves them for the next round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from streams import audit, faults, metrics
+from streams.apply.audit import TAKE, Outbox, avro
+from streams.topics import AUDIT
+
+if TYPE_CHECKING:
+    from streams.app import Processors
+
+PRUNE_EVERY_S = 3600.0
+
+
+class AuditTrail:
+    """The audit notes of a worker's targets, moved in rounds."""
+
+    def __init__(self, ctx: Processors) -> None:
+        self.ctx = ctx
+        self.outboxes = {s: Outbox(s, ctx.settings.database(s).conninfo()) for s in ("crm", "erp")}
+        self.locks = {s: asyncio.Lock() for s in self.outboxes}  # one round at a time per target (one connection)
+        self.pruned = 0.0
+
+    async def move(self, system: str) -> None:
+        """Move ``system``'s waiting notes, round after round until none wait."""
+        outbox, retrying = self.outboxes[system], self.ctx.retrying
+        async with self.locks[system]:
+            while True:
+                taken = await retrying(f"audit {system}", outbox.take)
+                if not taken:
+                    return
+                entries = [e for _, e in taken]
+                try:
+                    await retrying("audit", self._record, entries)
+                    await self.ctx.outputs.send([(AUDIT, e["global_id"], avro(e)) for e in entries])
+                except BaseException:
+                    await retrying(f"audit {system}", outbox.abort)
+                    raise
+                await retrying(f"audit {system}", outbox.done, [i for i, _ in taken])
+                for e in entries:
+                    metrics.AUDIT_ENTRIES.labels(system, e["kind"]).inc()
+                if len(taken) < TAKE:
+                    return
+
+    def _record(self, entries: list[dict[str, Any]]) -> None:
+        audit.record(self.ctx.store.conn, entries)
+        faults.point("audit.move")  # in the store, still in the outbox: moved again, recorded once
+
+    async def tick(self) -> None:
+        """Notes left behind; entries past the retention (hourly)."""
+        for system in self.outboxes:
+            await self.move(system)
+        if time.monotonic() - self.pruned > PRUNE_EVERY_S:
+            days = self.ctx.settings.audit.retention_days
+            await self.ctx.retrying("audit", lambda: audit.prune(self.ctx.store.conn, days))
+            self.pruned = time.monotonic()
