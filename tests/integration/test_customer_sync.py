@@ -169,6 +169,12 @@ def test_deleted_erp_customer_deactivates_the_crm_account(sync: Harness) -> None
         wait_for(lambda: scalar(crm, "SELECT status FROM accounts WHERE id = %s", crm_id) == "inactive", 60, 0.3,
                  "the CRM account deactivated")
         assert scalar(crm, "SELECT count(*) FROM accounts WHERE id = %s", crm_id) == 1  # never deleted
+    with sync.connect("sync") as conn:  # audited as a deactivation caused by the ERP's delete
+        entries = wait_for(lambda: conn.execute(
+            "SELECT kind, old_value, new_value, cause_system FROM sync.audit WHERE system = 'crm' AND key = %s"
+            " AND column_name = 'status' AND new_value = '\"inactive\"'", (crm_id,)).fetchall(), 60, 0.3,
+            "the deactivation in the audit trail")
+        assert entries == [("deactivation", "active", "inactive", "erp")]
 
 
 def test_a_review_item_decided_by_a_person_is_linked_and_aligned(sync: Harness) -> None:
