@@ -30,6 +30,7 @@ from streams.agents.apply import Apply
 from streams.agents.audit import AuditTrail
 from streams.agents.creates import Creates
 from streams.agents.documents import DocumentStage
+from streams.agents.drift import DriftWatch
 from streams.agents.flow import Flow
 from streams.agents.health import Health
 from streams.agents.loop import Retry, batches
@@ -142,6 +143,9 @@ class Processors:
         self.app.timer(5.0, name="health")(self.health.tick)
         self.app.timer(1.0, name="creates-due")(self.creates.tick)
         self.app.timer(5.0, name="audit")(self.audit.tick)
+        if settings.compare.interval_s:
+            self.drift = DriftWatch(self)
+            self.app.timer(min(settings.compare.interval_s, 30.0), name="compare")(self.drift.tick)
         if self.document_profile.creates:
             self.app.timer(5.0, name="pending-documents")(self.document_stage.retry_pending)
         for flow in self.flows:

@@ -89,6 +89,17 @@ AUDIT_ENTRIES = Counter(
     "sync_audit_entries_total", "Writes of the sync recorded in the audit trail (sync store and topic sync.audit).",
     ["system", "kind"],
 )
+DRIFT_RECORDS = Gauge(
+    "sync_drift_records", "Records per side and category found by the last run of the continuous compare.",
+    ["entity", "system", "category"],
+)
+DRIFT_PERSISTING = Gauge(
+    "sync_drift_persisting_records",
+    "Drifted fields and unknown rows that the last two runs of the continuous compare both found.", ["entity"],
+)
+DRIFT_LAST_RUN = Gauge(
+    "sync_drift_last_run_timestamp_seconds", "When the continuous compare last finished for the entity.", ["entity"],
+)
 IDENTITY_CREATES_DUE = Counter(
     "sync_identity_creates_due_total",
     "Records still without a counterpart after the hold, sent to reconcile to be created on the other system.",

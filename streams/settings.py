@@ -225,6 +225,24 @@ class AuditSettings(BaseModel):
     retention_days: int = Field(400, ge=1, le=36500)
 
 
+class CompareSettings(BaseModel):
+    """Continuous mode of ``compare``: a worker reconciles both databases on a schedule (metrics and an alert)."""
+
+    model_config = _FROZEN
+
+    # Seconds between two runs; 0 turns continuous mode off. Several workers: one runs it at a time.
+    interval_s: float = Field(0.0, ge=0)
+    chunk: int = Field(1000, ge=10, le=100_000)  # rows read per read-only snapshot
+    pause_s: float = Field(0.2, ge=0, le=60)  # between chunks, so production does not feel it
+
+    @field_validator("interval_s")
+    @classmethod
+    def _not_too_often(cls, value: float) -> float:
+        if 0 < value < 10:
+            raise ValueError("must be 0 (off) or at least 10 seconds")
+        return value
+
+
 class LocalSettings(BaseModel):
     """The embedded stack started by ``crm-erp-sync up``."""
 
@@ -273,6 +291,7 @@ class Settings(BaseSettings):
     capture: CaptureSettings = CaptureSettings()
     processors: ProcessorSettings = ProcessorSettings()
     audit: AuditSettings = AuditSettings()
+    compare: CompareSettings = CompareSettings()
     local: LocalSettings = LocalSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     metrics_host: str = "127.0.0.1"  # where capture and workers serve /metrics (0.0.0.0 for a remote Prometheus)

@@ -169,11 +169,11 @@ class Store:
     def migrate(self) -> None:
         """Create the tables (idempotent)."""
         from streams.audit import DDL as AUDIT_DDL
+        from streams.drift import DDL as DRIFT_DDL
         from streams.identity.keys import DDL as IDENTITY_DDL
 
-        self.conn.execute(DDL)
-        self.conn.execute(IDENTITY_DDL)
-        self.conn.execute(AUDIT_DDL)
+        for ddl in (DDL, IDENTITY_DDL, AUDIT_DDL, DRIFT_DDL):
+            self.conn.execute(ddl)
 
     def close(self) -> None:
         """Close the connection."""

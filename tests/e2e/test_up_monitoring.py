@@ -46,7 +46,7 @@ def traffic(config: Path) -> None:
 
 def test_prometheus_sees_every_panel_and_alert_and_tells_stalled_from_idle() -> None:
     root = new_root()
-    config = write_config(root)
+    config = write_config(root, compare={"interval_s": 10})  # continuous compare on: its panel has data
     base = f"http://127.0.0.1:{yaml.safe_load(config.read_text(encoding='utf-8'))['local']['prometheus_port']}"
     log = root / "up.log"
     proc = start_up(config, log)

@@ -9,7 +9,10 @@ from typing import Any
 
 import pytest
 
-from streams.local.harness import Harness, live_stack, scalar, wait_for
+from streams.bench.convergence import metric
+from streams.local.harness import Harness, live_stack, running, scalar, wait_for
+from streams.local.ports import free_port
+from streams.local.status import scrape
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +56,18 @@ def test_the_seed_is_explained_and_adds_up(synced: Harness) -> None:
     assert found["categories"]["crm"]["unknown"] == found["categories"]["erp"]["unknown"] == 0
 
 
+def behind_the_syncs_back(h: Harness, *statements: tuple[str, tuple[Any, ...]]) -> None:
+    """Run ERP writes no change event will carry: the table is out of the publication meanwhile."""
+    with h.connect("erp") as erp:
+        publication = scalar(erp, "SELECT pubname FROM pg_publication_tables WHERE tablename = 'customers'")
+        erp.execute(f"ALTER PUBLICATION {publication} DROP TABLE public.customers")
+        try:
+            for statement, params in statements:
+                erp.execute(statement, params)
+        finally:
+            erp.execute(f"ALTER PUBLICATION {publication} ADD TABLE public.customers")
+
+
 def test_drift_behind_the_syncs_back_is_found_field_by_field(synced: Harness) -> None:
     """Writes the sync cannot see (the table out of the publication meanwhile): found, category and field exact;
     repaired through the policies, then a second compare is clean."""
@@ -61,16 +76,11 @@ def test_drift_behind_the_syncs_back_is_found_field_by_field(synced: Harness) ->
     with h.connect("sync") as conn:
         pairs = conn.execute("SELECT crm_id, erp_id FROM sync.xref WHERE linked_by = 'exact' ORDER BY crm_id"
                              " LIMIT 2").fetchall()
-    with h.connect("erp") as erp:
-        publication = scalar(erp, "SELECT pubname FROM pg_publication_tables WHERE tablename = 'customers'")
-        erp.execute(f"ALTER PUBLICATION {publication} DROP TABLE public.customers")
-        try:
-            erp.execute("UPDATE customers SET email = 'drift@example.com' WHERE cust_no = %s", (pairs[0][1],))
-            erp.execute("UPDATE customers SET address = '漂移路 1 号', credit_limit_fen = credit_limit_fen + 1"
-                        " WHERE cust_no = %s", (pairs[1][1],))
-            erp.execute("INSERT INTO customers (full_name) VALUES ('背后新客有限公司')")
-        finally:
-            erp.execute(f"ALTER PUBLICATION {publication} ADD TABLE public.customers")
+    behind_the_syncs_back(
+        h, ("UPDATE customers SET email = 'drift@example.com' WHERE cust_no = %s", (pairs[0][1],)),
+        ("UPDATE customers SET address = '漂移路 1 号', credit_limit_fen = credit_limit_fen + 1 WHERE cust_no = %s",
+         (pairs[1][1],)),
+        ("INSERT INTO customers (full_name) VALUES ('背后新客有限公司')", ()))
     found = report(h)
     drift = sorted((d["erp_id"], d["field"]) for d in found["drift"])
     assert drift == sorted([(pairs[0][1], "email"), (pairs[1][1], "address"), (pairs[1][1], "credit_limit_fen")])
@@ -94,3 +104,31 @@ def test_drift_behind_the_syncs_back_is_found_field_by_field(synced: Harness) ->
         wait_for(lambda: scalar(crm, "SELECT count(*) FROM accounts WHERE legal_name = '背后新客有限公司'") == 1,
                  60, 1.0, "the unseen ERP customer created in the CRM")
     assert sum(clean["categories"]["erp"].values()) == clean["totals"]["erp"]
+
+
+def test_continuous_mode_alerts_on_drift_two_runs_find_and_clears_after_the_repair(synced: Harness) -> None:
+    """A worker comparing every 10 s: the drift in its metrics, persisting after the second run, gone once repaired."""
+    h = synced
+    settled(h)
+    port = free_port()
+    env = {"CRM_ERP_SYNC__COMPARE__INTERVAL_S": "10", "CRM_ERP_SYNC__PROCESSORS__METRICS_PORT": str(port)}
+    with running(h.spawn("worker", log_name="worker-compare.log", env=env)):
+        wait_for(lambda: metric(port, "sync_drift_last_run_timestamp_seconds", entity="customer") if scrape(port)
+                 else 0, 90, 1.0, "a first run")
+        assert metric(port, "sync_drift_records", entity="customer", category="linked_drifted") == 0
+        assert metric(port, "sync_drift_records", entity="customer", system="crm", category="linked_equal") > 0
+        with h.connect("sync") as conn:
+            erp_id = scalar(conn, "SELECT erp_id FROM sync.xref WHERE linked_by = 'exact' ORDER BY crm_id"
+                                  " OFFSET 5 LIMIT 1")
+        behind_the_syncs_back(h, ("UPDATE customers SET email = 'still-drifting@example.com' WHERE cust_no = %s",
+                                  (erp_id,)))
+        wait_for(lambda: metric(port, "sync_drift_persisting_records", entity="customer") == 1, 90, 1.0,
+                 "the drift found by two runs in a row (SyncDriftPersists fires on it)")
+        assert metric(port, "sync_drift_records", entity="customer", system="erp", category="linked_drifted") == 1
+        done = subprocess.run(h.cli("compare", "--repair"), capture_output=True, text=True, check=False, timeout=300)
+        assert done.returncode == 0, done.stderr
+        wait_for(lambda: metric(port, "sync_drift_persisting_records", entity="customer") == 0
+                 and metric(port, "sync_drift_records", entity="customer", category="linked_drifted") == 0,
+                 90, 1.0, "a run without the drift after the repair")
+        with h.connect("erp") as erp:
+            assert scalar(erp, "SELECT email FROM customers WHERE cust_no = %s", erp_id) != "still-drifting@example.com"
