@@ -104,7 +104,7 @@ class Processors:
         self.tx = psycopg.connect(**settings.store.conninfo())
         self.states = StateCache(settings.processors.state_cache)
         self.applied = AppliedTransactions(settings)
-        self.documents = Documents(self.document_profile, settings, Store(settings.store.conninfo()))
+        self.documents = Documents(self.document_profile, settings, Store(settings.store.conninfo()), profiles)
         datadir = settings.local.state_dir / "faust"
         datadir.mkdir(parents=True, exist_ok=True)
         self.app = faust.App(

@@ -9,6 +9,7 @@ values with the profile, and set against the sync store's cross-reference:
 * ``eligible`` / ``not_eligible``: a record without a counterpart that its create rule would (not)
   create on the other system (with the condition that keeps it out);
 * ``in_review``: waiting in identity review (ambiguous or a duplicate); ``merged``: merged away;
+* ``out_of_scope``: outside the profile's pilot ``scope`` (linked or not): the sync writes nothing for it;
 * ``unknown``: a row the sync has never seen (written behind its back, or capture is behind).
 
 Each record of each side is in exactly one category, so the categories add up to both counts.
@@ -31,7 +32,7 @@ from streams.settings import Settings
 from streams.store import Store
 
 CATEGORIES = ("linked_equal", "linked_drifted", "in_conflict", "eligible", "not_eligible", "in_review", "merged",
-              "unknown")
+              "out_of_scope", "unknown")
 
 
 @dataclass
@@ -133,6 +134,10 @@ def compare(settings: Settings, profile: Profile, store: Store, chunk: int = 500
                 if found is not None:
                     report.categories[system]["linked_drifted"] += 1
             continue
+        if not profile.in_scope({"crm": crm, "erp": erp}):
+            for system in ("crm", "erp"):
+                report.categories[system]["out_of_scope"] += 1
+            continue
         drifted = [f for f in profile.synced_fields() if crm.get(f) != erp.get(f)]
         open_ = [f for f in drifted if (x.global_id, f) in conflicted]
         category = "linked_equal" if not drifted else "in_conflict" if len(open_) == len(drifted) else "linked_drifted"
@@ -173,6 +178,8 @@ def _alone(profile: Profile, system: str, source_id: str, canonical: dict[str, A
         return "merged"
     if (system, source_id) in reviewing:
         return "in_review"
+    if not profile.in_scope({system: canonical}):
+        return "out_of_scope"
     rule = profile.create_rule(system)
     if rule is not None and rule.values_for(canonical) is not None:
         return "eligible"

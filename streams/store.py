@@ -263,6 +263,12 @@ class Store:
         """The entity's state, row-locked until ``conn``'s transaction ends (serialises workers)."""
         return self.lock_states(conn, [(entity, global_id)])[(entity, global_id)]
 
+    def values_of(self, entity: str, global_id: str) -> dict[str, dict[str, Any]]:
+        """Each side's canonical values the sync last saw of the entity ({} when it saw none)."""
+        row = self.conn.execute("SELECT state FROM sync.entity_state WHERE entity = %s AND global_id = %s",
+                                (entity, global_id)).fetchone()
+        return EntityState.from_json(row[0]).values if row else {}
+
     def save_state(self, conn: psycopg.Connection[Any], entity: str, global_id: str, state: EntityState) -> None:
         """Write the entity's state (inside the locking transaction)."""
         self.save_states(conn, {(entity, global_id): state})

@@ -47,7 +47,7 @@ class Reconcile:
         ids = {"crm": rec["crm_id"], "erp": rec["erp_id"]}
         if rec["values_json"] is None and rec["op"] != "create":  # a deletion: deactivate the counterpart
             def deleted(state: EntityState, now_ms: int) -> tuple[EntityState, list[Conflict], Any]:
-                rule = profile.deactivation(other(system))
+                rule = profile.deactivation(other(system)) if profile.in_scope(state.values) else None
                 state = state.copy()  # never the cached one: a rolled-back batch must leave it as it was
                 return state, [], deactivate(rule, state, system, change_version, now_ms)
 
@@ -61,14 +61,18 @@ class Reconcile:
 
             return deleted, finish_deleted
 
+        def create_rule(state: EntityState) -> Any:  # none for a record out of the pilot's scope
+            return profile.create_rule(system) if profile.in_scope(state.values) else None
+
         def step(state: EntityState, now_ms: int) -> tuple[EntityState, list[Conflict], Any]:
             if rec["op"] == "create":  # the record's hold passed without a twin: the create rule decides
                 outcome = Outcome(state.copy())  # never the cached one: a rolled-back batch must leave it as it was
-                return outcome.state, [], (outcome, request_create(profile.create_rule(system), outcome.state,
+                return outcome.state, [], (outcome, request_create(create_rule(outcome.state), outcome.state,
                                                                    system, now_ms))
             outcome = apply_change(profile.fields, state, system, json.loads(rec["values_json"]), change_version,
-                                   json.loads(rec["row_version_json"]), now_ms, commit_ms, rec.get("by_sync"), ref)
-            create = (request_create(profile.create_rule(system), outcome.state, system, now_ms)
+                                   json.loads(rec["row_version_json"]), now_ms, commit_ms, rec.get("by_sync"), ref,
+                                   profile.in_scope if profile.scope else None)
+            create = (request_create(create_rule(outcome.state), outcome.state, system, now_ms)
                       if rec["may_create"] else None)
             return outcome.state, outcome.conflicts, (outcome, create)
 

@@ -34,6 +34,7 @@ from psycopg.rows import dict_row
 from streams.apply.sql import CREATED_LOOKUP_NAMED, CREATED_OF_ENTITY
 from streams.documents.spec import CanonicalRule, CreateRule, DocumentProfile, RollupRule, Rule
 from streams.errors import TerminalError, TransientError
+from streams.mapping.profile import Profile
 from streams.reconcile.records import document_command, personal_value
 from streams.settings import Settings
 from streams.store import Link, Store
@@ -159,9 +160,11 @@ class Reader:
 class Documents:
     """The rules of the document profiles, over the sync store and a reader per system."""
 
-    def __init__(self, profile: DocumentProfile, settings: Settings, store: Store) -> None:
+    def __init__(self, profile: DocumentProfile, settings: Settings, store: Store,
+                 scoped: Sequence[Profile] = ()) -> None:
         self.profile = profile
         self.store = store
+        self.scoped = {p.entity: p for p in scoped if p.scope}  # a pilot: documents of records in scope only
         self.readers = {s: Reader(s, settings.database(s).conninfo()) for s in ("crm", "erp")}
         self.by_topic: dict[str, list[Rule]] = {}
         for rule in profile.rules:
@@ -285,6 +288,10 @@ class Documents:
             peer_id = getattr(peer, f"{target}_id") if peer else None
             if peer_id is None:
                 return self._wait(rule, key, link, ref.waiting.format(value=value))
+            scoped = self.scoped.get(ref.entity)
+            if peer and scoped and not scoped.in_scope(self.store.values_of(ref.entity, peer.global_id)):
+                return self._wait(rule, key, link, f"{ref.entity} {value} is out of the pilot's scope"
+                                  f" ({scoped.scope.describe() if scoped.scope else ''})")
             for name, spec in rule.target_spec.columns.items():
                 if spec.ref == column:
                     out_header[name] = peer_id
@@ -336,6 +343,9 @@ class Documents:
         target_id = getattr(link, f"{rule.target}_id") if link else None
         if not rows or link is None or target_id is None:
             return []  # gone, or not a record the sync links (an order keyed in by hand in the ERP)
+        scoped = self.scoped.get(rule.entity)
+        if scoped and not scoped.in_scope(self.store.values_of(rule.entity, link.global_id)):
+            return []  # out of the pilot's scope: never written
         values = {c: _jsonable(v) for c, v in rows[0].items()}
         return [(commands_topic(rule.target), link.global_id,
                  document_command("row", rule, link.global_id, target_id, values, meta))]

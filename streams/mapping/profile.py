@@ -165,6 +165,34 @@ class Deactivation(BaseModel):
     value: Any
 
 
+class Scope(BaseModel):
+    """A pilot: only records whose values match are written, both ways; the others are out of scope.
+
+    Per side, canonical field -> allowed values, checked on that side's record. A side not known
+    (a record without a counterpart yet) is judged by the other side's values of those fields, and a
+    record the sync knows nothing of yet is out of scope: in doubt, nothing is written.
+    """
+
+    model_config = _MODEL
+    crm: dict[str, list[Any]] = {}
+    erp: dict[str, list[Any]] = {}
+
+    def admits(self, values: Mapping[str, Mapping[str, Any]]) -> bool:
+        """Whether a record whose known sides hold these canonical values is in scope."""
+        if not values:
+            return False
+        for system, conditions in (("crm", self.crm), ("erp", self.erp)):
+            side = values.get(system) or values.get("erp" if system == "crm" else "crm") or {}
+            if any(side.get(name) not in allowed for name, allowed in conditions.items()):
+                return False
+        return True
+
+    def describe(self) -> str:
+        """The conditions as a person reads them."""
+        return " and ".join(f"{s}.{name} in {allowed}" for s, conditions in (("crm", self.crm), ("erp", self.erp))
+                            for name, allowed in conditions.items())
+
+
 class CanonicalSpec(BaseModel):
     """The canonical topic for downstream consumers."""
 
@@ -187,6 +215,7 @@ class Profile(BaseModel):
     # keyed by the system whose record is changed.
     deactivate: dict[System, Deactivation] = {}
     fields: dict[str, FieldSpec]
+    scope: Scope | None = None  # a pilot: only these records are written (compare reports the rest)
 
     @model_validator(mode="after")
     def _coherent(self) -> Profile:
@@ -198,6 +227,11 @@ class Profile(BaseModel):
             if spec is None or spec.side(system) is None:
                 raise ValueError(
                     f"deactivate.{system}.field {deactivation.field!r} is not a field with a {system} column")
+        for side in SYSTEMS if self.scope else ():
+            for name in getattr(self.scope, side):
+                spec = self.fields.get(name)
+                if spec is None or spec.side(side) is None:
+                    raise ValueError(f"scope.{side}.{name} is not a field with a {side} column")
         for rule in (self.create.crm_to_erp, self.create.erp_to_crm):
             for name in [*(rule.when if rule else {}), *(rule.fill if rule else {}),
                          *(rule.fill.values() if rule else [])]:
@@ -223,6 +257,10 @@ class Profile(BaseModel):
         """How ``system``'s record is deactivated when its counterpart is deleted."""
         found: Deactivation | None = self.deactivate.get(system)  # type: ignore[call-overload]
         return found
+
+    def in_scope(self, values: Mapping[str, Mapping[str, Any]]) -> bool:
+        """Whether a record with these canonical values per known side may be written (no scope: all)."""
+        return self.scope is None or self.scope.admits(values)
 
     def create_rule(self, source: str) -> CreateRule | None:
         """The rule for records new on ``source`` (created on the other system)."""

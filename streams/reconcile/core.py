@@ -39,7 +39,7 @@ off changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -207,6 +207,7 @@ class _Step:
         self.out = Outcome(state.copy())
         self.now_ms = now_ms
         self.cause = cause
+        self.frozen = False  # the record is out of the pilot's scope: changes are seen, nothing is written
 
     def send(self, fs: FieldState, system: str, name: str, value: Any, by: str | None = None,
              why: dict[str, Any] | None = None) -> None:
@@ -290,6 +291,11 @@ class _Step:
             fs.changed_at[system] = commit_ms
         if fs.open_conflict:
             return  # a person decides; later edits are recorded, not synced
+        if self.frozen:  # out of scope: nothing is sent, so nothing is in flight either
+            fs.inflight.clear()
+            fs.deferred.clear()
+            fs.why.clear()
+            return
         if system in fs.inflight:
             sent, issued_ms = fs.inflight[system]
             echo = by_sync if by_sync is not None else commit_ms >= issued_ms
@@ -347,6 +353,7 @@ def apply_change(
     commit_ms: int | None = None,
     by_sync: bool | None = None,
     cause: Mapping[str, Any] | None = None,
+    in_scope: Callable[[Mapping[str, Mapping[str, Any]]], bool] | None = None,
 ) -> Outcome:
     """Reconcile one change of ``system`` (canonical ``values`` of its row) into ``state``.
 
@@ -356,7 +363,8 @@ def apply_change(
     sync's own applier made the change (its transaction is recorded in the source): then a value
     equal to the write in flight is its echo, whatever the clocks say; None (unknown) falls back
     to "committed after the write was issued", which compares two machines' clocks. ``cause``
-    (JSON-able) references the change, for the commands it leads to, now or later.
+    (JSON-able) references the change, for the commands it leads to, now or later. ``in_scope``
+    tells from each side's values whether the record may be written (a pilot's scope).
     """
     commit_ms = version[0] if commit_ms is None else commit_ms
     step = _Step(state, now_ms, cause)
@@ -365,6 +373,7 @@ def apply_change(
         st.rows[system] = row_version
         st.values[system] = dict(values)
         st.latest[system] = version
+    step.frozen = in_scope is not None and not in_scope(st.values)
     for name, value in values.items():
         spec = fields.get(name)
         if spec is not None and spec.synced:

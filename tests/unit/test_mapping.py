@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from streams.errors import ConfigError, TerminalError
 from streams.mapping.convert import build, fen_to_yuan, yuan_to_fen
-from streams.mapping.profile import load_profile
+from streams.mapping.profile import Scope, load_profile
 
 DEMO = Path(__file__).resolve().parents[2] / "schemas" / "mappings" / "demo.yaml"
 
@@ -72,6 +72,7 @@ def test_invalid_row_names_the_field() -> None:
     (("convert: yuan_to_fen}", "convert: yuan_to_cents}"), "unknown converter 'yuan_to_cents'"),
     (("  payment_terms:", "  unknown_field:"), "unknown_field are not in customer.avsc"),
     (("policy: manual}", "policy: sometimes}"), "fields.tax_id.policy"),
+    (("\nfields:", "\nscope: {erp: {tier: [A]}}\nfields:"), "scope.erp.tier is not a field with a erp column"),
 ])
 def test_profile_errors_name_the_key(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
     text = DEMO.read_text(encoding="utf-8")
@@ -127,3 +128,14 @@ def test_one_bad_field_is_one_bad_field() -> None:
     assert values == {"email": "ops@example.com", "phone": "0211"}
     assert invalid == {"tier": "field tier (crm.tier): invalid enum value 'Z'; allowed: A, B, C",
                        "name": "field name (crm.name) is required but empty"}
+
+
+def test_a_pilot_scope_admits_a_record_by_the_sides_it_knows() -> None:
+    scope = Scope(crm={"tier": ["A"]}, erp={"payment_terms": ["NET30"]})
+    assert scope.admits({"crm": {"tier": "A"}, "erp": {"payment_terms": "NET30"}})
+    assert not scope.admits({"crm": {"tier": "B"}, "erp": {"payment_terms": "NET30"}})
+    assert not scope.admits({"crm": {"tier": "A"}, "erp": {"payment_terms": "COD"}})
+    assert scope.admits({"crm": {"tier": "A", "payment_terms": "NET30"}})  # no ERP record yet: judged by the CRM's
+    assert not scope.admits({"erp": {"payment_terms": "NET30"}})  # no CRM record: it has no tier, so not A
+    assert not scope.admits({})  # nothing known yet: in doubt, out
+    assert scope.describe() == "crm.tier in ['A'] and erp.payment_terms in ['NET30']"

@@ -66,6 +66,23 @@ def test_a_write_keeps_who_decided_it_and_its_cause_when_sent_later() -> None:
     assert kept.why == {"erp": {"by": "policy:source_of_truth", "cause": {"event": "e/11"}}}
 
 
+def test_a_record_out_of_the_pilots_scope_is_seen_and_never_written() -> None:
+    """Out of scope: no command, no conflict; back in scope, the difference is settled by the policy."""
+    def in_scope(values: Any) -> bool:
+        return bool(values.get("crm", {}).get("own_crm") != "out")
+
+    out = apply_change(FIELDS, synced("o"), "crm", row(own_crm="out", latest="a"), (10, 0), 10, 10,
+                       in_scope=in_scope)
+    assert out.commands == [] and out.conflicts == []
+    assert out.state.fields["latest"].seen["crm"] == "a"  # still seen: the state follows the source
+    both = apply_change(FIELDS, out.state, "erp", row(latest="b"), (11, 0), 11, 11, in_scope=in_scope)
+    assert both.commands == [] and both.conflicts == []
+    back = apply_change(FIELDS, both.state, "crm", row(own_crm="in", latest="a"), (12, 0), 12, 12,
+                        in_scope=in_scope)
+    assert ("erp", "own_crm", "in") in [(c.system, c.field, c.value) for c in back.commands]
+    assert [(c.field, c.resolution) for c in back.conflicts] == [("latest", "erp")]  # the newer ERP edit wins
+
+
 def test_unrelated_edit_on_the_target_resends_the_stale_write() -> None:
     first = apply_change(FIELDS, synced("o"), "crm", row(own_crm="a"), (10, 0), 10, 10)
     unrelated = apply_change(FIELDS, first.state, "erp", row(own_erp="x"), (11, 0), 11, 11)
