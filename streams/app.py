@@ -41,6 +41,7 @@ from streams.apply.executor import Applier
 from streams.documents.engine import Documents
 from streams.documents.spec import DocumentProfile
 from streams.mapping.profile import Profile
+from streams.plan import PlanOutputs, group_id
 from streams.produce import Outputs
 from streams.settings import Settings
 from streams.store import StateCache, Store
@@ -98,17 +99,27 @@ class Processors:
         for rule in self.document_profile.canonical:
             outputs[rule.topic] = str(rule.schema_path.relative_to(codecs.SCHEMAS))
         self.decode, encoders = codecs.codecs_for(settings, outputs)
-        self.outputs = Outputs(settings, {topic: codec.dumps for topic, codec in encoders.items()})
-        self.store = Store(settings.store.conninfo())
+        dry_run = settings.sync.dry_run
+        self.outputs: Outputs | PlanOutputs = Outputs(settings, {t: codec.dumps for t, codec in encoders.items()})
+        if dry_run:  # commands and conflicts are recorded as the plan; nothing reaches either system
+            log.warning("dry run (sync.dry_run): nothing is written to either system; `crm-erp-sync plan` shows"
+                        " what would be")
+            canonical = {f.canonical for f in self.flows if f.canonical}
+            canonical |= {r.topic for r in self.document_profile.canonical}
+            self.outputs = PlanOutputs(self.outputs, settings.store.conninfo(),
+                                       {commands_topic("crm"), commands_topic("erp")}, canonical)
+        self.store = Store(settings.store.conninfo(), dry_run)
         self.store.migrate()
         self.tx = psycopg.connect(**settings.store.conninfo())
         self.states = StateCache(settings.processors.state_cache)
         self.applied = AppliedTransactions(settings)
-        self.documents = Documents(self.document_profile, settings, Store(settings.store.conninfo()), profiles)
+        self.documents = Documents(self.document_profile, settings, Store(settings.store.conninfo(), dry_run),
+                                   profiles)
         datadir = settings.local.state_dir / "faust"
         datadir.mkdir(parents=True, exist_ok=True)
+        self.group = group_id(settings.processors.app_id, dry_run)
         self.app = faust.App(
-            settings.processors.app_id,
+            self.group,
             broker=[f"kafka://{b}" for b in settings.kafka.bootstrap_servers.split(",")],
             processing_guarantee="at_least_once",
             broker_credentials=broker_credentials(settings),
@@ -142,14 +153,20 @@ class Processors:
         self.app.agent(changes, name="reconcile")(self._agent("reconcile", self.reconcile.reconcile, BATCH))
         self.app.timer(5.0, name="health")(self.health.tick)
         self.app.timer(1.0, name="creates-due")(self.creates.tick)
-        self.app.timer(5.0, name="audit")(self.audit.tick)
-        if settings.compare.interval_s:
-            self.drift = DriftWatch(self)
-            self.app.timer(min(settings.compare.interval_s, 30.0), name="compare")(self.drift.tick)
         if self.document_profile.creates:
             self.app.timer(5.0, name="pending-documents")(self.document_stage.retry_pending)
         for flow in self.flows:
             metrics.init_processor_series(flow.entity)
+        if not dry_run:
+            self._writers(profiles)
+
+    def _writers(self, profiles: Sequence[Profile]) -> None:
+        """What writes to the systems, and watches them: appliers, their audit trail, the continuous compare."""
+        settings = self.settings
+        self.app.timer(5.0, name="audit")(self.audit.tick)
+        if settings.compare.interval_s:
+            self.drift = DriftWatch(self)
+            self.app.timer(min(settings.compare.interval_s, 30.0), name="compare")(self.drift.tick)
         for system in ("crm", "erp"):
             applier = Applier(profiles, system, settings.database(system).conninfo(), self.document_profile)
             source = self.app.topic(commands_topic(system), key_serializer="raw", value_serializer="raw")

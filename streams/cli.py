@@ -382,6 +382,32 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(settings: Settings, args: argparse.Namespace) -> int:
+    """What the first real run would write, as a dry run (sync.dry_run) recorded it; --reset forgets it."""
+    from streams import plan
+
+    store = _store(settings)
+    if args.reset:
+        from streams.topics import admin_client
+
+        group = plan.group_id(settings.processors.app_id, True)
+        try:
+            admin_client(settings.kafka).delete_consumer_groups([group], request_timeout=30)[group].result(60)
+        except Exception as exc:  # the group never existed is fine; a running dry-run worker is not
+            if "GROUP_ID_NOT_FOUND" not in str(exc):
+                raise SyncError(f"cannot delete consumer group {group}: {exc}",
+                                hint="stop the dry-run workers first") from exc
+        plan.reset(store.conn)
+        print(f"plan forgotten: the next dry run starts from the beginning (consumer group {group} deleted)")
+        return 0
+    entries = plan.entries(store.conn, args.entity)
+    if args.format == "json":
+        print(json.dumps(entries, ensure_ascii=False, default=str, indent=2))
+    else:
+        print("\n".join(plan.summary(entries)))
+    return 0
+
+
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     """Print the effective settings with secrets masked."""
     import yaml
@@ -471,6 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--limit", type=int, default=1000, help="the newest N that match (default 1000)")
     aud.add_argument("--format", choices=["table", "json", "csv"], default="table")
     aud.set_defaults(func=cmd_audit)
+    pln = sub.add_parser("plan", help="what the first real run would write (creates, writes per field, conflicts),"
+                         " as a dry run (sync.dry_run: true) recorded it")
+    pln.add_argument("--entity", help="one entity (default: all)")
+    pln.add_argument("--format", choices=["table", "json"], default="table")
+    pln.add_argument("--reset", action="store_true", help="forget the plan and the dry run's progress")
+    pln.set_defaults(func=cmd_plan)
     sub.add_parser("registry", help="serve the embedded schema registry alone (on registry.url)"
                    ).set_defaults(func=cmd_registry)
     bench = sub.add_parser("bench", help="benchmarks on freshly started local services (not the running stack)")

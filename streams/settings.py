@@ -216,6 +216,16 @@ class ProcessorSettings(BaseModel):
         return [value] if isinstance(value, (str, Path)) else value
 
 
+class SyncSettings(BaseModel):
+    """How the sync runs as a whole."""
+
+    model_config = _FROZEN
+
+    # Run everything but write nothing: commands are recorded as the plan (`crm-erp-sync plan`), in a
+    # consumer group and state of their own, so the first real run afterwards starts from the beginning.
+    dry_run: bool = False
+
+
 class AuditSettings(BaseModel):
     """The audit trail of the sync's writes (``crm-erp-sync audit``; topic ``sync.audit``)."""
 
@@ -290,6 +300,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = RegistrySettings()
     capture: CaptureSettings = CaptureSettings()
     processors: ProcessorSettings = ProcessorSettings()
+    sync: SyncSettings = SyncSettings()
     audit: AuditSettings = AuditSettings()
     compare: CompareSettings = CompareSettings()
     local: LocalSettings = LocalSettings()

@@ -151,9 +151,16 @@ class StateCache:
 class Store:
     """Sync-store access over one connection (each worker process has its own)."""
 
-    def __init__(self, conninfo: dict[str, Any]) -> None:
+    def __init__(self, conninfo: dict[str, Any], dry_run: bool = False) -> None:
         self.conninfo = conninfo
+        self.dry_run = dry_run  # entity states, documents and conflicts in a dry run's own copies
         self._conn = psycopg.connect(**conninfo, autocommit=True)
+
+    def _q(self, query: str) -> str:
+        """``query`` on the state tables of this store's run (a dry run has its own: ``streams.plan``)."""
+        from streams.plan import shadowed
+
+        return shadowed(query) if self.dry_run else query
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
@@ -171,8 +178,9 @@ class Store:
         from streams.audit import DDL as AUDIT_DDL
         from streams.drift import DDL as DRIFT_DDL
         from streams.identity.keys import DDL as IDENTITY_DDL
+        from streams.plan import DDL as PLAN_DDL
 
-        for ddl in (DDL, IDENTITY_DDL, AUDIT_DDL, DRIFT_DDL):
+        for ddl in (DDL, IDENTITY_DDL, AUDIT_DDL, DRIFT_DDL, PLAN_DDL):
             self.conn.execute(ddl)
 
     def close(self) -> None:
@@ -265,7 +273,7 @@ class Store:
 
     def values_of(self, entity: str, global_id: str) -> dict[str, dict[str, Any]]:
         """Each side's canonical values the sync last saw of the entity ({} when it saw none)."""
-        row = self.conn.execute("SELECT state FROM sync.entity_state WHERE entity = %s AND global_id = %s",
+        row = self.conn.execute(self._q("SELECT state FROM sync.entity_state WHERE entity = %s AND global_id = %s"),
                                 (entity, global_id)).fetchone()
         return EntityState.from_json(row[0]).values if row else {}
 
@@ -280,17 +288,17 @@ class Store:
         A state ``cache`` holds at the row's current version is not read again (nor parsed).
         """
         entities, gids = [k[0] for k in keys], [k[1] for k in keys]
-        conn.execute(
+        conn.execute(self._q(
             "INSERT INTO sync.entity_state (entity, global_id, state)"
-            " SELECT e, g, '{}' FROM unnest(%s::text[], %s::uuid[]) AS k(e, g) ORDER BY e, g ON CONFLICT DO NOTHING",
+            " SELECT e, g, '{}' FROM unnest(%s::text[], %s::uuid[]) AS k(e, g) ORDER BY e, g ON CONFLICT DO NOTHING"),
             (entities, gids),
         )
         known = cache.versions(keys) if cache is not None else [-1] * len(keys)
-        rows = conn.execute(
+        rows = conn.execute(self._q(
             "SELECT s.entity, s.global_id::text, CASE WHEN s.version = k.v THEN NULL ELSE s.state END"
             " FROM sync.entity_state s"
             " JOIN unnest(%s::text[], %s::uuid[], %s::bigint[]) AS k(e, g, v) ON s.entity = k.e AND s.global_id = k.g"
-            " ORDER BY s.entity, s.global_id FOR UPDATE OF s",
+            " ORDER BY s.entity, s.global_id FOR UPDATE OF s"),
             (entities, gids, known),
         ).fetchall()
         return {(r[0], r[1]): cache.get((r[0], r[1])) if r[2] is None and cache is not None
@@ -304,11 +312,11 @@ class Store:
         """
         keys = list(states)
         with conn.cursor(binary=True) as cur:
-            rows = cur.execute(
+            rows = cur.execute(self._q(
                 "UPDATE sync.entity_state s SET state = k.state::jsonb, updated_at = now(),"
                 " version = nextval('sync.entity_state_version')"
                 " FROM unnest(%b::text[], %b::uuid[], %b::text[]) AS k(e, g, state)"
-                " WHERE s.entity = k.e AND s.global_id = k.g RETURNING s.entity, s.global_id::text, s.version",
+                " WHERE s.entity = k.e AND s.global_id = k.g RETURNING s.entity, s.global_id::text, s.version"),
                 ([k[0] for k in keys], [k[1] for k in keys], [_json(states[k].to_json()) for k in keys]),
             ).fetchall()
         return {(r[0], r[1]): int(r[2]) for r in rows}
@@ -318,10 +326,10 @@ class Store:
         """Record conflicts (inside the locking transaction); their ids."""
         ids = []
         for c in conflicts:
-            row = conn.execute(
+            row = conn.execute(self._q(
                 "INSERT INTO sync.conflicts (entity, global_id, field, kind, policy, base, crm_value, erp_value,"
                 " resolution, value, status, resolved_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-                " CASE WHEN %s THEN now() END) RETURNING id",
+                " CASE WHEN %s THEN now() END) RETURNING id"),
                 (entity, global_id, c.field, c.kind, c.policy, _json(c.base), _json(c.crm), _json(c.erp),
                  c.resolution, _json(c.value), "open" if c.resolution is None else "resolved",
                  c.resolution is not None),
@@ -387,40 +395,41 @@ class Store:
     # -- documents --------------------------------------------------------------------------
     def document(self, rule: str, global_id: str) -> dict[str, Any] | None:
         """The state of one created document."""
-        rows = self._dicts("SELECT state, reason, digest FROM sync.documents WHERE rule = %s AND global_id = %s",
-                           (rule, global_id))
+        rows = self._dicts(self._q("SELECT state, reason, digest FROM sync.documents WHERE rule = %s"
+                                   " AND global_id = %s"), (rule, global_id))
         return rows[0] if rows else None
 
     def save_document(self, rule: str, global_id: str, source_id: str, state: str, reason: str | None,
                       digest: str | None) -> None:
         """Record where a document stands (a digest of None keeps the stored one)."""
-        self.conn.execute(
-            "INSERT INTO sync.documents (rule, global_id, source_id, state, reason, digest)"
+        self.conn.execute(self._q(
+            "INSERT INTO sync.documents AS d (rule, global_id, source_id, state, reason, digest)"
             " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (rule, global_id) DO UPDATE SET state = EXCLUDED.state,"
-            " reason = EXCLUDED.reason, digest = coalesce(EXCLUDED.digest, documents.digest), updated_at = now()"
-            " WHERE (documents.state, documents.reason, documents.digest)"
-            " IS DISTINCT FROM (EXCLUDED.state, EXCLUDED.reason, coalesce(EXCLUDED.digest, documents.digest))",
+            " reason = EXCLUDED.reason, digest = coalesce(EXCLUDED.digest, d.digest), updated_at = now()"
+            " WHERE (d.state, d.reason, d.digest)"
+            " IS DISTINCT FROM (EXCLUDED.state, EXCLUDED.reason, coalesce(EXCLUDED.digest, d.digest))"),
             (rule, global_id, source_id, state, reason, digest),
         )
 
     def forget_document(self, rule: str, global_id: str) -> None:
         """A document no longer waiting to be created (e.g. a pending deal reopened)."""
-        self.conn.execute("DELETE FROM sync.documents WHERE rule = %s AND global_id = %s AND state = 'pending'",
-                          (rule, global_id))
+        self.conn.execute(self._q("DELETE FROM sync.documents WHERE rule = %s AND global_id = %s"
+                                  " AND state = 'pending'"), (rule, global_id))
 
     def documents(self, states: Sequence[str], limit: int = 100, global_id: str | None = None
                   ) -> list[dict[str, Any]]:
         """Documents in ``states`` (of one global id, if given), oldest first, with their target ids."""
-        return self._dicts(
+        return self._dicts(self._q(
             "SELECT d.rule, d.global_id::text AS global_id, d.source_id, x.crm_id, x.erp_id, d.state, d.reason,"
             " d.updated_at FROM sync.documents d LEFT JOIN sync.xref x ON x.global_id = d.global_id"
-            " WHERE d.state = ANY(%s) AND (%s::uuid IS NULL OR d.global_id = %s::uuid) ORDER BY d.updated_at LIMIT %s",
+            " WHERE d.state = ANY(%s) AND (%s::uuid IS NULL OR d.global_id = %s::uuid) ORDER BY d.updated_at LIMIT %s"),
             (list(states), global_id, global_id, limit),
         )
 
     def documents_summary(self) -> dict[tuple[str, str], int]:
         """How many documents each rule has in each state."""
-        rows = self.conn.execute("SELECT rule, state, count(*) FROM sync.documents GROUP BY rule, state").fetchall()
+        rows = self.conn.execute(self._q("SELECT rule, state, count(*) FROM sync.documents GROUP BY rule, state")
+                                 ).fetchall()
         return {(r[0], r[1]): int(r[2]) for r in rows}
 
     # -- dead letters -----------------------------------------------------------------------

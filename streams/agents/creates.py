@@ -97,7 +97,7 @@ class Creates:
 
         if self.offsets is None:
             self.offsets = Consumer({**self.ctx.settings.kafka.client_config(),
-                                     "group.id": self.ctx.settings.processors.app_id, "enable.auto.commit": False})
+                                     "group.id": self.ctx.group, "enable.auto.commit": False})
         meta = self.offsets.list_topics(timeout=10).topics
         parts = [TopicPartition(t, p) for t in sorted(topics) if t in meta for p in meta[t].partitions]
         ends: dict[str, dict[str, int]] = {t: {} for t in topics}

@@ -156,6 +156,14 @@ class Reader:
             return None  # no applier has written here yet
         return str(rows[0]["global_id"]) if rows else None
 
+    def created_key(self, entity: str, global_id: str) -> str | None:
+        """The key of the row the sync's applier created for ``global_id``, if it did."""
+        try:
+            rows = self.read([CREATED_LOOKUP_NAMED], {"entity": entity, "gid": global_id})[0]
+        except TerminalError:
+            return None  # no applier has written here yet (or ever: a dry run)
+        return str(rows[0]["key"]) if rows else None
+
 
 class Documents:
     """The rules of the document profiles, over the sync store and a reader per system."""
@@ -267,9 +275,9 @@ class Documents:
             link = self.store.link_pair(rule.entity, *((key, str(existing)) if source == "crm"
                                                       else (str(existing), key)), "exact")
         if link is not None and getattr(link, f"{target}_id") is None:  # created, its change not seen yet?
-            made = self.readers[target].read([CREATED_LOOKUP_NAMED], {"entity": rule.entity, "gid": link.global_id})
-            if made[0]:
-                link = self.store.attach(rule.entity, link.global_id, target, str(made[0][0]["key"]), "created") or link
+            made = self.readers[target].created_key(rule.entity, link.global_id)
+            if made is not None:
+                link = self.store.attach(rule.entity, link.global_id, target, made, "created") or link
         if link is not None and getattr(link, f"{target}_id") is not None:
             self._compare(rule, link, key, header, self._fingerprint(rule, header, lines, ready), ready)
             return []
