@@ -336,10 +336,16 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
     import json
 
     from streams.compare import compare, format_table, repair
-    from streams.mapping.profile import load_profiles, profile_of
+    from streams.compare_documents import compare_documents, format_documents
+    from streams.documents.spec import load_documents
+    from streams.mapping.profile import load_profiles
 
     profiles = load_profiles(settings.processors.profiles)
-    chosen = [profile_of(profiles, args.entity)] if args.entity else profiles
+    document_profile = load_documents(settings.processors.documents)
+    chosen = [p for p in profiles if args.entity in (None, p.entity)]
+    entities = {p.entity for p in profiles} | {r.entity for r in [*document_profile.creates, *document_profile.rollups]}
+    if args.entity is not None and args.entity not in entities:
+        raise SyncError(f"no profile or document rule for entity {args.entity!r}", hint=f"one of: {sorted(entities)}")
     store = _store(settings)
 
     def progress(system: str, done: int) -> None:
@@ -351,10 +357,12 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
         for profile, report in zip(chosen, reports, strict=True):
             done = repair(settings, profile, store, report)
             print(f"{profile.entity} repair: " + ", ".join(f"{k} {v}" for k, v in done.items()), file=sys.stderr)
-    if args.format == "json":
-        print(json.dumps([r.as_dict() for r in reports], ensure_ascii=False, default=str, indent=2))
+    documents = compare_documents(settings, document_profile, store, args.entity)
+    if args.format == "json":  # the entities' reports, then the document rules' (each has "rule" and "kind")
+        rows = [r.as_dict() for r in reports] + [d.as_dict() for d in documents]
+        print(json.dumps(rows, ensure_ascii=False, default=str, indent=2))
     else:
-        print("\n\n".join(format_table(r) for r in reports))
+        print("\n\n".join([*(format_table(r) for r in reports), *([format_documents(documents)] if documents else [])]))
     return 0
 
 

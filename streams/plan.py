@@ -6,8 +6,9 @@ that writes move forward (``sync.plan_entity_state``, ``sync.plan_documents``,
 ``sync.plan_conflicts``), so the real run later starts from the beginning as if the dry run had
 never been. Nothing reaches either system: a command is recorded in ``sync.plan`` as "would
 write" (one entry per system, record and field, holding the last value planned for it: what the
-field converges to), a conflict as "would conflict", and canonical records are not published. Identity decisions (links, review) are shared: they are the sync's
-bookkeeping, the same in both runs.
+field converges to), a conflict as "would conflict", and canonical records are not published.
+Identity decisions (links, review) are shared: they are the sync's bookkeeping, the same in both
+runs.
 
 What the plan cannot show: writes that would follow from the sync's own writes (a rollup of the
 order the real run creates, say), since in a dry run those writes never happen; and values a field

@@ -397,3 +397,45 @@ def test_a_deal_edited_after_its_order_is_flagged_not_pushed(sync: Harness) -> N
     reopened = wait_for(lambda: (s := state()) and s[0] == "diverged" and s, 60, 0.3, "the reopened deal flagged")
     assert "stage negotiation" in reopened[1]
     assert len(order_of(sync, cust_no)) == 1
+
+
+def test_compare_finds_orders_and_rollups_that_disagree_with_the_crm(sync: Harness) -> None:
+    """Behind the sync's back: an order line's quantity, a deal's fulfilment status, an order deleted."""
+    import json
+    import subprocess
+
+    def documents() -> dict[str, dict[str, Any]]:
+        done = subprocess.run(sync.cli("compare", "--format", "json"), capture_output=True, text=True, check=False,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        return {r["rule"]: r for r in json.loads(done.stdout) if "rule" in r}
+
+    deals = []
+    for _ in range(3):
+        account, cust_no = customer(sync)
+        sku = skus(sync, 1)[0]
+        deal = win_deal(sync, account, [(sku, "2", "10.00")])
+        order_no = one_order(sync, cust_no, "the order")[0]
+        wait_for(lambda d=deal, o=order_no: deal_status(sync, d) == (o, "ordered"), 60, 0.3, "the rollup")
+        deals.append((deal, order_no))
+    before = documents()
+    assert before["sales_order"]["categories"]["equal"] >= 3 and before["fulfilment"]["categories"]["equal"] >= 3
+    drifted = {d["crm"] for d in before["sales_order"]["differences"]}
+    assert not drifted & {d for d, _ in deals}
+    (line_deal, line_order), (status_deal, _), (gone_deal, gone_order) = deals
+    with sync.connect("erp") as erp, sync.connect("crm") as crm:
+        erp.execute("UPDATE sales_order_lines SET qty = 3 WHERE order_no = %s", (line_order,))
+        crm.execute("UPDATE opportunities SET fulfillment_status = 'paid' WHERE id = %s", (status_deal,))
+        erp.execute("DELETE FROM sales_order_lines WHERE order_no = %s", (gone_order,))
+        erp.execute("DELETE FROM sales_orders WHERE order_no = %s", (gone_order,))
+    after = documents()
+    orders, fulfilment = after["sales_order"], after["fulfilment"]
+    by_deal = {d["crm"]: d for d in orders["differences"]}
+    assert by_deal[line_deal]["columns"] == {"line 1 qty": {"crm": "2.000", "erp": "3.000"}}, by_deal[line_deal]
+    assert "gone" in by_deal[gone_deal]["missing"]
+    assert status_deal not in by_deal  # its order is as the deal says; its fulfilment status is not:
+    status = next(d for d in fulfilment["differences"] if d["crm"] == status_deal)
+    assert status["columns"] == {"fulfillment_status": {"erp": "ordered", "crm": "paid"}}, status
+    assert not {d["crm"] for d in fulfilment["differences"]} & {line_deal, gone_deal}
+    with sync.connect("crm") as crm:  # every deal in one category
+        assert sum(orders["categories"].values()) == scalar(crm, "SELECT count(*) FROM opportunities")
