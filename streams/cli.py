@@ -275,7 +275,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     runs: dict[str, tuple[Any, Callable[[], dict[str, Any]]]] = {
         "all": (full, lambda: full.run(rates=rates, seconds=args.seconds, edits=args.edits,
                                        accounts=args.accounts, out=out)),
-        "compare": (compare_bench, lambda: compare_bench.run(accounts=args.accounts, out=out)),
+        "compare": (compare_bench, lambda: compare_bench.run(accounts=args.accounts, out=out, link=args.link)),
         "capture": (capture, lambda: capture.run(updates=args.updates, out=out,
                                                  modes=(args.capture_mode,) if args.capture_mode else capture.MODES)),
         "faust": (faust_ceiling, lambda: faust_ceiling.run(events=args.events, out=out)),
@@ -534,6 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="all: backlog edits, and the anchor's burst (default 100000)")
     bench.add_argument("--accounts", type=int, default=100_000,
                        help="all: initial-sync accounts; compare: seeded accounts (default 100000)")
+    bench.add_argument("--link", choices=["tax_id", "bootstrap"], default="tax_id",
+                       help="compare: fill the cross-reference by equal tax ids (default) or the identity bootstrap")
     bench.add_argument("--events", type=int, default=50_000, help="faust: records to take (default 50000)")
     bench.add_argument("--deals", type=int, default=500, help="orders: deals won in a burst (default 500)")
     bench.add_argument("--rates", default="200,1000,2000",
