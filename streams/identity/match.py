@@ -141,8 +141,12 @@ class Index:
     def _get(self, ids: Iterable[str]) -> tuple[Record, ...]:
         return tuple(sorted((self.records[i] for i in ids), key=lambda r: r.source_id))
 
-    def match(self, rec: Record, threshold: float, margin: float) -> Match:
-        """Find ``rec``'s counterpart among the indexed records."""
+    def match(self, rec: Record, threshold: float, margin: float, upto: str = "fuzzy") -> Match:
+        """Find ``rec``'s counterpart among the indexed records, trying kinds of match up to ``upto``.
+
+        ``upto`` (exact, name, fuzzy) stops early: the similarity of a name to every name sharing a
+        bigram with it is the costly part, needless while stronger matches are still being decided.
+        """
         for i, key in enumerate(rec.exact):
             if not key or i >= len(self.by_key):
                 continue
@@ -151,12 +155,16 @@ class Index:
                 return Match("exact", self._get(hits)[0], 1.0, reason=f"exact key #{i + 1}")
             if len(hits) > 1:
                 return Match("review", None, 1.0, self._get(hits), f"{len(hits)} records share exact key #{i + 1}")
+        if upto == "exact":
+            return Match("none", None, 0.0, reason="no exact key shared")
         name = normalize_name(rec.name)
         hits = self.by_name.get(name, set()) if name else set()
         if len(hits) == 1:
             return Match("name", self._get(hits)[0], 1.0, reason="same normalised name")
         if len(hits) > 1:
             return Match("review", None, 1.0, self._get(hits), f"{len(hits)} records share the normalised name")
+        if upto == "name":
+            return Match("none", None, 0.0, reason="no normalised name shared")
         fkey = fuzzy_key(rec.name)
         pool = set().union(*(self.by_bigram.get(g, set()) for g in bigrams(fkey))) if fkey else set()
         scored = sorted(((similarity(fkey, self.fuzzy[i]), i) for i in pool), reverse=True)
@@ -222,7 +230,7 @@ def link_all(
         for rec in left:
             if rec.source_id in decided:
                 continue
-            found = index.match(rec, threshold, margin)
+            found = index.match(rec, threshold, margin, upto=stage)  # stronger kinds than ``stage`` were decided
             if found.kind == stage or (found.kind == "review" and _stage_of_review(found) == stage):
                 decided[rec.source_id] = found
                 if found.target is not None:

@@ -76,6 +76,7 @@ def test_drift_behind_the_syncs_back_is_found_field_by_field(synced: Harness) ->
     with h.connect("sync") as conn:
         pairs = conn.execute("SELECT crm_id, erp_id FROM sync.xref WHERE linked_by = 'exact' ORDER BY crm_id"
                              " LIMIT 2").fetchall()
+        since = scalar(conn, "SELECT now()")
     behind_the_syncs_back(
         h, ("UPDATE customers SET email = 'drift@example.com' WHERE cust_no = %s", (pairs[0][1],)),
         ("UPDATE customers SET address = '漂移路 1 号', credit_limit_fen = credit_limit_fen + 1 WHERE cust_no = %s",
@@ -104,6 +105,19 @@ def test_drift_behind_the_syncs_back_is_found_field_by_field(synced: Harness) ->
         wait_for(lambda: scalar(crm, "SELECT count(*) FROM accounts WHERE legal_name = '背后新客有限公司'") == 1,
                  60, 1.0, "the unseen ERP customer created in the CRM")
     assert sum(clean["categories"]["erp"].values()) == clean["totals"]["erp"]
+    # The repairs are in the audit trail, once each: the ERP's e-mail and address set back (the CRM owns
+    # them: the drift is a non-owner edit its policy reverts), the CRM's credit limit following the ERP
+    # (its owner), the unseen customer created in the CRM.
+    with h.connect("sync") as conn:
+        def repairs() -> list[tuple[Any, ...]]:
+            return sorted(conn.execute(
+                "SELECT system, key, column_name, kind FROM sync.audit WHERE written_at >= %s", (since,)).fetchall())
+
+        created = wait_for(lambda: [r for r in repairs() if r[3] == "create"], 60, 1.0, "the create in the audit")
+        assert sorted(r for r in repairs() if r[3] != "create") == sorted([
+            ("erp", pairs[0][1], "email", "resolution"), ("erp", pairs[1][1], "address", "resolution"),
+            ("crm", pairs[1][0], "credit_limit", "update")]), repairs()
+        assert [(system, column) for system, _, column, _ in created] == [("crm", "")]
 
 
 def test_continuous_mode_alerts_on_drift_two_runs_find_and_clears_after_the_repair(synced: Harness) -> None:
