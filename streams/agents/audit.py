@@ -9,6 +9,7 @@ only then deletes them; a failure in between leaves them for the next round.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,8 @@ class AuditTrail:
                 entries = [e for _, e in taken]
                 try:
                     await retrying("audit", self._record, entries)
-                    await self.ctx.outputs.send([(AUDIT, e["global_id"], avro(e)) for e in entries])
+                    records = [(AUDIT, e["global_id"], avro(e)) for e in entries]
+                    await self.ctx.retry("audit", functools.partial(self.ctx.outputs.send, records))  # broker away
                 except BaseException:
                     await retrying(f"audit {system}", outbox.abort)
                     raise

@@ -70,21 +70,25 @@ class Outbox:
         self.conninfo = {**conninfo, "application_name": f"crm-erp-sync audit {system}"}
         self.conn: psycopg.Connection[Any] | None = None
 
+    def _connect(self) -> psycopg.Connection[Any]:
+        if self.conn is None or self.conn.closed:  # a database restarted: a new connection
+            self.conn = psycopg.connect(**self.conninfo)
+        return self.conn
+
     def take(self) -> list[tuple[int, dict[str, Any]]]:
         """Up to ``TAKE`` notes, locked until :meth:`done` or :meth:`abort` (the transaction stays open)."""
-        if self.conn is None or self.conn.closed:
-            self.conn = psycopg.connect(**self.conninfo)
-        rows = self.conn.execute(OUTBOX_TAKE, (TAKE,)).fetchall()
+        conn = self._connect()
+        rows = conn.execute(OUTBOX_TAKE, (TAKE,)).fetchall()
         if not rows:
-            self.conn.rollback()
+            conn.rollback()
         return [(int(r[0]), r[1]) for r in rows]
 
     def done(self, ids: list[int]) -> None:
-        """Delete the notes moved, and end the transaction."""
-        assert self.conn is not None
+        """Delete the notes moved, and end the transaction (again on a new connection if it broke: idempotent)."""
+        conn = self._connect()
         try:
-            self.conn.execute(OUTBOX_DONE, (ids,))
-            self.conn.commit()
+            conn.execute(OUTBOX_DONE, (ids,))
+            conn.commit()
         except BaseException:
             self.abort()
             raise
