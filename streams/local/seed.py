@@ -96,6 +96,11 @@ class _Company:
     industry: str
 
 
+# Distinct short names the cores and trades make (36 x 35 x 12 = 15,120); beyond this many
+# companies a name is told apart by a number, as registries do (a random pick would seldom be new).
+UNNUMBERED = 12_000
+
+
 def _companies(rng: random.Random, count: int) -> list[_Company]:
     seen: set[str] = set()
     out: list[_Company] = []
@@ -104,6 +109,8 @@ def _companies(rng: random.Random, count: int) -> list[_Company]:
         trade, industry = rng.choice(TRADES)
         core = rng.choice(CORES) + rng.choice(CORES)[0]
         short = core + trade
+        if short in seen and len(out) >= UNNUMBERED:
+            short = f"{core}{len(out)}{trade}"
         if short in seen:
             continue
         seen.add(short)
