@@ -284,6 +284,29 @@ def scalar(conn: psycopg.Connection[Any], query: str, *params: Any) -> Any:
     return row[0] if row else None
 
 
+def win_deal(harness: Harness, account: str, lines: Sequence[tuple[str, str, str]], currency: str = "CNY",
+             one_transaction: bool = False, title: str = "集成测试订单") -> str:
+    """A CRM deal of ``account`` with (sku, quantity, unit price in yuan) lines, won; its id.
+
+    Won in a second transaction (as a salesperson closes it), or with ``one_transaction`` at once.
+    """
+    import uuid
+    from decimal import Decimal
+
+    deal = str(uuid.uuid4())
+    with harness.connect("crm", autocommit=False) as crm:
+        crm.execute("INSERT INTO opportunities (id, account_id, title, stage, currency) VALUES (%s, %s, %s, %s, %s)",
+                    (deal, account, title, "closed_won" if one_transaction else "negotiation", currency))
+        for sku, qty, price in lines:
+            crm.execute("INSERT INTO opportunity_lines (opportunity_id, product_code, quantity, unit_price)"
+                        " VALUES (%s, %s, %s, %s)", (deal, sku, Decimal(qty), Decimal(price)))
+        crm.commit()
+        if not one_transaction:
+            crm.execute("UPDATE opportunities SET stage = 'closed_won' WHERE id = %s", (deal,))
+            crm.commit()
+    return deal
+
+
 def wait_for_identity(harness: Harness, timeout: float = 120) -> None:
     """Wait until a worker's identity bootstrap has linked the existing records."""
 

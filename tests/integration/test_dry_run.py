@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import subprocess
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from psycopg import sql
 
-from streams.local.harness import REPO, Harness, group_lag, live_stack, running, scalar, wait_for, wait_for_identity
+from streams.local.harness import (
+    REPO,
+    Harness,
+    group_lag,
+    live_stack,
+    running,
+    scalar,
+    wait_for,
+    wait_for_identity,
+    win_deal,
+)
 from streams.mapping.profile import load_profile
 
 pytestmark = pytest.mark.integration
@@ -52,15 +61,7 @@ def traffic(h: Harness) -> dict[str, Any]:
         crm.execute("INSERT INTO accounts (name, legal_name, tier, status) VALUES ('计划新客', '计划新客有限公司', 'A',"
                     " 'active')")
         sku = scalar(erp, "SELECT sku FROM items ORDER BY sku LIMIT 1")
-    deal = str(uuid.uuid4())
-    with h.connect("crm", autocommit=False) as crm:
-        crm.execute("INSERT INTO opportunities (id, account_id, title, stage, currency)"
-                    " VALUES (%s, %s, 'dry run', 'negotiation', 'CNY')", (deal, crm_id))
-        crm.execute("INSERT INTO opportunity_lines (opportunity_id, product_code, quantity, unit_price)"
-                    " VALUES (%s, %s, 3, 10.00)", (deal, sku))
-        crm.commit()
-        crm.execute("UPDATE opportunities SET stage = 'closed_won' WHERE id = %s", (deal,))
-        crm.commit()
+    deal = win_deal(h, crm_id, [(sku, "3", "10.00")])
     return {"crm_id": crm_id, "cust_no": taxes[tax], "deal": deal}
 
 

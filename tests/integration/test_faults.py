@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -19,7 +18,16 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from streams.bench.convergence import disagreements, metric
-from streams.local.harness import REPO, Harness, running, scalar, wait_for, wait_for_capture, wait_for_identity
+from streams.local.harness import (
+    REPO,
+    Harness,
+    running,
+    scalar,
+    wait_for,
+    wait_for_capture,
+    wait_for_identity,
+    win_deal,
+)
 from streams.local.ports import free_port
 from streams.local.status import scrape
 from streams.registry.server import RegistryServer
@@ -88,16 +96,7 @@ class Traffic:
                 crm.execute("INSERT INTO accounts (name, legal_name, tier, status) VALUES (%s, %s, 'A', 'active')",
                             (name[:-6], name))
         for crm_id, _ in self.pairs[:2]:
-            deal = str(uuid.uuid4())
-            with self.h.connect("crm", autocommit=False) as crm:
-                crm.execute("INSERT INTO opportunities (id, account_id, title, stage, currency)"
-                            " VALUES (%s, %s, 'fault', 'negotiation', 'CNY')", (deal, crm_id))
-                for sku in self.skus:
-                    crm.execute("INSERT INTO opportunity_lines (opportunity_id, product_code, quantity, unit_price)"
-                                " VALUES (%s, %s, 1, 10.00)", (deal, sku))
-                crm.commit()
-                crm.execute("UPDATE opportunities SET stage = 'closed_won' WHERE id = %s", (deal,))
-                crm.commit()
+            win_deal(self.h, crm_id, [(sku, "1", "10.00") for sku in self.skus], title="fault")
 
     def arrived(self) -> bool:
         with self.h.connect("crm") as crm, self.h.connect("erp") as erp:

@@ -24,6 +24,7 @@ from streams.local.harness import (
     wait_for,
     wait_for_capture,
     wait_for_identity,
+    win_deal,
 )
 from streams.local.ports import free_port
 from streams.local.status import scrape
@@ -63,23 +64,6 @@ def customer(h: Harness, limit_fen: int = 10**12, blocked: bool = False) -> tupl
                     (limit_fen, blocked, cust_no))
     TAKEN.add(cust_no)
     return account, cust_no
-
-
-def win_deal(h: Harness, account: str, lines: list[tuple[str, str, str]], currency: str = "CNY",
-             one_transaction: bool = False) -> str:
-    """A deal with (sku, quantity, unit price in yuan) lines, won; its id."""
-    deal = str(uuid.uuid4())
-    with h.connect("crm", autocommit=False) as crm:
-        crm.execute("INSERT INTO opportunities (id, account_id, title, stage, currency) VALUES (%s, %s, %s, %s, %s)",
-                    (deal, account, "集成测试订单", "closed_won" if one_transaction else "negotiation", currency))
-        for sku, qty, price in lines:
-            crm.execute("INSERT INTO opportunity_lines (opportunity_id, product_code, quantity, unit_price)"
-                        " VALUES (%s, %s, %s, %s)", (deal, sku, Decimal(qty), Decimal(price)))
-        crm.commit()
-        if not one_transaction:
-            crm.execute("UPDATE opportunities SET stage = 'closed_won' WHERE id = %s", (deal,))
-            crm.commit()
-    return deal
 
 
 def order_of(h: Harness, cust_no: str) -> list[tuple[Any, ...]]:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from streams.local.harness import REPO, Harness, group_lag, live_stack, scalar, wait_for
+from streams.local.harness import REPO, Harness, group_lag, live_stack, scalar, wait_for, win_deal
 
 pytestmark = pytest.mark.integration
 MAPPINGS = REPO / "schemas" / "mappings"
@@ -43,21 +42,6 @@ def pair_of_tier(h: Harness, tier: str) -> tuple[str, str]:
     return crm_id, pairs[crm_id]
 
 
-def win_deal(h: Harness, account: str) -> str:
-    deal = str(uuid.uuid4())
-    with h.connect("erp") as erp:
-        sku = scalar(erp, "SELECT sku FROM items ORDER BY sku LIMIT 1")
-    with h.connect("crm", autocommit=False) as crm:
-        crm.execute("INSERT INTO opportunities (id, account_id, title, stage, currency)"
-                    " VALUES (%s, %s, 'pilot', 'negotiation', 'CNY')", (deal, account))
-        crm.execute("INSERT INTO opportunity_lines (opportunity_id, product_code, quantity, unit_price)"
-                    " VALUES (%s, %s, 2, 50.00)", (deal, sku))
-        crm.commit()
-        crm.execute("UPDATE opportunities SET stage = 'closed_won' WHERE id = %s", (deal,))
-        crm.commit()
-    return deal
-
-
 def test_a_pilot_writes_nothing_outside_its_scope(pilot: Harness) -> None:
     h = pilot
     inside, outside = pair_of_tier(h, "A"), pair_of_tier(h, "B")
@@ -73,7 +57,9 @@ def test_a_pilot_writes_nothing_outside_its_scope(pilot: Harness) -> None:
         for tier, name in (("B", "试点外新客有限公司"), ("A", "试点内新客有限公司")):
             crm.execute("INSERT INTO accounts (name, legal_name, tier, status) VALUES (%s, %s, %s, 'active')",
                         (name[:4], name, tier))
-    out_deal, in_deal = win_deal(h, outside[0]), win_deal(h, inside[0])
+    with h.connect("erp") as erp:
+        sku = scalar(erp, "SELECT sku FROM items ORDER BY sku LIMIT 1")
+    out_deal, in_deal = (win_deal(h, account, [(sku, "2", "50.00")]) for account in (outside[0], inside[0]))
     with h.connect("crm") as crm, h.connect("erp") as erp:
         wait_for(lambda: scalar(erp, "SELECT email FROM customers WHERE cust_no = %s", inside[1])
                  == "pilot-in@example.com"
