@@ -66,7 +66,7 @@ def wait_settled(h: Harness) -> None:
         with h.connect("sync") as conn:
             return int(scalar(conn, "SELECT count(*) FROM sync.pending_creates"))
 
-    wait_for(lambda: pending() == 0, 60, 0.5, "every creation hold to pass")
+    wait_for(lambda: pending() == 0, 120, 0.5, "every creation hold to pass")
     topics = ["crm.public.accounts", "erp.public.customers", "sync.changes.customer", *COMMANDS]
     wait_for(lambda: group_lag(h.client_config(), topics) == 0, 90, 0.5, "the workers to apply what is due")
 
@@ -124,7 +124,7 @@ def test_duplicates_in_one_system_go_to_review_as_groups_and_a_decision_settles_
                                 " AND status = 'open' AND source_id = ANY(%s)", (ids,)).fetchall()
             return {source: {source, *candidates} for source, candidates in rows}
 
-        wait_for(lambda: len(reviews()) == 20, 60, 0.5, "20 accounts in identity review")
+        wait_for(lambda: len(reviews()) == 20, 120, 0.5, "20 accounts in identity review")
         groups = {frozenset(g) for g in reviews().values()}
     assert groups == {frozenset(ids[i:i + 2]) for i in range(0, 20, 2)}  # 10 groups: the pairs
     wait_settled(h)
