@@ -352,13 +352,21 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
         if done and done % 50_000 == 0:
             print(f"… {system}: {done} rows read", file=sys.stderr, flush=True)
 
-    reports = [compare(settings, p, store, progress=progress) for p in chosen]
+    reports = [compare(settings, p, store, pause_s=args.pause, progress=progress) for p in chosen]
     if args.repair:
         for profile, report in zip(chosen, reports, strict=True):
             done = repair(settings, profile, store, report)
             print(f"{profile.entity} repair: " + ", ".join(f"{k} {v}" for k, v in done.items()), file=sys.stderr)
     documents = compare_documents(settings, document_profile, store, args.entity)
-    if args.format == "json":  # the entities' reports, then the document rules' (each has "rule" and "kind")
+    if args.format == "csv":
+        import csv
+
+        from streams.compare import CSV_HEADER
+
+        out = csv.writer(sys.stdout)
+        out.writerow(CSV_HEADER)
+        out.writerows([row for r in reports for row in r.as_rows()] + [row for d in documents for row in d.as_rows()])
+    elif args.format == "json":  # the entities' reports, then the document rules' (each has "rule" and "kind")
         rows = [r.as_dict() for r in reports] + [d.as_dict() for d in documents]
         print(json.dumps(rows, ensure_ascii=False, default=str, indent=2))
     else:
@@ -492,7 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="read both databases through the profiles (read-only): every record in one"
                          " category (linked equal / drifted, eligible, not eligible and why, in review, unknown)")
     cmp.add_argument("--entity", help="one profile's entity (default: every profile)")
-    cmp.add_argument("--format", choices=["table", "json"], default="table")
+    cmp.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    cmp.add_argument("--pause", type=float, default=0.0,
+                     help="seconds to wait between two chunks of 5,000 rows, to spare a busy database (default 0)")
     cmp.add_argument("--repair", action="store_true", help="turn the findings into sync events (drifted and unknown"
                      " rows read again through capture, eligible records created); nothing is written directly")
     cmp.set_defaults(func=cmd_compare)

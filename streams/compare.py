@@ -10,6 +10,7 @@ values with the profile, and set against the sync store's cross-reference:
   create on the other system (with the condition that keeps it out);
 * ``in_review``: waiting in identity review (ambiguous or a duplicate); ``merged``: merged away;
 * ``out_of_scope``: outside the profile's pilot ``scope`` (linked or not): the sync writes nothing for it;
+* ``created_unlinked``: a row the sync created whose change event has not attached it to its record yet;
 * ``unknown``: a row the sync has never seen (written behind its back, or capture is behind).
 
 Each record of each side is in exactly one category, so the categories add up to both counts.
@@ -17,6 +18,7 @@ Each record of each side is in exactly one category, so the categories add up to
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -31,8 +33,16 @@ from streams.mapping.profile import Profile
 from streams.settings import Settings
 from streams.store import Store
 
+
+def as_text(value: Any) -> str:
+    """A value in a CSV cell: as JSON (a text quoted, a number not, null for none)."""
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+CSV_HEADER = ["row", "entity_or_rule", "system", "category", "count", "global_id", "crm_id", "erp_id", "field",
+              "crm_value", "erp_value"]
 CATEGORIES = ("linked_equal", "linked_drifted", "in_conflict", "eligible", "not_eligible", "in_review", "merged",
-              "out_of_scope", "unknown")
+              "out_of_scope", "created_unlinked", "unknown")
 
 
 @dataclass
@@ -61,6 +71,14 @@ class Report:
 
     def adds_up(self) -> bool:
         return all(sum(self.categories[s].values()) == self.totals.get(s, 0) for s in ("crm", "erp"))
+
+    def as_rows(self) -> list[list[Any]]:
+        """CSV rows (``CSV_HEADER``): a count per side and category, then each drifted field."""
+        rows: list[list[Any]] = [["count", self.entity, s, c, self.categories[s][c], "", "", "", "", "", ""]
+                                 for s in ("crm", "erp") for c in CATEGORIES]
+        rows += [["drift", self.entity, "", "linked_drifted", "", d.global_id, d.crm_id, d.erp_id, d.field,
+                  as_text(d.crm), as_text(d.erp)] for d in self.drift]
+        return rows
 
     def as_dict(self) -> dict[str, Any]:
         return {"entity": self.entity, "totals": self.totals,
@@ -108,8 +126,11 @@ def compare(settings: Settings, profile: Profile, store: Store, chunk: int = 500
     conflicted = {(str(r[0]), r[1]) for r in store.conn.execute(
         "SELECT global_id::text, field FROM sync.conflicts WHERE entity = %s AND status = 'open'", (entity,))}
     values: dict[str, dict[str, dict[str, Any]]] = {"crm": {}, "erp": {}}
+    from streams.identity.bootstrap import created_by_sync
+
     for system in ("crm", "erp"):
         key = profile.key_of(system)
+        created = created_by_sync(profile, settings, system)
         count = 0
         for row in rows(settings, profile, system, chunk, pause_s, progress):
             count += 1
@@ -120,7 +141,8 @@ def compare(settings: Settings, profile: Profile, store: Store, chunk: int = 500
             if link is not None and peer is not None:
                 values[system][link.global_id] = canonical  # categorised once both sides are read
                 continue
-            category = _alone(profile, system, source_id, canonical, link, reviewing, report)
+            category = ("created_unlinked" if link is None and source_id in created
+                        else _alone(profile, system, source_id, canonical, link, reviewing, report))
             report.categories[system][category] += 1
             if category == "eligible" and link is not None:
                 report.eligible.append((link.global_id, system, source_id))

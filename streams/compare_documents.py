@@ -25,6 +25,7 @@ from typing import Any
 
 from psycopg import sql
 
+from streams.compare import as_text
 from streams.documents.engine import Reader, _jsonable, plan_document
 from streams.documents.spec import CreateRule, DocumentProfile, RollupRule
 from streams.errors import TerminalError
@@ -43,6 +44,19 @@ class DocumentReport:
     kind: str  # create | rollup
     categories: Counter[str] = field(default_factory=Counter)
     differences: list[dict[str, Any]] = field(default_factory=list)  # global id, keys, columns with both values
+
+    def as_rows(self) -> list[list[Any]]:
+        """CSV rows (``streams.compare.CSV_HEADER``): a count per category, then each difference per column."""
+        names = CREATED if self.kind == "create" else ROLLED_UP
+        rows: list[list[Any]] = [["count", self.rule, "", c, self.categories[c], "", "", "", "", "", ""]
+                                 for c in names]
+        for d in self.differences:
+            columns = d.get("columns") or {(d.get("missing") and "missing") or "invalid": {
+                "crm": d.get("missing") or d.get("invalid"), "erp": ""}}
+            rows += [["difference", self.rule, "", "", "", d.get("global_id") or "", d.get("crm", ""),
+                      d.get("erp", ""), column, as_text(v.get("crm")), as_text(v.get("erp"))]
+                     for column, v in columns.items()]
+        return rows
 
     def as_dict(self) -> dict[str, Any]:
         names = CREATED if self.kind == "create" else ROLLED_UP

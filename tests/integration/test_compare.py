@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,6 +57,29 @@ def test_the_seed_is_explained_and_adds_up(synced: Harness) -> None:
     assert found["categories"]["crm"]["not_eligible"] > 0  # the seed's tier-C singles: the rule wants A or B
     assert any("tier in" in reason for reason in found["not_eligible_because"]), found["not_eligible_because"]
     assert found["categories"]["crm"]["unknown"] == found["categories"]["erp"]["unknown"] == 0
+    done = subprocess.run(h.cli("compare", "--format", "csv"), capture_output=True, text=True, check=True, timeout=300)
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    for system in ("crm", "erp"):  # the same counts, for a spreadsheet
+        assert sum(int(r["count"]) for r in rows if r["row"] == "count" and r["entity_or_rule"] == "customer"
+                   and r["system"] == system) == totals[system]
+
+
+def test_a_row_the_sync_created_and_has_not_seen_yet_is_not_unknown(synced: Harness) -> None:
+    """Created by the applier (recorded in sync_meta.created), its change event not read yet: said so."""
+    h = synced
+    settled(h)
+    with h.connect("erp") as erp:
+        key = scalar(erp, "SELECT max(cust_no) FROM customers") + "Z"
+    behind_the_syncs_back(h, ("INSERT INTO customers (cust_no, full_name) VALUES (%s, '刚建客户有限公司')", (key,)),
+                          ("INSERT INTO sync_meta.created (entity, global_id, key) VALUES ('customer', %s, %s)",
+                           (str(uuid.uuid4()), key)))
+    try:
+        found = report(h)
+        assert found["categories"]["erp"]["created_unlinked"] == 1 and found["categories"]["erp"]["unknown"] == 0
+    finally:
+        with h.connect("erp") as erp:  # gone again, before its change event can ever be read
+            erp.execute("DELETE FROM sync_meta.created WHERE key = %s", (key,))
+        behind_the_syncs_back(h, ("DELETE FROM customers WHERE cust_no = %s", (key,)))
 
 
 def behind_the_syncs_back(h: Harness, *statements: tuple[str, tuple[Any, ...]]) -> None:
