@@ -26,6 +26,7 @@ from typing import Any
 
 import psycopg
 
+from streams.ddl import locked
 from streams.topics import CONFLICTS
 
 SHADOWED = ("entity_state", "documents", "conflicts")  # tables a dry run keeps its own copy of
@@ -153,4 +154,4 @@ def summary(planned: list[dict[str, Any]]) -> list[str]:
 def reset(conn: psycopg.Connection[Any]) -> None:
     """Forget a dry run: its plan and its copies of the state (the next dry run starts afresh)."""
     conn.execute("DROP TABLE IF EXISTS sync.plan, sync.plan_entity_state, sync.plan_documents, sync.plan_conflicts")
-    conn.execute(DDL)
+    locked(conn, DDL)

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from streams.ddl import locked
 from streams.reconcile.core import Conflict, EntityState
 
 DDL = """
@@ -181,7 +182,7 @@ class Store:
         from streams.plan import DDL as PLAN_DDL
 
         for ddl in (DDL, IDENTITY_DDL, AUDIT_DDL, DRIFT_DDL, PLAN_DDL):
-            self.conn.execute(ddl)
+            locked(self.conn, ddl)
 
     def close(self) -> None:
         """Close the connection."""

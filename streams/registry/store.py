@@ -8,6 +8,8 @@ from typing import Any
 
 import psycopg
 
+from streams.ddl import locked
+
 DDL = """
 CREATE SCHEMA IF NOT EXISTS registry;
 CREATE TABLE IF NOT EXISTS registry.schemas (
@@ -50,7 +52,7 @@ class RegistryStore:
         self._lock = threading.Lock()
         self._conn = psycopg.connect(**conninfo, autocommit=True)
         with self._lock:
-            self._conn.execute(DDL)
+            locked(self._conn, DDL)
 
     def close(self) -> None:
         """Close the connection."""

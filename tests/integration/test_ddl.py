@@ -1,0 +1,72 @@
+"""The sync's own tables, created by several workers starting at once in an empty database."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from streams.apply.sql import PROGRESS_DDL, PROGRESS_TABLES
+from streams.ddl import ensure
+from streams.local.harness import Harness
+from streams.store import Store
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def empty_db(harness: Harness) -> Iterator[dict[str, Any]]:
+    name = f"ddl_{uuid.uuid4().hex[:8]}"
+    with harness.connect("postgres") as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield harness.conninfo(name)
+    with harness.connect("postgres") as admin:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def at_once(work: Callable[[], None], n: int = 8) -> list[BaseException]:
+    """Run ``work`` in ``n`` threads released together; the exceptions they raised."""
+    start = threading.Barrier(n)
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        start.wait()
+        try:
+            work()
+        except BaseException as exc:  # noqa: BLE001 — collected and asserted on
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return failures
+
+
+def test_appliers_starting_together_create_their_bookkeeping_once(empty_db: dict[str, Any]) -> None:
+    ran: list[bool] = []
+
+    def applier() -> None:
+        with psycopg.connect(**empty_db) as conn, conn.transaction():
+            ran.append(ensure(conn, PROGRESS_DDL, PROGRESS_TABLES, ["sync_meta.applier_progress.incarnation"]))
+
+    assert at_once(applier) == []
+    assert ran.count(True) == 1  # one created the tables; the others found them after waiting
+
+
+def test_workers_starting_together_migrate_the_store(empty_db: dict[str, Any]) -> None:
+    def worker() -> None:
+        store = Store(empty_db)
+        try:
+            store.migrate()
+        finally:
+            store.close()
+
+    assert at_once(worker) == []
+    with psycopg.connect(**empty_db) as conn:
+        assert conn.execute("SELECT to_regclass('sync.xref') IS NOT NULL").fetchone() == (True,)
