@@ -27,6 +27,7 @@ from psycopg import sql
 
 from streams.compare import as_text
 from streams.documents.engine import Reader, _jsonable, plan_document
+from streams.documents.refs import References
 from streams.documents.spec import CreateRule, DocumentProfile, RollupRule
 from streams.errors import TerminalError
 from streams.settings import Settings
@@ -121,6 +122,7 @@ def compare_created(rule: CreateRule, store: Store, readers: dict[str, Reader]) 
     """Each source document of a create rule against its target document."""
     report = DocumentReport(rule.name, "create")
     source, target, spec = rule.source, rule.target, rule.target_spec
+    references = References(store, readers)
     for key in _source_keys(readers[source], rule):
         queries = [rule.header, *([rule.lines] if rule.lines else [])]
         found = readers[source].read(queries, {"key": key})
@@ -142,16 +144,12 @@ def compare_created(rule: CreateRule, store: Store, readers: dict[str, Reader]) 
         assert link is not None
         try:
             out_header, out_lines, _ = plan_document(rule, header, lines)
+            references.fill(rule, header, lines, out_header, out_lines)  # as the target knows them
         except TerminalError as exc:  # the source is invalid now (it was not when created)
             report.categories["differs"] += 1
             report.differences.append({"global_id": link.global_id, source: key, target: target_id,
                                        "invalid": exc.message})
             continue
-        for column, ref in rule.refs.items():  # references as the target knows them
-            peer = store.link_of(ref.entity, source, str(header.get(column)))
-            for name, col in spec.columns.items():
-                if col.ref == column:
-                    out_header[name] = getattr(peer, f"{target}_id") if peer else None
         diffs = differing(readers[target], spec.table, {spec.key: target_id}, out_header)
         if diffs is None:  # linked, but the target document is gone
             report.categories["missing"] += 1

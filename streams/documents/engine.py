@@ -32,6 +32,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from streams.apply.sql import CREATED_LOOKUP_NAMED, CREATED_OF_ENTITY
+from streams.documents.refs import References
 from streams.documents.spec import CanonicalRule, CreateRule, DocumentProfile, RollupRule, Rule
 from streams.errors import TerminalError, TransientError
 from streams.mapping.profile import Profile
@@ -88,22 +89,27 @@ def map_columns(columns: Mapping[str, Any], row: Mapping[str, Any], where: str) 
     return out
 
 
-def line_amount(line: Mapping[str, Any], amount: tuple[str, str]) -> int:
-    """Quantity x unit price of one line, rounded half up to the unit of the price (fen)."""
+def line_amount(line: Mapping[str, Any], amount: tuple[str, str], places: int = 0) -> int | Decimal:
+    """Quantity x unit price of one line, rounded half up to ``places`` decimals of the price's unit.
+
+    ``places`` is the target's precision: 0 when it counts in fen (an integer), 2 for yuan.
+    """
     qty, price = (Decimal(str(line[c])) for c in amount)
-    return int((qty * price).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    exact = (qty * price).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    return exact if places else int(exact)
 
 
 def plan_document(rule: CreateRule, header: Mapping[str, Any], lines: Sequence[Mapping[str, Any]]
-                  ) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+                  ) -> tuple[dict[str, Any], list[dict[str, Any]], int | Decimal]:
     """The target header columns (refs not yet filled), lines and total of a ready document. Pure."""
     spec = rule.target_spec
     out_header = map_columns(spec.columns, header, "header")
     out_lines = [map_columns(spec.lines.columns, line, f"line {n}")
                  for n, line in enumerate(lines, 1)] if spec.lines else []
-    total = 0
+    total: int | Decimal = 0
     if spec.lines and spec.lines.amount:
-        total = sum(line_amount(line, spec.lines.amount) for line in out_lines)
+        total = sum((line_amount(line, spec.lines.amount, spec.lines.amount_places) for line in out_lines),
+                    start=Decimal(0) if spec.lines.amount_places else 0)
     for target, column in spec.columns.items():
         if column.total:
             out_header[target] = total
@@ -174,6 +180,7 @@ class Documents:
         self.store = store
         self.scoped = {p.entity: p for p in scoped if p.scope}  # a pilot: documents of records in scope only
         self.readers = {s: Reader(s, settings.database(s).conninfo()) for s in ("crm", "erp")}
+        self.references = References(store, self.readers, self.scoped)
         self.by_topic: dict[str, list[Rule]] = {}
         for rule in profile.rules:
             for table in rule.watch:
@@ -288,21 +295,9 @@ class Documents:
         if rule.require_lines and not lines:
             return self._wait(rule, key, link, "no lines yet")
         out_header, out_lines, total = plan_document(rule, header, lines)
-        for column, ref in rule.refs.items():
-            value = header.get(column)
-            if value is None:
-                raise TerminalError(f"header {column} is empty; it must name a {ref.entity}")
-            peer = self.store.link_of(ref.entity, source, str(value))
-            peer_id = getattr(peer, f"{target}_id") if peer else None
-            if peer_id is None:
-                return self._wait(rule, key, link, ref.waiting.format(value=value))
-            scoped = self.scoped.get(ref.entity)
-            if peer and scoped and not scoped.in_scope(self.store.values_of(ref.entity, peer.global_id)):
-                return self._wait(rule, key, link, f"{ref.entity} {value} is out of the pilot's scope"
-                                  f" ({scoped.scope.describe() if scoped.scope else ''})")
-            for name, spec in rule.target_spec.columns.items():
-                if spec.ref == column:
-                    out_header[name] = peer_id
+        waiting = self.references.fill(rule, header, lines, out_header, out_lines)
+        if waiting:
+            return self._wait(rule, key, link, waiting)
         link = link or self._single(rule.entity, rule.source, key)
         self.store.save_document(rule.name, link.global_id, key, "sent", None,
                                  self._fingerprint(rule, header, lines, ready))
@@ -355,6 +350,7 @@ class Documents:
         if scoped and not scoped.in_scope(self.store.values_of(rule.entity, link.global_id)):
             return []  # out of the pilot's scope: never written
         values = {c: _jsonable(v) for c, v in rows[0].items()}
+        rule.check(key, values)
         return [(commands_topic(rule.target), link.global_id,
                  document_command("row", rule, link.global_id, target_id, values, meta))]
 

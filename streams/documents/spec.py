@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from streams.errors import ConfigError
+from streams.errors import ConfigError, TerminalError
 from streams.mapping.convert import Converter, build
 from streams.mapping.profile import first_error, read_yaml
 
@@ -124,15 +124,30 @@ class LinesSpec(BaseModel):
     parent: str  # the column holding the header's key
     number: str | None = None  # numbered 1, 2, ... in the source order
     amount: tuple[str, str] | None = None  # [quantity column, unit price column] (target columns): qty * price
+    amount_places: int = Field(0, ge=0, le=9)  # the target's decimals of amounts: 0 for fen, 2 for yuan
     columns: dict[str, ColumnSpec]
 
 
 class Reference(BaseModel):
-    """A header column holding another entity's source id, replaced by that entity's target id."""
+    """A source column (of the header or of each line) naming another record, replaced by its target key.
+
+    The target key comes from the cross-reference of ``entity`` (a record the sync links), or from
+    ``lookup``, a query on the target taking ``%(value)s`` (a product's id by its code). Not found yet:
+    the document waits, with ``waiting`` as the reason.
+    """
 
     model_config = _MODEL
-    entity: str
+    entity: str | None = None
+    lookup: str | None = None
     waiting: str = "{value} has no linked record on the target yet"  # the reason shown while pending
+
+    @model_validator(mode="after")
+    def _one(self) -> Reference:
+        if (self.entity is None) == (self.lookup is None):
+            raise ValueError("a reference takes either entity (its cross-reference) or lookup (a target query)")
+        if self.lookup is not None and params_of(self.lookup) != {"value"}:
+            raise ValueError("a lookup query takes one parameter, %(value)s")
+        return self
 
 
 class CreditCheck(BaseModel):
@@ -192,12 +207,22 @@ class RollupRule(Rule):
     read: str  # query: one row by %(key)s; its column names are the target's
     target_table: str = Field(alias="target", pattern=TABLE)
     target_key: str = Field(alias="target_key")
+    allowed: dict[str, list[Any]] = {}  # target column -> the values it accepts; another is a dead letter
 
     @model_validator(mode="after")
     def _coherent(self) -> RollupRule:
         if params_of(self.read) != {"key"}:
             raise ValueError("read takes one parameter, %(key)s")
         return self
+
+    def check(self, key: str, values: Mapping[str, Any]) -> None:
+        """Raise :class:`TerminalError` (a dead letter) when a value is not one the target accepts."""
+        for column, allowed in self.allowed.items():
+            if column not in values:
+                raise TerminalError(f"{self.name}: read returns no column {column} (named in allowed)")
+            if values[column] not in allowed:
+                raise TerminalError(f"{self.name} {key}: {column} is {values[column]!r}; the target accepts only"
+                                    f" {', '.join(map(str, allowed))}")
 
 
 class CanonicalRule(Rule):

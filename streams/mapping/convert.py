@@ -6,6 +6,7 @@ Each converter has ``to_canonical`` (source column -> canonical) and ``from_cano
 
 from __future__ import annotations
 
+import base64
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -74,15 +75,32 @@ def _boolean(value: Any) -> bool:
     return value
 
 
+def exact_decimal(value: Any) -> Decimal:
+    """An exact decimal from what a column arrives as.
+
+    A decimal, an integer, a decimal string, or Debezium's ``VariableScaleDecimal`` (a ``numeric``
+    without declared scale: ``{scale, value}``, the unscaled value as big-endian two's-complement
+    bytes, or those bytes in base64 from JSON).
+    """
+    if isinstance(value, Mapping) and set(value) == {"scale", "value"}:
+        raw = value["value"]
+        try:
+            raw = base64.b64decode(raw, validate=True) if isinstance(raw, str) else raw
+            unscaled = int.from_bytes(raw, "big", signed=True)
+            return Decimal(unscaled).scaleb(-int(value["scale"]))
+        except (TypeError, ValueError) as exc:
+            raise TerminalError(f"not an amount: {value!r}") from exc
+    if isinstance(value, (float, bool)):
+        raise TerminalError(f"amounts must be exact decimals, not {type(value).__name__}s")
+    try:
+        return Decimal(value)
+    except (InvalidOperation, TypeError, ValueError) as exc:
+        raise TerminalError(f"not an amount: {value!r}") from exc
+
+
 def _scaled(value: Any, factor: int, unit: str) -> int:
     """An exact decimal times ``factor`` as an integer; a remainder is an error, never rounded."""
-    try:
-        amount = Decimal(value) if not isinstance(value, float) else None
-    except (InvalidOperation, TypeError) as exc:
-        raise TerminalError(f"not an amount: {value!r}") from exc
-    if amount is None:
-        raise TerminalError("amounts must be exact decimals, not floats")
-    scaled = amount * factor
+    scaled = exact_decimal(value) * factor
     if scaled != scaled.to_integral_value():
         raise TerminalError(f"{value} has a fraction of a {unit}")
     return int(scaled)
@@ -106,6 +124,31 @@ def to_milli(value: Any) -> int:
 def from_milli(value: Any) -> Decimal:
     """Integer thousandths -> a quantity with three decimals, exact."""
     return (Decimal(_integer(value)) / 1000).quantize(MILLI)
+
+
+def scaled(places: int) -> Converter:
+    """A decimal column of any scale <-> integer units of ``10**-places``.
+
+    E.g. ``numeric(21,9)`` in currency units with ``scaled:2``: yuan <-> fen. A finer remainder is
+    an error, never rounded; a value written back carries ``places`` decimals.
+    """
+    factor, quantum = 10 ** places, Decimal(1).scaleb(-places)
+    unit = f"1/{factor}" if places else "unit"
+
+    def forward(value: Any) -> int:
+        return _scaled(value, factor, unit)
+
+    def backward(value: Any) -> Decimal:
+        amount: Decimal = Decimal(_integer(value)) / factor
+        return amount.quantize(quantum)
+
+    return Converter(f"scaled:{places}", forward, backward)
+
+
+def _decimal(value: Any) -> str:
+    """A decimal column of any scale -> its exact value as text, trailing zeros dropped (``"2999.95"``)."""
+    amount = exact_decimal(value)
+    return format(amount.normalize() if amount != amount.to_integral_value() else amount.quantize(Decimal(1)), "f")
 
 
 def local_micros(zone: str) -> Converter:
@@ -163,17 +206,23 @@ SIMPLE: dict[str, Converter] = {
     "boolean": Converter("boolean", _boolean, _boolean),
     "yuan_to_fen": Converter("yuan_to_fen", yuan_to_fen, fen_to_yuan),
     "milli": Converter("milli", to_milli, from_milli),
+    "decimal": Converter("decimal", _decimal, lambda v: exact_decimal(v)),
     "iso_utc": Converter("iso_utc", _iso_utc, lambda v: v),
     "identity": Converter("identity", lambda v: v, lambda v: v),
 }
 
 
 def build(spec: str | Mapping[str, Any]) -> Converter:
-    """A converter from its profile spelling: a name, ``local_micros:<zone>`` or ``{enum: {...}}``."""
+    """A converter from its profile spelling: a name, ``scaled:<places>``, ``local_micros:<zone>``, ``{enum: ...}``."""
     if isinstance(spec, Mapping):
         if set(spec) != {"enum"} or not isinstance(spec["enum"], Mapping):
             raise ValueError("a mapping converter must be {enum: {source_value: canonical_value, ...}}")
         return enum_map(spec["enum"])
+    if spec.startswith("scaled:"):
+        places = spec.split(":", 1)[1]
+        if not places.isdigit() or int(places) > 18:
+            raise ValueError(f"scaled:<places> takes 0 to 18 decimal places, not {places!r}")
+        return scaled(int(places))
     if spec.startswith("local_micros:"):
         zone = spec.split(":", 1)[1]
         try:
@@ -182,5 +231,6 @@ def build(spec: str | Mapping[str, Any]) -> Converter:
             raise ValueError(f"unknown time zone {zone!r}") from exc
         return local_micros(zone)
     if spec not in SIMPLE:
-        raise ValueError(f"unknown converter {spec!r}; one of {', '.join(SIMPLE)}, local_micros:<zone>, {{enum: ...}}")
+        raise ValueError(f"unknown converter {spec!r}; one of {', '.join(SIMPLE)}, scaled:<places>,"
+                         " local_micros:<zone>, {enum: ...}")
     return SIMPLE[spec]

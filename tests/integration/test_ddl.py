@@ -37,7 +37,7 @@ def at_once(work: Callable[[], None], n: int = 8) -> list[BaseException]:
         start.wait()
         try:
             work()
-        except BaseException as exc:  # noqa: BLE001 — collected and asserted on
+        except BaseException as exc:  # collected and asserted on
             failures.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(n)]

@@ -48,6 +48,30 @@ def test_line_amounts_round_half_up_to_the_fen(qty: str, price: str, fen: int) -
     assert line_amount({"q": Decimal(qty), "p": int(price)}, ("q", "p")) == fen
 
 
+def test_a_target_counting_in_yuan_keeps_the_cents() -> None:
+    """numeric(21,9) in currency units, amount_places 2: 2,999.95 stays 2,999.95 (not 3,000)."""
+    rule = CreateRule(**_rule(
+        lines="SELECT * FROM public.lines WHERE deal = %(key)s",
+        target={"table": "public.orders", "key": "no", "columns": {"cust": {"ref": "account_id"},
+                                                                   "grand_total": {"total": True}},
+                "lines": {"table": "public.order_items", "parent": "parent", "amount": ["qty", "rate"],
+                          "amount_places": 2, "columns": {"qty": {"column": "quantity"},
+                                                          "rate": {"column": "price"}}}}))
+    lines = [{"quantity": Decimal("1"), "price": Decimal("2999.950000000")},
+             {"quantity": Decimal("3"), "price": Decimal("0.333")}]  # 0.999 -> 1.00, half up to the cent
+    header, _, total = plan_document(rule, {"account_id": "a1"}, lines)
+    assert total == Decimal("3000.95") and header["grand_total"] == Decimal("3000.95")
+    assert line_amount({"q": Decimal("1"), "p": Decimal("2999.95")}, ("q", "p"), 2) == Decimal("2999.95")
+
+
+def test_a_rollup_value_the_target_does_not_accept_is_a_dead_letter() -> None:
+    rule = next(r for r in load_documents([DEMO]).rollups if r.name == "fulfilment")
+    rule.check("SO1", {"erp_order_no": "SO1", "fulfillment_status": "shipped"})
+    with pytest.raises(TerminalError, match="fulfilment SO1: fulfillment_status is 'backordered'; the target"
+                                            " accepts only ordered, credit_hold"):
+        rule.check("SO1", {"erp_order_no": "SO1", "fulfillment_status": "backordered"})
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"currency": "USD"}, "header currency is 'USD'; the target accepts only CNY"),
     ({"quantity": Decimal("-2")}, "line 1 quantity is -2: it must be positive"),
@@ -96,6 +120,9 @@ def _rule(**changes: object) -> dict[str, object]:
     ({"require_lines": True}, "require_lines needs a lines query"),
     ({"target": {"table": "public.orders", "key": "no", "columns": {"t": {"total": True}}}}, "needs target.lines"),
     ({"source": "sap"}, "source"),
+    ({"refs": {"account_id": {}}}, "either entity (its cross-reference) or lookup"),
+    ({"refs": {"account_id": {"lookup": "SELECT id FROM public.items WHERE code = %(code)s"}}},
+     "a lookup query takes one parameter, %(value)s"),
 ])
 def test_a_bad_document_profile_names_the_key(tmp_path: Path, changes: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as caught:

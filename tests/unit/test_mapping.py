@@ -139,3 +139,32 @@ def test_a_pilot_scope_admits_a_record_by_the_sides_it_knows() -> None:
     assert not scope.admits({"erp": {"payment_terms": "NET30"}})  # no CRM record: it has no tier, so not A
     assert not scope.admits({})  # nothing known yet: in doubt, out
     assert scope.describe() == "crm.tier in ['A'] and erp.payment_terms in ['NET30']"
+
+
+def _variable_scale(text: str) -> dict[str, object]:
+    """A ``numeric`` without declared scale as Debezium's Avro sends it."""
+    amount = Decimal(text)
+    exponent = int(amount.as_tuple().exponent)
+    unscaled = int(amount.scaleb(-exponent))
+    return {"scale": -exponent, "value": unscaled.to_bytes(16, "big", signed=True).lstrip(b"\0") or b"\0"}
+
+
+@pytest.mark.parametrize(("text", "fen", "exact"), [
+    ("2999.95", 299995, "2999.95"), ("2999.950000000", 299995, "2999.95"), ("0", 0, "0"), ("12", 1200, "12"),
+    ("-0.50", -50, "-0.5")])
+def test_variable_scale_and_currency_unit_decimals_are_exact(text: str, fen: int, exact: str) -> None:
+    cents = build("scaled:2")
+    assert cents.forward(_variable_scale(text)) == fen
+    assert cents.forward(Decimal(text)) == fen  # numeric(21,9) arrives as a decimal
+    assert build("yuan_to_fen").forward(_variable_scale(text)) == fen
+    assert cents.backward(fen) == Decimal(text).quantize(Decimal("0.01"))
+    assert build("decimal").forward(_variable_scale(text)) == exact
+
+
+def test_a_variable_scale_decimal_below_the_unit_is_refused_not_rounded() -> None:
+    with pytest.raises(TerminalError, match="fraction"):
+        build("scaled:2").forward(_variable_scale("2999.955"))
+    with pytest.raises(TerminalError, match="not an amount"):
+        build("scaled:2").forward({"scale": 2, "value": 7})
+    with pytest.raises(ValueError, match="0 to 18"):
+        build("scaled:x")
