@@ -10,6 +10,7 @@ no profile maps are left to capture (as Kafka Connect's topic creation would mak
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,14 @@ FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
 AUTH_HINT = ("check kafka.sasl_username / sasl_password and the CA in kafka.ssl_ca_location; the sync's principal"
              " needs its topics (crm., erp., sync., canonical., _crm-erp-sync) and its consumer group"
              " (processors.app_id)")
+
+
+def raw_topic(system: str, table: str) -> str:
+    """Debezium's topic of ``schema.table`` on ``system``.
+
+    A character Kafka does not allow (the space of ``"tabSales Order"``) becomes ``_``, as Debezium makes it.
+    """
+    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{system}.{table}")
 
 
 def changes_topic(entity: str) -> str:
@@ -229,8 +238,8 @@ def planned(settings: Settings) -> list[TopicSpec]:
 
     profiles = load_profiles(settings.processors.profiles)
     documents = load_documents(settings.processors.documents)
-    raw = [f"{s}.{p.table_of(s)}" for p in profiles for s in ("crm", "erp")]
-    raw += [f"{rule.source}.{table}" for rule in documents.rules for table in rule.watch]
+    raw = [raw_topic(s, p.table_of(s)) for p in profiles for s in ("crm", "erp")]
+    raw += [raw_topic(rule.source, table) for rule in documents.rules for table in rule.watch]
     canonical = [p.canonical.topic for p in profiles if p.canonical] + [r.topic for r in documents.canonical]
     return plan(settings.kafka, raw, [p.entity for p in profiles], canonical, settings.capture.sources,
                 settings.audit.retention_days)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from streams.mapping.profile import Profile
-from streams.topics import changes_topic
+from streams.topics import changes_topic, raw_topic
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Flow:
     @property
     def raw_topics(self) -> list[str]:
         """The Debezium topics of the entity's table on each system."""
-        return [f"{s}.{self.profile.table_of(s)}" for s in ("crm", "erp")]
+        return [raw_topic(s, self.profile.table_of(s)) for s in ("crm", "erp")]
 
     @property
     def changes(self) -> str:

@@ -114,14 +114,14 @@ class Applier:
         version = source.version.column if source.version and row is not None else None
         if version and source.version:
             params["expect_row"] = source.version.converter.backward(source.version.converter.forward(row))
-        return compare_and_set(source.table, source.key, side.column, version), params
+        return compare_and_set(source.table, source.key, side.column, version, source.stamp), params
 
     def _create_params(self, cmd: dict[str, Any]) -> tuple[Any, list[Any]]:
         """The statement inserting the entity's row and recording its global id, and its parameters."""
         profile, source = self._profile(cmd)
         values = json.loads(cmd["values_json"] or "{}")
         columns = {k: v for k, v in profile.to_columns(self.system, values).items() if v is not None}
-        return (insert_recorded(source.table, list(columns), source.key),
+        return (insert_recorded(source.table, list(columns), source.key, source.stamp, source.new_key),
                 [*columns.values(), cmd["entity"], cmd["global_id"]])
 
     def _create(self, conn: psycopg.Connection[Any], d: Delivery, result: BatchResult) -> None:
@@ -162,13 +162,15 @@ class Applier:
             if found is None:
                 raise TerminalError(f"{rule.name}: the credit check found no row for {header}")
             header[check.column] = check.hold if found[0] else check.ok
-        row = conn.execute(insert_returning(spec.table, list(header), spec.key), list(header.values())).fetchone()
+        row = conn.execute(insert_returning(spec.table, list(header), spec.key, spec.stamp, spec.new_key),
+                           list(header.values())).fetchone()
         assert row is not None
         if spec.lines is not None and doc["lines"]:
             lines = [{**line, spec.lines.parent: row[0], **({spec.lines.number: n} if spec.lines.number else {})}
                      for n, line in enumerate(doc["lines"], 1)]
             with conn.cursor() as cur:
-                cur.executemany(insert_many(spec.lines.table, list(lines[0])), [list(x.values()) for x in lines])
+                cur.executemany(insert_many(spec.lines.table, list(lines[0]), spec.lines.stamp),
+                                [list(x.values()) for x in lines])
         conn.execute(CREATED_INSERT, (cmd["entity"], cmd["global_id"], str(row[0])))
         log.info("%s %s created as %s %s", rule.name, cmd["global_id"], self.system, row[0])
         result.created += 1
@@ -179,7 +181,7 @@ class Applier:
         """A rollup's values onto its row, unless it already holds them (the statement and its parameters)."""
         rule: RollupRule = self._rule(cmd, RollupRule)
         values = json.loads(cmd["values_json"])
-        return set_row(rule.target_table, rule.target_key, list(values)), {**values, "__key": cmd["key"]}
+        return set_row(rule.target_table, rule.target_key, list(values), rule.stamp), {**values, "__key": cmd["key"]}
 
     def _write_params(self, cmd: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         return self._row_params(cmd) if cmd.get("op") == "row" else self._params(cmd)

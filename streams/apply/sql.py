@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from psycopg import sql
+
+from streams.mapping.writes import KeyFormat, Now
 
 PROGRESS_DDL = """
 CREATE SCHEMA IF NOT EXISTS sync_meta;
@@ -51,64 +56,101 @@ CREATED_ANY = ("SELECT c.entity, c.global_id FROM sync_meta.created c"
 CREATED_INSERT = "INSERT INTO sync_meta.created (entity, global_id, key) VALUES (%s, %s, %s)"
 
 
-def insert_returning(table: str, columns: list[str], key_column: str) -> sql.Composed:
-    """``INSERT`` a new row (the key from the table's default, e.g. a sequence) returning its key."""
+Stamp = Mapping[str, Any]  # column -> streams.mapping.writes.Now or a literal
+
+
+def _table(table: str) -> sql.Composed:
     schema, _, name = table.partition(".")
-    return sql.SQL("INSERT INTO {}.{} ({}) VALUES ({}) RETURNING {}").format(
-        sql.Identifier(schema), sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(c) for c in columns),
-        sql.SQL(", ").join(sql.Placeholder() for _ in columns), sql.Identifier(key_column),
-    )
+    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
 
 
-def insert_recorded(table: str, columns: list[str], key_column: str) -> sql.Composed:
+def _stamps(stamp: Stamp) -> list[tuple[sql.Identifier, sql.Composable]]:
+    """Each stamped column and the expression it is set to: the write's time, or a literal."""
+    out: list[tuple[sql.Identifier, sql.Composable]] = []
+    for column, value in stamp.items():
+        if isinstance(value, Now):
+            expr: sql.Composable = (sql.SQL("now()") if value.utc
+                                    else sql.SQL("(now() AT TIME ZONE {})").format(sql.Literal(value.now)))
+        else:
+            expr = sql.Literal(value)
+        out.append((sql.Identifier(column), expr))
+    return out
+
+
+def key_expression(key: KeyFormat) -> sql.Composed:
+    """The expression of a new key: the sequence's next value through the format."""
+    parts: list[sql.Composable] = []
+    for kind, arg in key.parse(key.format):
+        if kind == "text":
+            parts.append(sql.Literal(arg))
+        elif kind == "year":
+            parts.append(sql.SQL("to_char(now(), 'YYYY')"))
+        else:
+            parts.append(sql.SQL("(SELECT lpad(v, greatest({}, length(v)), '0') FROM (SELECT nextval({})::text"
+                                 " AS v) AS n)").format(sql.Literal(arg), sql.Literal(key.sequence)))
+    return sql.SQL("({})").format(sql.SQL(" || ").join(parts))
+
+
+def _insert(table: str, columns: list[str], stamp: Stamp, key: tuple[str, KeyFormat] | None = None) -> sql.Composed:
+    """``INSERT INTO t (columns, stamped columns[, key]) VALUES (placeholders, stamp expressions[, new key])``."""
+    stamps = _stamps(stamp) + ([(sql.Identifier(key[0]), key_expression(key[1]))] if key else [])
+    return sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+        _table(table), sql.SQL(", ").join([*(sql.Identifier(c) for c in columns), *(i for i, _ in stamps)]),
+        sql.SQL(", ").join([*(sql.Placeholder() for _ in columns), *(e for _, e in stamps)]))
+
+
+def _set(assignments: list[sql.Composable], stamp: Stamp) -> sql.Composed:
+    return sql.SQL(", ").join([*assignments, *(sql.SQL("{} = {}").format(i, e) for i, e in _stamps(stamp))])
+
+
+def insert_returning(table: str, columns: list[str], key_column: str, stamp: Stamp | None = None,
+                     new_key: KeyFormat | None = None) -> sql.Composed:
+    """``INSERT`` a new row returning its key: from ``new_key``, else the table's default (e.g. a sequence)."""
+    return sql.SQL("{} RETURNING {}").format(
+        _insert(table, columns, stamp or {}, (key_column, new_key) if new_key else None), sql.Identifier(key_column))
+
+
+def insert_recorded(table: str, columns: list[str], key_column: str, stamp: Stamp | None = None,
+                    new_key: KeyFormat | None = None) -> sql.Composed:
     """``INSERT`` a new row and record which global id it was created for, in one statement; returns its key.
 
     Parameters: the column values, then the entity and the global id.
     """
-    schema, _, name = table.partition(".")
-    return sql.SQL("WITH row AS (INSERT INTO {}.{} ({}) VALUES ({}) RETURNING {})"
+    return sql.SQL("WITH row AS ({})"
                    " INSERT INTO sync_meta.created (entity, global_id, key) SELECT %s, %s, {}::text FROM row"
-                   " RETURNING key").format(
-        sql.Identifier(schema), sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(c) for c in columns),
-        sql.SQL(", ").join(sql.Placeholder() for _ in columns), sql.Identifier(key_column),
-        sql.Identifier(key_column),
-    )
+                   " RETURNING key").format(insert_returning(table, columns, key_column, stamp, new_key),
+                                            sql.Identifier(key_column))
 
 
-def insert_many(table: str, columns: list[str]) -> sql.Composed:
+def insert_many(table: str, columns: list[str], stamp: Stamp | None = None) -> sql.Composed:
     """``INSERT`` one row (for ``executemany``)."""
-    schema, _, name = table.partition(".")
-    return sql.SQL("INSERT INTO {}.{} ({}) VALUES ({})").format(
-        sql.Identifier(schema), sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(c) for c in columns),
-        sql.SQL(", ").join(sql.Placeholder() for _ in columns),
-    )
+    return _insert(table, columns, stamp or {})
 
 
-def set_row(table: str, key_column: str, columns: list[str]) -> sql.Composed:
+def set_row(table: str, key_column: str, columns: list[str], stamp: Stamp | None = None) -> sql.Composed:
     """``UPDATE`` columns of one row (named parameters, the key as ``__key``) unless it holds those values.
 
     Returns the columns' values from before (no row: nothing changed).
     """
-    schema, _, name = table.partition(".")
-    target = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+    target = _table(table)
     key = sql.Identifier(key_column)
     idents = [sql.Identifier(c) for c in columns]
     params = [sql.Placeholder(c) for c in columns]
     return sql.SQL("UPDATE {} AS t SET {} FROM (SELECT {}, {} FROM {} WHERE {} = %(__key)s FOR UPDATE) AS o"
                    " WHERE t.{} = o.{} AND ({}) IS DISTINCT FROM ({}) RETURNING {}").format(
-        target, sql.SQL(", ").join(sql.SQL("{} = {}").format(i, p) for i, p in zip(idents, params, strict=True)),
+        target, _set([sql.SQL("{} = {}").format(i, p) for i, p in zip(idents, params, strict=True)], stamp or {}),
         key, sql.SQL(", ").join(idents), target, key, key, key,
         sql.SQL(", ").join(sql.SQL("t.{}").format(i) for i in idents), sql.SQL(", ").join(params),
         sql.SQL(", ").join(sql.SQL("o.{}").format(i) for i in idents),
     )
 
 
-def compare_and_set(table: str, key_column: str, column: str, version_column: str | None) -> sql.Composed:
+def compare_and_set(table: str, key_column: str, column: str, version_column: str | None,
+                    stamp: Stamp | None = None) -> sql.Composed:
     """``UPDATE`` one column of one row, only if it still holds what the sync saw, and differs.
 
     Parameters: ``value``, ``key``, ``expect`` and (with a version column) ``expect_row``.
     """
-    schema, _, name = table.partition(".")
     conditions = [
         sql.SQL("{} = %(key)s").format(sql.Identifier(key_column)),
         sql.SQL("{} IS NOT DISTINCT FROM %(expect)s").format(sql.Identifier(column)),
@@ -116,9 +158,9 @@ def compare_and_set(table: str, key_column: str, column: str, version_column: st
     ]
     if version_column:
         conditions.append(sql.SQL("{} = %(expect_row)s").format(sql.Identifier(version_column)))
-    return sql.SQL("UPDATE {}.{} SET {} = %(value)s WHERE {}").format(
-        sql.Identifier(schema), sql.Identifier(name), sql.Identifier(column), sql.SQL(" AND ").join(conditions)
-    )
+    return sql.SQL("UPDATE {} SET {} WHERE {}").format(
+        _table(table), _set([sql.SQL("{} = %(value)s").format(sql.Identifier(column))], stamp or {}),
+        sql.SQL(" AND ").join(conditions))
 
 
 def progress_select() -> sql.Composed:

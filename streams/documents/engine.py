@@ -39,7 +39,7 @@ from streams.mapping.profile import Profile
 from streams.reconcile.records import document_command, personal_value
 from streams.settings import Settings
 from streams.store import Link, Store
-from streams.topics import commands_topic
+from streams.topics import commands_topic, raw_topic
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class Documents:
         self.by_topic: dict[str, list[Rule]] = {}
         for rule in profile.rules:
             for table in rule.watch:
-                self.by_topic.setdefault(f"{rule.source}.{table}", []).append(rule)
+                self.by_topic.setdefault(raw_topic(rule.source, table), []).append(rule)
 
     @property
     def topics(self) -> list[str]:

@@ -26,11 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from streams.errors import ConfigError, TerminalError
 from streams.mapping.convert import Converter, build
-from streams.mapping.profile import first_error, read_yaml
+from streams.mapping.profile import TABLE, first_error, read_yaml
+from streams.mapping.writes import KeyFormat, Stamp
 
 System = Literal["crm", "erp"]
 _MODEL = ConfigDict(frozen=True, extra="forbid")
-TABLE = r"^[A-Za-z_]\w*\.[A-Za-z_]\w*$"
 _PARAM = re.compile(r"%\((\w+)\)s")
 
 
@@ -126,6 +126,7 @@ class LinesSpec(BaseModel):
     amount: tuple[str, str] | None = None  # [quantity column, unit price column] (target columns): qty * price
     amount_places: int = Field(0, ge=0, le=9)  # the target's decimals of amounts: 0 for fen, 2 for yuan
     columns: dict[str, ColumnSpec]
+    stamp: Stamp = {}  # columns the sync also sets on each line it writes (streams.mapping.writes)
 
 
 class Reference(BaseModel):
@@ -169,6 +170,8 @@ class TargetSpec(BaseModel):
     columns: dict[str, ColumnSpec]
     lines: LinesSpec | None = None
     credit_check: CreditCheck | None = None
+    stamp: Stamp = {}  # columns the sync also sets on the header it writes
+    new_key: KeyFormat | None = None  # the new document's key, else the table's default
 
 
 class CreateRule(Rule):
@@ -208,6 +211,7 @@ class RollupRule(Rule):
     target_table: str = Field(alias="target", pattern=TABLE)
     target_key: str = Field(alias="target_key")
     allowed: dict[str, list[Any]] = {}  # target column -> the values it accepts; another is a dead letter
+    stamp: Stamp = {}  # columns the sync also sets when it writes the row
 
     @model_validator(mode="after")
     def _coherent(self) -> RollupRule:

@@ -133,13 +133,14 @@ def _flows(settings: Settings) -> dict[str, Any]:
     """Per flow (entity): consumer lag, conflicts waiting for a person, dead letters not replayed."""
     from streams.mapping.profile import load_profiles
     from streams.store import Store
+    from streams.topics import raw_topic
 
     try:
         profiles = load_profiles(settings.processors.profiles)
     except SyncError as exc:
         return {"profiles": {"error": exc.message}}
     entities = [p.entity for p in profiles]
-    flow_topics = {p.entity: {f"sync.changes.{p.entity}", *(f"{s}.{p.table_of(s)}" for s in ("crm", "erp"))}
+    flow_topics = {p.entity: {f"sync.changes.{p.entity}", *(raw_topic(s, p.table_of(s)) for s in ("crm", "erp"))}
                    for p in profiles}
     samples = scrape(settings.processors.metrics_port)
     lags: dict[str, float] = {}  # per topic, over all its partitions this worker reads

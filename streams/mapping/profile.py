@@ -16,10 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from streams.errors import ConfigError, TerminalError
 from streams.mapping.convert import Converter, build
+from streams.mapping.writes import KeyFormat, Stamp
 
 SYSTEMS = ("crm", "erp")
 System = Literal["crm", "erp"]
 _MODEL = ConfigDict(frozen=True, extra="forbid")
+# schema.table; a table name may hold spaces (ERPNext's "tabSales Order"): it is always quoted in SQL
+TABLE = r"^[A-Za-z_]\w*\.[A-Za-z_][\w ]*\w$"
 
 
 class SideSpec(BaseModel):
@@ -108,9 +111,11 @@ class SourceSpec(BaseModel):
     """The table of one system that forms the entity."""
 
     model_config = _MODEL
-    table: str = Field(pattern=r"^[A-Za-z_][\w]*\.[A-Za-z_][\w]*$")
+    table: str = Field(pattern=TABLE)
     key: str
     version: SideSpec | None = None  # a column every write changes (compare-and-set of whole rows)
+    stamp: Stamp = {}  # columns every write of the sync also sets (streams.mapping.writes)
+    new_key: KeyFormat | None = None  # the key of a row the sync creates, else the table's default
 
 
 class KeyPair(BaseModel):
@@ -222,6 +227,12 @@ class Profile(BaseModel):
         missing = [s for s in SYSTEMS if s not in self.sources]
         if missing:
             raise ValueError(f"sources needs both crm and erp (missing {', '.join(missing)})")
+        for system in SYSTEMS:
+            written = {s.column for f in self.fields.values() if (s := f.side(system)) is not None}
+            both = sorted(written & set(self.sources[system].stamp)) if system in self.sources else []
+            if both:
+                raise ValueError(f"sources.{system}.stamp: {', '.join(both)} is also a field's column; stamp"
+                                 " only columns the sync does not map")
         for system, deactivation in self.deactivate.items():
             spec = self.fields.get(deactivation.field)
             if spec is None or spec.side(system) is None:

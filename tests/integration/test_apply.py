@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import uuid
+from pathlib import Path
 
 import pytest
+import yaml
 
 from streams.apply.executor import Applier, Delivery
 from streams.local.harness import REPO, Harness
@@ -108,3 +111,53 @@ def test_creates_are_made_once_each_and_a_bad_one_does_not_sink_the_rest(harness
         recorded = erp.execute("SELECT count(*) FROM sync_meta.created WHERE global_id = ANY(%s)",
                                ([first, second, bad],)).fetchone()
     assert names == ["管道创建测试一有限公司", "管道创建测试二有限公司"] and recorded == (2,)
+
+
+def test_a_target_with_its_own_conventions_gets_formatted_keys_and_stamped_columns(
+        harness: Harness, tmp_path: Path) -> None:
+    """A quoted table name with a space, a key from a naming series, its own `modified` columns."""
+    from streams.reconcile.records import create_record
+
+    table = f"tabTest Customer {uuid.uuid4().hex[:6]}"
+    with harness.connect("erp") as erp:
+        erp.execute(f'CREATE SEQUENCE IF NOT EXISTS public.test_customer_series; CREATE TABLE public."{table}" ('
+                    " name varchar(140) PRIMARY KEY, customer_name text NOT NULL, tax_id text,"
+                    " modified timestamp(6), modified_by text)")
+    profile = yaml.safe_load((REPO / "schemas" / "mappings" / "demo.yaml").read_text(encoding="utf-8"))
+    profile["canonical_schema"] = str(REPO / "schemas" / "canonical" / "customer.avsc")
+    profile["sources"]["erp"] = {
+        "table": f"public.{table}", "key": "name",
+        "new_key": {"sequence": "public.test_customer_series", "format": "CUST-{year}-{n:05d}"},
+        "stamp": {"modified": {"now": "Asia/Shanghai"}, "modified_by": "crm-erp-sync"}}
+    profile["fields"] = {"name": {"crm": {"column": "name"}, "erp": {"column": "customer_name"}, "policy": "latest"},
+                         "tax_id": {"crm": {"column": "uscc"}, "erp": {"column": "tax_id"}, "policy": "latest"}}
+    for key in ("identity", "create", "deactivate", "scope", "canonical"):
+        profile.pop(key, None)
+    path = tmp_path / "erpnext-like.yaml"
+    path.write_text(yaml.safe_dump(profile, allow_unicode=True), encoding="utf-8")
+    applier = Applier(load_profiles([path]), "erp", harness.conninfo("erp"))
+    cause = cause_at(1_700_000_000_000, "test/0/0")
+    topic = f"{TOPIC}.conventions"
+    try:
+        made = applier.apply([Delivery(topic, 0, n, create_record("customer", str(uuid.uuid4()), "erp",
+                                                                   {"name": f"约定{n}", "tax_id": f"91CONV{n}"}, cause))
+                              for n in (1, 2)])
+        with harness.connect("erp") as erp:
+            erp.execute(f'UPDATE public."{table}" SET modified = NULL, modified_by = NULL')
+            first = erp.execute(f'SELECT name FROM public."{table}" ORDER BY name LIMIT 1').fetchone()[0]
+        set_name = applier.apply([Delivery(topic, 0, 3, command_record(
+            "customer", str(uuid.uuid4()), first, Command("erp", "name", "约定一", "约定1", None), cause))])
+    finally:
+        assert applier.conn is not None
+        applier.conn.close()
+    assert (made.created, made.failed, set_name.written, set_name.failed) == (2, [], 1, [])
+    with harness.connect("erp") as erp:
+        rows = erp.execute(f'SELECT name, customer_name, modified_by, modified IS NOT NULL,'
+                           f" abs(extract(epoch FROM modified - (now() AT TIME ZONE 'Asia/Shanghai'))) < 600"
+                           f' FROM public."{table}" ORDER BY name').fetchall()
+        erp.execute(f'DROP TABLE public."{table}"')
+        year = erp.execute("SELECT to_char(now(), 'YYYY')").fetchone()[0]  # the write's year
+    assert [r[0] for r in rows] == sorted(r[0] for r in rows)
+    assert all(re.fullmatch(rf"CUST-{year}-\d{{5}}", r[0]) for r in rows), rows
+    assert rows[0][1:] == ("约定一", "crm-erp-sync", True, True)  # the update stamped it again
+    assert rows[1][2:] == (None, False, None)  # not written since the stamps were cleared

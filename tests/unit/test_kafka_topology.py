@@ -82,3 +82,10 @@ def test_cluster_ids_are_never_read_as_an_option() -> None:
     ids = {new_cluster_id() for _ in range(2000)}
     assert len(ids) == 2000 and not any(i.startswith("-") for i in ids)
     assert all(len(i) == 22 for i in ids)
+
+
+def test_a_table_name_kafka_does_not_allow_becomes_debeziums_topic() -> None:
+    from streams.topics import raw_topic
+
+    assert raw_topic("erp", "public.tabSales Order Item") == "erp.public.tabSales_Order_Item"
+    assert raw_topic("crm", "public.accounts") == "crm.public.accounts"

@@ -73,6 +73,12 @@ def test_invalid_row_names_the_field() -> None:
     (("  payment_terms:", "  unknown_field:"), "unknown_field are not in customer.avsc"),
     (("policy: manual}", "policy: sometimes}"), "fields.tax_id.policy"),
     (("\nfields:", "\nscope: {erp: {tier: [A]}}\nfields:"), "scope.erp.tier is not a field with a erp column"),
+    (("key: cust_no", "key: cust_no\n    stamp: {full_name: x}"), "sources.erp.stamp: full_name is also a field"),
+    (("key: cust_no", "key: cust_no\n    stamp: {changed_at: {now: Mars/Base}}"), "unknown time zone 'Mars/Base'"),
+    (("key: cust_no", "key: cust_no\n    new_key: {sequence: public.s, format: CUST}"), "must hold {n} exactly once"),
+    (("key: cust_no", "key: cust_no\n    new_key: {sequence: public.s, format: 'C-{n:x}'}"),
+     "{n:x} is not one of {n}, {n:0<width>d}, {year}"),
+    (("table: public.customers", "table: public.tab;Customer"), "sources.erp.table"),
 ])
 def test_profile_errors_name_the_key(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
     text = DEMO.read_text(encoding="utf-8")
@@ -86,6 +92,13 @@ def test_profile_errors_name_the_key(tmp_path: Path, edit: tuple[str, str], mess
     with pytest.raises(ConfigError) as err:
         load_profile(bad)
     assert message in err.value.one_line()
+
+
+def test_a_key_format_is_parsed_into_text_the_sequence_and_the_year() -> None:
+    from streams.mapping.writes import KeyFormat
+
+    assert KeyFormat.parse("SAL-ORD-{year}-{n:05d}") == [("text", "SAL-ORD-"), ("year", 4), ("text", "-"), ("n", 5)]
+    assert KeyFormat.parse("{n}") == [("n", 0)]
 
 
 PRODUCTS = DEMO.with_name("demo-products.yaml")
