@@ -102,6 +102,8 @@ CREATE TABLE IF NOT EXISTS sync.documents (
   PRIMARY KEY (rule, global_id)
 );
 CREATE INDEX IF NOT EXISTS documents_waiting ON sync.documents (state) WHERE state IN ('pending', 'diverged');
+-- What the digest was taken of (mapped header and lines): a later edit is named column by column.
+ALTER TABLE sync.documents ADD COLUMN IF NOT EXISTS content jsonb;
 """
 
 MISSING_JSON = {"missing": True}
@@ -396,20 +398,21 @@ class Store:
     # -- documents --------------------------------------------------------------------------
     def document(self, rule: str, global_id: str) -> dict[str, Any] | None:
         """The state of one created document."""
-        rows = self._dicts(self._q("SELECT state, reason, digest FROM sync.documents WHERE rule = %s"
+        rows = self._dicts(self._q("SELECT state, reason, digest, content FROM sync.documents WHERE rule = %s"
                                    " AND global_id = %s"), (rule, global_id))
         return rows[0] if rows else None
 
     def save_document(self, rule: str, global_id: str, source_id: str, state: str, reason: str | None,
-                      digest: str | None) -> None:
-        """Record where a document stands (a digest of None keeps the stored one)."""
+                      digest: str | None, content: dict[str, Any] | None = None) -> None:
+        """Record where a document stands (a digest of None keeps the stored one, and its content)."""
         self.conn.execute(self._q(
-            "INSERT INTO sync.documents AS d (rule, global_id, source_id, state, reason, digest)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (rule, global_id) DO UPDATE SET state = EXCLUDED.state,"
-            " reason = EXCLUDED.reason, digest = coalesce(EXCLUDED.digest, d.digest), updated_at = now()"
+            "INSERT INTO sync.documents AS d (rule, global_id, source_id, state, reason, digest, content)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (rule, global_id) DO UPDATE SET state = EXCLUDED.state,"
+            " reason = EXCLUDED.reason, digest = coalesce(EXCLUDED.digest, d.digest),"
+            " content = CASE WHEN EXCLUDED.digest IS NULL THEN d.content ELSE EXCLUDED.content END, updated_at = now()"
             " WHERE (d.state, d.reason, d.digest)"
             " IS DISTINCT FROM (EXCLUDED.state, EXCLUDED.reason, coalesce(EXCLUDED.digest, d.digest))"),
-            (rule, global_id, source_id, state, reason, digest),
+            (rule, global_id, source_id, state, reason, digest, None if content is None else json.dumps(content)),
         )
 
     def forget_document(self, rule: str, global_id: str) -> None:

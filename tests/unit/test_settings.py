@@ -59,6 +59,14 @@ def test_local_mode_derives_addresses_from_local_ports(tmp_path: Path) -> None:
     assert s.crm.password_file == tmp_path / ".state" / "secrets" / "db-password"
 
 
+def test_the_local_cluster_creates_the_databases_configured_on_it(tmp_path: Path) -> None:
+    from streams.local.stack import local_databases
+
+    cfg = tmp_path / "sync.yaml"
+    cfg.write_text("erp:\n  dbname: erpnext\n  port: 7000\nstore:\n  dbname: sync_store\n", encoding="utf-8")
+    assert local_databases(load_settings(cfg)) == ("crm", "sync_store")  # the erp is elsewhere
+
+
 def test_shipped_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "sync.yaml"
     s = load_settings(example)
