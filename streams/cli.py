@@ -326,8 +326,8 @@ def cmd_demo_seed(settings: Settings, args: argparse.Namespace) -> int:
     """Create the demo CRM and ERP schemas and synthetic rows in the configured databases (once)."""
     from streams.local.stack import seed_demo
 
-    for system, seeded in seed_demo(settings).items():
-        print(f"{system}: {'seeded' if seeded else 'already has the demo schema; left as it is'}")
+    for system, what in seed_demo(settings).items():
+        print(f"{system} ({settings.database(system).dbname}): {what}")
     return 0
 
 
