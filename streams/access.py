@@ -36,6 +36,7 @@ def needs(settings: Settings) -> dict[str, Access]:
         for system in ("crm", "erp"):
             table = profile.table_of(system)
             out[system].captured.add(table)
+            out[system].captured.update(profile.watched(system))  # read by queried sides
             for spec in profile.fields.values():
                 side = spec.side(system)
                 if spec.synced and side is not None and not side.read_only:

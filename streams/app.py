@@ -43,6 +43,7 @@ from streams.documents.spec import DocumentProfile
 from streams.mapping.profile import Profile
 from streams.plan import PlanOutputs, group_id
 from streams.produce import Outputs
+from streams.queried import watches
 from streams.settings import Settings
 from streams.store import StateCache, Store
 from streams.topics import AUDIT, CONFLICTS, DLQ, admin_client, commands_topic, topic_ids
@@ -82,6 +83,7 @@ class Processors:
         self.flows = [Flow(p) for p in profiles]
         self.document_profile = documents or DocumentProfile()
         self.by_raw = {topic: flow for flow in self.flows for topic in flow.raw_topics}
+        self.watches = watches(profiles)  # tables read by queried sides (streams.queried)
         self.by_changes = {flow.changes: flow for flow in self.flows}
         self.by_entity = {flow.entity: flow for flow in self.flows}
         self.retry = Retry(settings.processors.stall_exit_s)
@@ -135,7 +137,7 @@ class Processors:
             topic_disable_leader=True,
         )
         transport.install(self.app, settings.processors.fetch_max_wait_ms)
-        raw_topics = list(dict.fromkeys([*self.by_raw, *self.documents.topics]))
+        raw_topics = list(dict.fromkeys([*self.by_raw, *self.watches, *self.documents.topics]))
         self.read_topics = [*raw_topics, *self.by_changes, commands_topic("crm"), commands_topic("erp")]
         self.stages = ["normalize", "reconcile", "apply-crm", "apply-erp"]
         self.admin = admin_client(settings.kafka)

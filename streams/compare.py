@@ -29,7 +29,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from streams.mapping.profile import Profile
+from streams.mapping.profile import QUERIED, Profile
 from streams.settings import Settings
 from streams.store import Store
 
@@ -89,17 +89,23 @@ class Report:
 
 def rows(settings: Settings, profile: Profile, system: str, chunk: int, pause_s: float,
          progress: Any = None) -> Iterator[dict[str, Any]]:
-    """Every row of the profile's table on ``system``, in key order, a chunk per read-only snapshot."""
+    """Every row of the profile's table on ``system``, in key order, a chunk per read-only snapshot.
+
+    A queried side's value comes with each row, its query run for that row (``QUERIED`` columns).
+    """
     schema, _, table = profile.table_of(system).partition(".")
     key = profile.key_of(system)
+    row_key = sql.SQL("t.{}").format(sql.Identifier(key))
+    queried = [sql.SQL(", ({}) AS {}").format(
+        sql.SQL(side.query.replace("%(key)s", row_key.as_string(None))),  # type: ignore[union-attr]
+        sql.Identifier(QUERIED.format(name))) for name, side in profile.queried(system).items()]
     after: Any = None
     done = 0
     with psycopg.connect(**settings.database(system).conninfo(), row_factory=dict_row) as conn:
         while True:
-            query = sql.SQL("SELECT * FROM {}.{} {} ORDER BY {} LIMIT %s").format(
-                sql.Identifier(schema), sql.Identifier(table),
-                sql.SQL("WHERE {} > %s").format(sql.Identifier(key)) if after is not None else sql.SQL(""),
-                sql.Identifier(key))
+            query = sql.SQL("SELECT t.*{} FROM {}.{} AS t {} ORDER BY {} LIMIT %s").format(
+                sql.SQL("").join(queried), sql.Identifier(schema), sql.Identifier(table),
+                sql.SQL("WHERE {} > %s").format(row_key) if after is not None else sql.SQL(""), row_key)
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             batch = conn.execute(query, ((after, chunk) if after is not None else (chunk,))).fetchall()
             conn.execute("COMMIT")

@@ -240,6 +240,7 @@ def planned(settings: Settings) -> list[TopicSpec]:
     documents = load_documents(settings.processors.documents)
     raw = [raw_topic(s, p.table_of(s)) for p in profiles for s in ("crm", "erp")]
     raw += [raw_topic(rule.source, table) for rule in documents.rules for table in rule.watch]
+    raw += [raw_topic(s, table) for p in profiles for s in ("crm", "erp") for table in p.watched(s)]
     canonical = [p.canonical.topic for p in profiles if p.canonical] + [r.topic for r in documents.canonical]
     return plan(settings.kafka, raw, [p.entity for p in profiles], canonical, settings.capture.sources,
                 settings.audit.retention_days)

@@ -71,7 +71,7 @@ class Reconcile:
                                                                    system, now_ms))
             outcome = apply_change(profile.fields, state, system, json.loads(rec["values_json"]), change_version,
                                    json.loads(rec["row_version_json"]), now_ms, commit_ms, rec.get("by_sync"), ref,
-                                   profile.in_scope if profile.scope else None)
+                                   profile.in_scope if profile.scope else None, partial=rec["op"] == "partial")
             create = (request_create(create_rule(outcome.state), outcome.state, system, now_ms)
                       if rec["may_create"] else None)
             return outcome.state, outcome.conflicts, (outcome, create)

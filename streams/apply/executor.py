@@ -114,7 +114,7 @@ class Applier:
         version = source.version.column if source.version and row is not None else None
         if version and source.version:
             params["expect_row"] = source.version.converter.backward(source.version.converter.forward(row))
-        return compare_and_set(source.table, source.key, side.column, version, source.stamp), params
+        return compare_and_set(source.table, source.key, side.written, version, source.stamp), params
 
     def _create_params(self, cmd: dict[str, Any]) -> tuple[Any, list[Any]]:
         """The statement inserting the entity's row and recording its global id, and its parameters."""
@@ -199,7 +199,7 @@ class Applier:
             profile, source = self._profile(cmd)
             side = profile.fields[cmd["field"]].side(self.system)
             assert side is not None
-            notes = [entry(self.system, cmd, source.table, cmd["key"], cmd["field"], side.column,
+            notes = [entry(self.system, cmd, source.table, cmd["key"], cmd["field"], side.written,
                            json.loads(cmd["expect_json"]), json.loads(cmd["value_json"]))]
         else:
             notes = []

@@ -26,17 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from streams.errors import ConfigError, TerminalError
 from streams.mapping.convert import Converter, build
-from streams.mapping.profile import TABLE, first_error, read_yaml
+from streams.mapping.profile import TABLE, first_error, params_of, read_yaml
 from streams.mapping.writes import KeyFormat, Stamp
 
 System = Literal["crm", "erp"]
 _MODEL = ConfigDict(frozen=True, extra="forbid")
-_PARAM = re.compile(r"%\((\w+)\)s")
-
-
-def params_of(query: str) -> set[str]:
-    """The ``%(name)s`` parameters a query takes."""
-    return set(_PARAM.findall(query))
 
 
 class Lookup(BaseModel):

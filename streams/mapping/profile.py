@@ -6,6 +6,7 @@ Loaded and validated once at start; every error names the key in the file and th
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -23,35 +24,77 @@ System = Literal["crm", "erp"]
 _MODEL = ConfigDict(frozen=True, extra="forbid")
 # schema.table; a table name may hold spaces (ERPNext's "tabSales Order"): it is always quoted in SQL
 TABLE = r"^[A-Za-z_]\w*\.[A-Za-z_][\w ]*\w$"
+_PARAM = re.compile(r"%\((\w+)\)s")
+
+
+def params_of(query: str) -> set[str]:
+    """The ``%(name)s`` parameters a query takes."""
+    return set(_PARAM.findall(query))
+
+
+QUERIED = "__query__.{}"  # the pseudo-column of a queried side's value in a row (by field name)
 
 
 class SideSpec(BaseModel):
     """A field's column on one system and its conversion.
 
     With ``minus`` the value is ``column - minus`` (both converted): computed, so never written.
+    With ``query`` (instead of ``column``) the value is read from other rows of that system: a
+    child row (ERPNext's credit limit in ``"tabCustomer Credit Limit"``) or an aggregate over
+    several (stock summed over ``"tabBin"``); ``%(key)s`` is the entity's key. It is computed
+    again on every change of the entity's row and of each ``watch``ed table (table -> the column
+    holding the entity's key); never written.
     """
 
     model_config = _MODEL
-    column: str
+    column: str | None = None
     minus: str | None = None
+    query: str | None = None
+    watch: dict[str, str] = {}
     convert: str | dict[str, Any] = "identity"
+
+    @model_validator(mode="after")
+    def _source(self) -> SideSpec:
+        if (self.column is None) == (self.query is None):
+            raise ValueError("a side takes either column or query (a computed value, with watch)")
+        if self.query is not None:
+            if self.minus is not None:
+                raise ValueError("minus goes with column, not query")
+            if params_of(self.query) != {"key"}:
+                raise ValueError("a side's query takes one parameter, %(key)s (the entity's key)")
+            if not self.watch:
+                raise ValueError("a side's query needs watch: {table: column holding the entity's key}")
+            for table in self.watch:
+                if not re.match(TABLE, table):
+                    raise ValueError(f"watch table {table!r} must be schema.table")
+        elif self.watch:
+            raise ValueError("watch goes with query")
+        return self
 
     @property
     def read_only(self) -> bool:
-        """Computed from several columns: the sync reads it and never writes it."""
-        return self.minus is not None
+        """Computed from several columns or rows: the sync reads it and never writes it."""
+        return self.minus is not None or self.query is not None
 
-    def read(self, row: Mapping[str, Any]) -> Any:
-        """The canonical value from a row holding the column(s)."""
-        value = self.converter.forward(row[self.column])
+    def read(self, row: Mapping[str, Any], field: str = "") -> Any:
+        """The canonical value from a row holding the column(s) (a queried value under ``QUERIED``)."""
+        value = self.converter.forward(row[self.columns(field)[0]])
         if self.minus is not None:
             subtrahend = self.converter.forward(row[self.minus])
             value = None if value is None or subtrahend is None else value - subtrahend
         return value
 
-    def columns(self) -> tuple[str, ...]:
-        """The columns the value is read from."""
+    def columns(self, field: str = "") -> tuple[str, ...]:
+        """The columns the value is read from (a queried side: its pseudo-column)."""
+        if self.column is None:
+            return (QUERIED.format(field),)
         return (self.column,) if self.minus is None else (self.column, self.minus)
+
+    @property
+    def written(self) -> str:
+        """The column the sync writes (only for a side that is not read-only)."""
+        assert self.column is not None and not self.read_only
+        return self.column
 
     @field_validator("convert")
     @classmethod
@@ -228,7 +271,7 @@ class Profile(BaseModel):
         if missing:
             raise ValueError(f"sources needs both crm and erp (missing {', '.join(missing)})")
         for system in SYSTEMS:
-            written = {s.column for f in self.fields.values() if (s := f.side(system)) is not None}
+            written = {c for f in self.fields.values() if (s := f.side(system)) is not None for c in s.columns()}
             both = sorted(written & set(self.sources[system].stamp)) if system in self.sources else []
             if both:
                 raise ValueError(f"sources.{system}.stamp: {', '.join(both)} is also a field's column; stamp"
@@ -278,6 +321,19 @@ class Profile(BaseModel):
         rule: CreateRule | None = self.create.crm_to_erp if source == "crm" else self.create.erp_to_crm
         return rule
 
+    def queried(self, system: str) -> dict[str, SideSpec]:
+        """Fields whose ``system`` side is a query, by name."""
+        return {name: side for name, spec in self.fields.items()
+                if (side := spec.side(system)) is not None and side.query is not None}
+
+    def watched(self, system: str) -> dict[str, dict[str, SideSpec]]:
+        """Tables of ``system`` watched by queried sides: table -> {field: side}."""
+        out: dict[str, dict[str, SideSpec]] = {}
+        for name, side in self.queried(system).items():
+            for table in side.watch:
+                out.setdefault(table, {})[name] = side
+        return out
+
     def synced_fields(self) -> list[str]:
         """Fields present on both systems."""
         return [name for name, spec in self.fields.items() if spec.synced]
@@ -301,11 +357,11 @@ class Profile(BaseModel):
         invalid: dict[str, str] = {}
         for name, spec in self.fields.items():
             side = spec.side(system)
-            if side is None or any(c not in row for c in side.columns()):
+            if side is None or any(c not in row for c in side.columns(name)):
                 continue
-            where = f"field {name} ({system}.{side.column})"
+            where = f"field {name} ({system}.{side.column or 'query'})"
             try:
-                value = side.read(row)
+                value = side.read(row, name)
             except TerminalError as exc:
                 invalid[name] = f"{where}: {exc.message}"
                 continue
@@ -323,7 +379,7 @@ class Profile(BaseModel):
         for name, value in values.items():
             side = self.fields[name].side(system)
             if side is not None and not side.read_only:
-                out[side.column] = side.converter.backward(value)
+                out[side.written] = side.converter.backward(value)
         return out
 
 

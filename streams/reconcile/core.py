@@ -354,6 +354,7 @@ def apply_change(
     by_sync: bool | None = None,
     cause: Mapping[str, Any] | None = None,
     in_scope: Callable[[Mapping[str, Mapping[str, Any]]], bool] | None = None,
+    partial: bool = False,
 ) -> Outcome:
     """Reconcile one change of ``system`` (canonical ``values`` of its row) into ``state``.
 
@@ -364,12 +365,16 @@ def apply_change(
     equal to the write in flight is its echo, whatever the clocks say; None (unknown) falls back
     to "committed after the write was issued", which compares two machines' clocks. ``cause``
     (JSON-able) references the change, for the commands it leads to, now or later. ``in_scope``
-    tells from each side's values whether the record may be written (a pilot's scope).
+    tells from each side's values whether the record may be written (a pilot's scope). A
+    ``partial`` change carries some fields only (queried sides, recomputed on a change of another
+    table): they join the side's values; its row and row version stay as they were.
     """
     commit_ms = version[0] if commit_ms is None else commit_ms
     step = _Step(state, now_ms, cause)
     st = step.out.state
-    if version >= st.latest.get(system, (0, 0)):
+    if partial:
+        st.values[system] = {**st.values.get(system, {}), **values}
+    elif version >= st.latest.get(system, (0, 0)):
         st.rows[system] = row_version
         st.values[system] = dict(values)
         st.latest[system] = version

@@ -181,3 +181,37 @@ def test_a_variable_scale_decimal_below_the_unit_is_refused_not_rounded() -> Non
         build("scaled:2").forward({"scale": 2, "value": 7})
     with pytest.raises(ValueError, match="0 to 18"):
         build("scaled:x")
+
+
+def test_a_queried_side_reads_its_value_from_the_query_column_and_is_never_written(tmp_path: Path) -> None:
+    from streams.mapping.profile import QUERIED
+
+    limit = ("erp: {query: 'SELECT credit_limit FROM public.\"tabCustomer Credit Limit\" WHERE parent = %(key)s',"
+             " watch: {'public.tabCustomer Credit Limit': parent}, convert: 'scaled:2'},")
+    text = DEMO.read_text(encoding="utf-8").replace("erp: {column: credit_limit_fen, convert: integer},", limit)
+    assert limit in text
+    (tmp_path / "p.yaml").write_text(text.replace("../canonical/", str(DEMO.parents[1] / "canonical") + "/"),
+                                     encoding="utf-8")
+    profile = load_profile(tmp_path / "p.yaml")
+    assert profile.watched("erp") == {"public.tabCustomer Credit Limit": {
+        "credit_limit_fen": profile.fields["credit_limit_fen"].erp}}
+    queried = QUERIED.format("credit_limit_fen")
+    values = profile.to_canonical("erp", {"cust_no": "C1", queried: Decimal("2999.950000000")})
+    assert values == {"credit_limit_fen": 299995}
+    assert "credit_limit_fen" not in profile.to_canonical("erp", {"cust_no": "C1"})  # not read: not known
+    assert profile.to_columns("erp", {"credit_limit_fen": 1, "email": "a@b.c"}) == {"email": "a@b.c"}
+
+
+@pytest.mark.parametrize(("side", "message"), [
+    ({"column": "a", "query": "SELECT 1 WHERE %(key)s"}, "either column or query"),
+    ({"query": "SELECT 1 WHERE %(id)s", "watch": {"public.t": "id"}}, "takes one parameter, %(key)s"),
+    ({"query": "SELECT 1 WHERE %(key)s"}, "needs watch"),
+    ({"column": "a", "watch": {"public.t": "id"}}, "watch goes with query"),
+])
+def test_a_bad_queried_side_names_the_mistake(side: dict[str, object], message: str) -> None:
+    from pydantic import ValidationError
+
+    from streams.mapping.profile import SideSpec
+
+    with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        SideSpec(**side)  # type: ignore[arg-type]

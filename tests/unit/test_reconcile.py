@@ -341,3 +341,12 @@ def test_a_refused_write_frees_the_field_for_the_next_value() -> None:
     # A refusal of a write no longer in flight changes nothing.
     stale = reject(refused.state, "crm", "own_erp", "too-big", 14)
     assert stale.commands == [] and stale.state.fields["own_erp"].inflight["crm"][0] == "valid"
+
+
+def test_a_partial_change_joins_the_sides_values_and_keeps_its_row() -> None:
+    """A queried side recomputed on a change of another table: the other fields and the row version stay."""
+    state = synced("o")
+    state.values["erp"] = row()
+    out = apply_change(FIELDS, state, "erp", {"own_erp": "limit 2"}, (20, 0), 20, 20, partial=True)
+    assert [(c.system, c.field, c.value, c.expect_row) for c in out.commands] == [("crm", "own_erp", "limit 2", 1)]
+    assert out.state.values["erp"] == row(own_erp="limit 2") and out.state.rows["erp"] == 1
