@@ -6,6 +6,7 @@ import argparse
 import getpass
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -444,8 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"settings file (env {CONFIG_ENV}; default ./sync.yaml if present, else built-in defaults)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    sub.add_parser("up", help="start the embedded stack (demo CRM + ERP, broker, registry, capture); Ctrl-C stops"
-                   ).set_defaults(func=cmd_up)
+    up = sub.add_parser("up", help="start the embedded stack (demo CRM + ERP, broker, registry, capture); Ctrl-C"
+                                   " stops")
+    up.add_argument("--erp", choices=["demo", "erpnext"],
+                    help="which demo ERP (local.erp_demo): the first, or the ERPNext-like one with its profiles")
+    up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop a running `up`").set_defaults(func=cmd_down)
     st = sub.add_parser("status", help="health of databases, replication slots, broker and registry")
     st.add_argument("--json", action="store_true", help="print JSON")
@@ -566,6 +570,8 @@ def _is_unavailable(exc: Exception) -> bool:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "erp", None):  # for this process and the ones `up` starts
+        os.environ[f"{ENV_PREFIX}LOCAL__ERP_DEMO"] = args.erp
     try:
         settings = load_settings(args.config)
         _configure_logging(settings)

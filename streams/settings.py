@@ -19,6 +19,9 @@ from streams import resources
 from streams.errors import ConfigError
 
 ENV_PREFIX = "CRM_ERP_SYNC__"
+ERPNEXT_PROFILES = {"profiles": [Path("schemas/mappings/erpnext/customers.yaml"),
+                                 Path("schemas/mappings/erpnext/products.yaml")],
+                    "documents": [Path("schemas/mappings/erpnext/orders.yaml")]}
 CONFIG_ENV = "CRM_ERP_SYNC_CONFIG"
 DEFAULT_CONFIG = "sync.yaml"
 LOCAL_PASSWORD_FILE = "secrets/db-password"  # relative to local.state_dir
@@ -271,6 +274,9 @@ class LocalSettings(BaseModel):
     pg_bin_dir: Path | None = None
     seed: bool = True
     seed_accounts: int = Field(300, ge=0)
+    # Which demo ERP the embedded stack installs: the first (demo) or the ERPNext-like one (erpnext),
+    # with its profiles (schemas/mappings/erpnext/) unless processors.profiles/documents are set.
+    erp_demo: Literal["demo", "erpnext"] = "demo"
     prometheus: bool = True  # run a Prometheus server (Debian package `prometheus`) scraping every part
     prometheus_port: int = Field(19090, ge=1, le=65535)
     capture_metrics_port: int = Field(19101, ge=1, le=65535)  # capture.metrics_port unless set
@@ -377,10 +383,16 @@ def _resolve(settings: Settings, base: Path) -> Settings:
             return [absolute(p) for p in value] if isinstance(value, list) else absolute(value)
         return [resources.root() / p for p in value] if isinstance(value, list) else resources.root() / value
 
-    local = settings.local.model_copy(update={"state_dir": absolute(settings.local.state_dir)})
+    state_dir = settings.local.state_dir
+    if settings.local.erp_demo != "demo" and "state_dir" not in settings.local.model_fields_set:
+        state_dir = Path(f".state-{settings.local.erp_demo}")  # never the other demo's databases
+    local = settings.local.model_copy(update={"state_dir": absolute(state_dir)})
     capture_update: dict[str, Any] = {"connectors_dir": shipped(settings.capture, "connectors_dir")}
     processors_update: dict[str, Any] = {"profiles": shipped(settings.processors, "profiles"),
                                          "documents": shipped(settings.processors, "documents")}
+    for key in ("profiles", "documents") if settings.local.erp_demo == "erpnext" else ():
+        if key not in settings.processors.model_fields_set:
+            processors_update[key] = [resources.root() / p for p in ERPNEXT_PROFILES[key]]
     if local.enabled and "metrics_port" not in settings.capture.model_fields_set:
         capture_update["metrics_port"] = local.capture_metrics_port
     if local.enabled and "metrics_port" not in settings.processors.model_fields_set:

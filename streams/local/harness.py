@@ -37,7 +37,7 @@ from streams.local.postgres import LocalPostgres, find_pg_bin
 from streams.local.supervisor import terminate
 from streams.registry.server import RegistryServer
 from streams.registry.store import RegistryStore
-from streams.settings import CaptureSettings, LocalSettings, load_settings
+from streams.settings import ERPNEXT_PROFILES, CaptureSettings, LocalSettings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 POSTGRES_IMAGE = "postgres:15"
@@ -48,8 +48,9 @@ class Harness:
     """PostgreSQL (crm, erp, sync), broker and registry, plus a config file for the CLI."""
 
     def __init__(self, root: Path, seed_accounts: int = 60, brokers: int = 1, capture_mode: str | None = None,
-                 scram: Scram | None = None) -> None:
+                 scram: Scram | None = None, erp: str = "demo") -> None:
         self.root = root
+        self.erp = erp  # which demo ERP: demo or erpnext (its profiles: see write_config)
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
         self.seed_accounts = seed_accounts
@@ -89,11 +90,11 @@ class Harness:
             self.pg.start()
             self.db = {"host": "127.0.0.1", "port": self.pg.port, "user": "sync",
                        "password_file": str(self.pg.password_file)}
-        data = seed.generate(self.seed_accounts)
+        data = seed.demo_data(self.seed_accounts, self.erp)
         self.manifest = data.manifest
         for system in ("crm", "erp"):
             with self.connect(system) as conn:
-                seed.install(conn, system, getattr(data, system))
+                seed.install(conn, system, getattr(data, system), self.erp if system == "erp" else None)
         if not self.bootstrap:
             self.kafka = KafkaCluster(self.root / "kafka", self.brokers, scram=self.scram).start()
             self.bootstrap = self.kafka.bootstrap
@@ -206,8 +207,8 @@ class Harness:
             "registry": {"url": self.registry_url},
             "capture": {"connectors_dir": str(REPO / "connectors"), "mode": self.capture_mode,
                         **({"connect_url": self.connect_url} if self.connect_url else {})},
-            "processors": {"profiles": [str(REPO / "schemas" / "mappings" / "demo.yaml")], "documents": [],
-                           "session_timeout_s": 6, "rebalance_timeout_s": 10},
+            "processors": {"profiles": [str(REPO / p) for p in self.profiles],
+                           "documents": [], "session_timeout_s": 6, "rebalance_timeout_s": 10},
             "local": {"enabled": False, "state_dir": str(self.root / "state")},
         }
         for key, value in extra.items():
@@ -217,6 +218,11 @@ class Harness:
                 config[key] = value
         self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         return self.config_path
+
+    @property
+    def profiles(self) -> list[Path]:
+        """The demo ERP's customer profile (the default of the tests' configs)."""
+        return [ERPNEXT_PROFILES["profiles"][0]] if self.erp == "erpnext" else [Path("schemas/mappings/demo.yaml")]
 
     def _kafka_login(self) -> dict[str, Any]:
         """The sync's own login (its first SCRAM user) when the broker is secured."""

@@ -120,6 +120,16 @@ def _companies(rng: random.Random, count: int) -> list[_Company]:
     return out
 
 
+def demo_data(accounts: int, erp: str = "demo") -> SeedData:
+    """The demo rows for the chosen demo ERP (``demo`` or ``erpnext``)."""
+    data = generate(accounts)
+    if erp == "erpnext":
+        from streams.local.seed_erpnext import erpnext
+
+        return erpnext(data)
+    return data
+
+
 def generate(accounts: int = 300, seed: int = 20260105) -> SeedData:
     """Build the demo rows. Pure: the same arguments give the same rows."""
     rng = random.Random(seed)
@@ -362,12 +372,14 @@ ALREADY = "already seeded"
 FOREIGN = "has tables of its own: the demo is not installed there, the sync works with what it holds"
 
 
-def install(conn: psycopg.Connection[Any], system: str, tables: dict[str, list[dict[str, Any]]] | None) -> str:
+def install(conn: psycopg.Connection[Any], system: str, tables: dict[str, list[dict[str, Any]]] | None,
+            schema: str | None = None) -> str:
     """Create the demo schema of ``system`` and load ``tables`` once; what it did (``SEEDED`` ...).
 
     Schema and rows go in one transaction with the ``sync_meta.seeded`` marker, so a crash
     half-way leaves nothing and a second run never seeds twice. A database that already holds
     tables the demo did not make (a real ERP pointed at by the local stack) is never touched.
+    ``schema`` names the demo's DDL (``demo/<schema>.sql``; default: the system's).
     """
     with conn.transaction():
         exists = conn.execute("SELECT to_regclass('sync_meta.seeded') IS NOT NULL").fetchone()
@@ -379,7 +391,7 @@ def install(conn: psycopg.Connection[Any], system: str, tables: dict[str, list[d
                            " 'information_schema', 'sync_meta')").fetchone()
         if own and own[0]:
             return FOREIGN
-        conn.execute(_ddl(system).encode())
+        conn.execute(_ddl(schema or system).encode())
         for table, rows in (tables or {}).items():
             if table == "_sequences":
                 for seq in rows:

@@ -66,11 +66,13 @@ def registry_ready(url: str) -> bool:
 
 def seed_demo(settings: Settings) -> dict[str, str]:
     """Create the demo schemas and rows once; what happened to each database (for the console)."""
-    data = seed.generate(settings.local.seed_accounts) if settings.local.seed else None
+    erp = settings.local.erp_demo
+    data = seed.demo_data(settings.local.seed_accounts, erp) if settings.local.seed else None
     done: dict[str, str] = {}
     for system in ("crm", "erp"):
         with psycopg.connect(**settings.database(system).conninfo()) as conn:
-            done[system] = seed.install(conn, system, getattr(data, system) if data else None)
+            done[system] = seed.install(conn, system, getattr(data, system) if data else None,
+                                        erp if system == "erp" and erp != "demo" else None)
     return done
 
 
