@@ -215,3 +215,30 @@ def test_a_bad_queried_side_names_the_mistake(side: dict[str, object], message: 
 
     with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
         SideSpec(**side)  # type: ignore[arg-type]
+
+
+def test_every_shipped_profile_loads_and_refuses_an_unknown_key(tmp_path: Path) -> None:
+    """Mapping and document profiles alike (their models forbid keys they do not know)."""
+    import yaml
+
+    from streams.documents.spec import load_documents
+    from streams.settings import ERPNEXT_PROFILES
+
+    shipped = sorted(DEMO.parent.rglob("*.yaml"))
+    assert {p.relative_to(DEMO.parent).as_posix() for p in shipped} >= {
+        "demo.yaml", "demo-products.yaml", "demo-orders.yaml", "erpnext/customers.yaml", "erpnext/products.yaml",
+        "erpnext/orders.yaml"}
+    assert all((DEMO.parents[2] / p).is_file() for paths in ERPNEXT_PROFILES.values() for p in paths)
+    for path in shipped:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        documents = set(data) <= {"creates", "rollups", "canonical"}
+        (load_documents([path]) if documents else load_profile(path))
+        copy = tmp_path / path.relative_to(DEMO.parent)  # the same, one key misspelt, beside its schemas
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        rule = (data["creates"] or data["rollups"])[0] if documents else data["sources"]["erp"]
+        rule["colour"] = "blue"
+        copy.write_text(yaml.safe_dump(data, allow_unicode=True).replace(
+            "../../canonical/", "../canonical/").replace(
+            "../canonical/", str(DEMO.parents[1] / "canonical") + "/"), encoding="utf-8")
+        with pytest.raises(ConfigError, match="colour"):
+            load_documents([copy]) if documents else load_profile(copy)
