@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     up = sub.add_parser("up", help="start the embedded stack (demo CRM + ERP, broker, registry, capture); Ctrl-C"
                                    " stops")
-    up.add_argument("--erp", choices=["demo", "erpnext"],
+    up.add_argument("--erp", dest="erp_demo", choices=["demo", "erpnext"],
                     help="which demo ERP (local.erp_demo): the first, or the ERPNext-like one with its profiles")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop a running `up`").set_defaults(func=cmd_down)
@@ -570,8 +570,8 @@ def _is_unavailable(exc: Exception) -> bool:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     args = build_parser().parse_args(argv)
-    if getattr(args, "erp", None):  # for this process and the ones `up` starts
-        os.environ[f"{ENV_PREFIX}LOCAL__ERP_DEMO"] = args.erp
+    if getattr(args, "erp_demo", None):  # `up --erp`: for this process and the ones it starts
+        os.environ[f"{ENV_PREFIX}LOCAL__ERP_DEMO"] = args.erp_demo
     try:
         settings = load_settings(args.config)
         _configure_logging(settings)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +22,17 @@ def harness() -> Iterator[Harness]:
         yield h
     finally:
         h.stop()
+
+
+@pytest.fixture
+def empty_database(harness: Harness) -> Iterator[dict[str, Any]]:
+    """A new empty database on the session's PostgreSQL (its connection settings), dropped after the test."""
+    name = f"empty_{uuid.uuid4().hex[:8]}"
+    with harness.connect("postgres") as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield harness.conninfo(name)
+    with harness.connect("postgres") as admin:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 NOTEWORTHY = ("WARNING", "ERROR", "CRITICAL", "Error:", "Exception")

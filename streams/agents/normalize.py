@@ -103,10 +103,11 @@ class Normalize:
     async def _mapped(self, taken: list[tuple[Any, Flow, envelope.ChangeEvent, str]]
                       ) -> list[tuple[Flow, envelope.ChangeEvent, str, dict[str, Any] | None]]:
         """Each change's canonical values (None: a deletion), queried sides read; bad fields are dead letters."""
-        readers = self.ctx.documents.readers
-        rows = await self.ctx.retrying("queried sides", with_queried, readers, [
-            (flow.profile, change.system, key, {} if change.is_delete else change.row)
-            for _, flow, change, key in taken])
+        items = [(flow.profile, change.system, key, {} if change.is_delete else change.row)
+                 for _, flow, change, key in taken]
+        rows: list[dict[str, Any]] | list[Any] = [row for *_, row in items]
+        if any(profile.queried(system) for profile, system, *_ in items):  # database reads: in a thread
+            rows = await self.ctx.retrying("queried sides", with_queried, self.ctx.documents.readers, items)
         mapped: list[tuple[Flow, envelope.ChangeEvent, str, dict[str, Any] | None]] = []
         for (message, flow, change, key), row in zip(taken, rows, strict=True):
             values: dict[str, Any] | None = None

@@ -379,7 +379,7 @@ def install(conn: psycopg.Connection[Any], system: str, tables: dict[str, list[d
     Schema and rows go in one transaction with the ``sync_meta.seeded`` marker, so a crash
     half-way leaves nothing and a second run never seeds twice. A database that already holds
     tables the demo did not make (a real ERP pointed at by the local stack) is never touched.
-    ``schema`` names the demo's DDL (``demo/<schema>.sql``; default: the system's).
+    ``schema`` names another demo's DDL (``demo/<schema>.sql``; None or ``demo``: the system's own).
     """
     with conn.transaction():
         exists = conn.execute("SELECT to_regclass('sync_meta.seeded') IS NOT NULL").fetchone()
@@ -391,7 +391,7 @@ def install(conn: psycopg.Connection[Any], system: str, tables: dict[str, list[d
                            " 'information_schema', 'sync_meta')").fetchone()
         if own and own[0]:
             return FOREIGN
-        conn.execute(_ddl(schema or system).encode())
+        conn.execute(_ddl(system if schema in (None, "demo") else schema).encode())
         for table, rows in (tables or {}).items():
             if table == "_sequences":
                 for seq in rows:

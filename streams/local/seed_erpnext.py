@@ -71,6 +71,16 @@ def erpnext(data: SeedData) -> SeedData:
         out["tabDelivery Note Item"].append({"name": f"dni{n:07d}", "parent": name, "qty": Decimal(1),
                                              "item_code": first_sku[s["order_no"]],
                                              "against_sales_order": order[s["order_no"]]})
+    returned = {}  # a return: a return delivery note, a draft until the goods are back (refunded: submitted)
+    for n, r in enumerate(erp["return_orders"], len(erp["shipments"]) + 1):
+        name = returned[r["return_no"]] = f"MAT-DN-{YEAR}-{n:05d}"
+        out["tabDelivery Note"].append({"name": name, "customer": customer_of[r["order_no"]], "is_return": 1,
+                                        "creation": r["created_on"], "posting_date": r["created_on"].date(),
+                                        "remarks": r["reason"], "docstatus": 1 if r["status"] == "refunded" else 0,
+                                        "status": "Completed" if r["status"] == "refunded" else "Draft"})
+        out["tabDelivery Note Item"].append({"name": f"dnr{n:07d}", "parent": name, "qty": Decimal(-1),
+                                             "item_code": first_sku[r["order_no"]],
+                                             "against_sales_order": order[r["order_no"]]})
     invoice = {i["invoice_no"]: f"ACC-SINV-{YEAR}-{n:05d}" for n, i in enumerate(erp["invoices"], 1)}
     out["tabSales Invoice"] = [{
         "name": invoice[i["invoice_no"]], "customer": customer_of[i["order_no"]], "posting_date": i["issued_on"],
@@ -87,7 +97,8 @@ def erpnext(data: SeedData) -> SeedData:
     for n, p in enumerate(erp["payments"], 1):
         name = f"ACC-PAY-{YEAR}-{n:05d}"
         out["tabPayment Entry"].append({"name": name, "party": customer_of[order_of_invoice[p["invoice_no"]]],
-                                        "paid_amount": _yuan(p["amount_fen"]), "posting_date": p["received_on"].date()})
+                                        "paid_amount": _yuan(p["amount_fen"]), "posting_date": p["received_on"].date(),
+                                        "creation": p["received_on"]})
         out["tabPayment Entry Reference"].append({"name": f"per{n:07d}", "parent": name,
                                                   "reference_name": invoice[p["invoice_no"]],
                                                   "allocated_amount": _yuan(p["amount_fen"])})
@@ -100,5 +111,5 @@ def erpnext(data: SeedData) -> SeedData:
     ]
     crm = dict(data.crm)
     crm["opportunities"] = [{**o, "erp_order_no": order.get(o["erp_order_no"])} for o in data.crm["opportunities"]]
-    crm["cases"] = [{**c, "erp_return_no": None} for c in data.crm["cases"]]  # no returns in this demo yet
+    crm["cases"] = [{**c, "erp_return_no": returned.get(c["erp_return_no"])} for c in data.crm["cases"]]
     return SeedData(crm=crm, erp=out, manifest=data.manifest)

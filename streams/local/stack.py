@@ -72,7 +72,7 @@ def seed_demo(settings: Settings) -> dict[str, str]:
     for system in ("crm", "erp"):
         with psycopg.connect(**settings.database(system).conninfo()) as conn:
             done[system] = seed.install(conn, system, getattr(data, system) if data else None,
-                                        erp if system == "erp" and erp != "demo" else None)
+                                        erp if system == "erp" else None)
     return done
 
 

@@ -323,8 +323,12 @@ class Profile(BaseModel):
 
     def queried(self, system: str) -> dict[str, SideSpec]:
         """Fields whose ``system`` side is a query, by name."""
-        return {name: side for name, spec in self.fields.items()
-                if (side := spec.side(system)) is not None and side.query is not None}
+        return self._queried[system]
+
+    @cached_property
+    def _queried(self) -> dict[str, dict[str, SideSpec]]:
+        return {system: {name: side for name, spec in self.fields.items()
+                         if (side := spec.side(system)) is not None and side.query is not None} for system in SYSTEMS}
 
     def watched(self, system: str) -> dict[str, dict[str, SideSpec]]:
         """Tables of ``system`` watched by queried sides: table -> {field: side}."""

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import threading
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -12,20 +11,9 @@ import pytest
 
 from streams.apply.sql import PROGRESS_DDL, PROGRESS_TABLES
 from streams.ddl import ensure
-from streams.local.harness import Harness
 from streams.store import Store
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def empty_db(harness: Harness) -> Iterator[dict[str, Any]]:
-    name = f"ddl_{uuid.uuid4().hex[:8]}"
-    with harness.connect("postgres") as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    yield harness.conninfo(name)
-    with harness.connect("postgres") as admin:
-        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 def at_once(work: Callable[[], None], n: int = 8) -> list[BaseException]:
@@ -48,25 +36,25 @@ def at_once(work: Callable[[], None], n: int = 8) -> list[BaseException]:
     return failures
 
 
-def test_appliers_starting_together_create_their_bookkeeping_once(empty_db: dict[str, Any]) -> None:
+def test_appliers_starting_together_create_their_bookkeeping_once(empty_database: dict[str, Any]) -> None:
     ran: list[bool] = []
 
     def applier() -> None:
-        with psycopg.connect(**empty_db) as conn, conn.transaction():
+        with psycopg.connect(**empty_database) as conn, conn.transaction():
             ran.append(ensure(conn, PROGRESS_DDL, PROGRESS_TABLES, ["sync_meta.applier_progress.incarnation"]))
 
     assert at_once(applier) == []
     assert ran.count(True) == 1  # one created the tables; the others found them after waiting
 
 
-def test_workers_starting_together_migrate_the_store(empty_db: dict[str, Any]) -> None:
+def test_workers_starting_together_migrate_the_store(empty_database: dict[str, Any]) -> None:
     def worker() -> None:
-        store = Store(empty_db)
+        store = Store(empty_database)
         try:
             store.migrate()
         finally:
             store.close()
 
     assert at_once(worker) == []
-    with psycopg.connect(**empty_db) as conn:
+    with psycopg.connect(**empty_database) as conn:
         assert conn.execute("SELECT to_regclass('sync.xref') IS NOT NULL").fetchone() == (True,)

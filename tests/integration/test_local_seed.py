@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
 from streams.local import seed
-from streams.local.harness import Harness
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def database(harness: Harness) -> Iterator[dict[str, Any]]:
-    name = f"seed_{uuid.uuid4().hex[:8]}"
-    with harness.connect("postgres") as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    yield harness.conninfo(name)
-    with harness.connect("postgres") as admin:
-        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 def _tables(conn: psycopg.Connection[Any]) -> list[str]:
@@ -30,8 +17,8 @@ def _tables(conn: psycopg.Connection[Any]) -> list[str]:
                                        " WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1")]
 
 
-def test_an_existing_erp_database_is_never_given_the_demo(database: dict[str, Any]) -> None:
-    with psycopg.connect(**database, autocommit=True) as conn:
+def test_an_existing_erp_database_is_never_given_the_demo(empty_database: dict[str, Any]) -> None:
+    with psycopg.connect(**empty_database, autocommit=True) as conn:
         conn.execute('CREATE TABLE public."tabCustomer" (name varchar(140) PRIMARY KEY)')
         conn.execute("CREATE SCHEMA sync_meta; CREATE TABLE sync_meta.heartbeat (id int)")  # the sync's own: no matter
         before = _tables(conn)
@@ -39,8 +26,8 @@ def test_an_existing_erp_database_is_never_given_the_demo(database: dict[str, An
         assert _tables(conn) == before
 
 
-def test_an_empty_database_gets_the_demo_once(database: dict[str, Any]) -> None:
-    with psycopg.connect(**database, autocommit=True) as conn:
+def test_an_empty_database_gets_the_demo_once(empty_database: dict[str, Any]) -> None:
+    with psycopg.connect(**empty_database, autocommit=True) as conn:
         assert seed.install(conn, "erp", seed.generate(5).erp) == seed.SEEDED
         customers = conn.execute("SELECT count(*) FROM public.customers").fetchone()
         assert seed.install(conn, "erp", seed.generate(5).erp) == seed.ALREADY

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from streams.local.erps import ERPS, DemoErp
 from streams.local.harness import (
-    REPO,
     Harness,
     TopicReader,
     running,
@@ -19,21 +19,29 @@ from streams.local.harness import (
     wait_for_capture,
     wait_for_identity,
 )
+from streams.mapping.profile import load_profiles
+from streams.topics import raw_topic
 
 pytestmark = pytest.mark.integration
-PROFILES = [str(REPO / "schemas" / "mappings" / name) for name in ("demo.yaml", "demo-products.yaml")]
+
+
+@pytest.fixture(scope="module", params=list(ERPS))
+def demo_erp(request: pytest.FixtureRequest) -> DemoErp:
+    """Each demo ERP in turn (stock in one row, or summed over warehouses)."""
+    return ERPS[request.param]
 
 
 @pytest.fixture(scope="module")
-def sync() -> Iterator[Harness]:
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-products-", dir="/tmp"))).start()
-    h.write_config(processors={"profiles": PROFILES})
+def sync(demo_erp: DemoErp) -> Iterator[Harness]:
+    h = Harness(Path(tempfile.mkdtemp(prefix=f"crm-erp-sync-products-{demo_erp.name}-", dir="/tmp")),
+                erp=demo_erp.name).start()
+    h.write_config(processors={"profiles": [str(p) for p in demo_erp.profiles]})
     try:
         with running(h.spawn("capture")), running(h.spawn("worker", log_name="worker.log")):
-            wait_for_capture(h, ["erp.public.items"])
+            wait_for_capture(h, [raw_topic("erp", demo_erp.item_table)])
             wait_for_identity(h)
             with h.connect("erp") as erp, h.connect("sync") as conn:
-                items = scalar(erp, "SELECT count(*) FROM items")
+                items = demo_erp.item_count(erp)
                 wait_for(lambda: scalar(conn, "SELECT count(*) FROM sync.xref WHERE entity = 'product'"
                                               " AND linked_by = 'exact'") == items, 120, 0.5,
                          "every item linked to its product by code")
@@ -49,23 +57,22 @@ def _crm_product(h: Harness, code: str) -> tuple[Decimal, Decimal]:
     return row[0], row[1]
 
 
-def test_stock_and_price_reach_the_crm_exactly(sync: Harness) -> None:
+def test_stock_and_price_reach_the_crm_exactly(sync: Harness, demo_erp: DemoErp) -> None:
     with sync.connect("erp") as erp:
-        sku = scalar(erp, "SELECT sku FROM items ORDER BY sku LIMIT 1")
-        erp.execute("UPDATE items SET price_fen = 123456, on_hand = 1000.250, reserved = 10.125 WHERE sku = %s",
-                    (sku,))
+        sku = demo_erp.items(erp, 1)[0]
+        demo_erp.set_item(erp, sku, price=Decimal("1234.56"), on_hand=Decimal("1000.250"), reserved=Decimal("10.125"))
     wait_for(lambda: _crm_product(sync, sku) == (Decimal("1234.56"), Decimal("990.125")), 60, 0.3,
              "the new price and on hand - reserved in the CRM")
     with sync.connect("erp") as erp:
-        erp.execute("UPDATE items SET reserved = 990.125 WHERE sku = %s", (sku,))  # reserved alone changes
+        demo_erp.set_item(erp, sku, reserved=Decimal("990.125"))  # reserved alone changes
     wait_for(lambda: _crm_product(sync, sku) == (Decimal("1234.56"), Decimal("10.125")), 60, 0.3,
              "availability after a reservation")
 
 
-def test_a_crm_edit_of_stock_is_reverted_to_the_erp_value(sync: Harness) -> None:
+def test_a_crm_edit_of_stock_is_reverted_to_the_erp_value(sync: Harness, demo_erp: DemoErp) -> None:
     with sync.connect("erp") as erp:
-        sku, available = erp.execute("SELECT sku, on_hand - reserved FROM items ORDER BY sku OFFSET 1 LIMIT 1"
-                                     ).fetchone()
+        sku = demo_erp.items(erp, 1, offset=1)[0]
+        available = demo_erp.available(erp, sku)
     wait_for(lambda: _crm_product(sync, sku)[1] == available, 60, 0.3, "the product in agreement")
     with sync.connect("crm") as crm:
         crm.execute("UPDATE products SET available_qty = 999999 WHERE code = %s", (sku,))
@@ -75,10 +82,10 @@ def test_a_crm_edit_of_stock_is_reverted_to_the_erp_value(sync: Harness) -> None
                             " AND field = 'available_qty_milli' AND kind = 'non_owner_edit'") >= 1
 
 
-def test_a_new_erp_item_joins_the_crm_catalogue_and_the_canonical_topic(sync: Harness) -> None:
+def test_a_new_erp_item_joins_the_crm_catalogue_and_the_canonical_topic(sync: Harness, demo_erp: DemoErp) -> None:
     with sync.connect("erp") as erp:
-        erp.execute("INSERT INTO items (sku, description, uom, price_fen, on_hand, reserved)"
-                    " VALUES ('NEW-001', '新型号减速机', 'SET', 880000, 12.000, 2.500)")
+        demo_erp.insert_item(erp, "NEW-001", "新型号减速机", "SET", Decimal("8800.00"), Decimal("12.000"),
+                             Decimal("2.500"))
     with sync.connect("crm") as crm:
         wait_for(lambda: crm.execute("SELECT name, list_price, available_qty FROM products WHERE code = 'NEW-001'"
                                      ).fetchall(), 60, 0.3, "the new item in the CRM")
@@ -92,4 +99,6 @@ def test_a_new_erp_item_joins_the_crm_catalogue_and_the_canonical_topic(sync: Ha
         reader.close()
     record = found[-1]
     assert (record["available_qty_milli"], record["list_price_fen"], record["uom"]) == (9500, 880000, "SET")
-    assert record["metadata"]["source_table"] in ("public.items", "public.products")
+    product = next(p for p in load_profiles(demo_erp.profiles) if p.entity == "product")
+    read = {product.table_of("crm"), product.table_of("erp"), *product.watched("erp")}
+    assert record["metadata"]["source_table"] in read  # the change that caused it: the item, a bin, the product

@@ -106,21 +106,28 @@ CREATE TABLE "tabSales Order Item" (
   amount      numeric(21,9) GENERATED ALWAYS AS (round(qty * rate, 2)) STORED
 );
 
+-- A delivery, or (is_return = 1, negative quantities) goods coming back: a draft until received.
 CREATE TABLE "tabDelivery Note" (
   name             varchar(140) PRIMARY KEY DEFAULT
                      ('MAT-DN-' || to_char(now(), 'YYYY') || '-' || lpad(nextval('delivery_note_series')::text, 5, '0')),
+  creation         timestamp(6) NOT NULL DEFAULT local_now(),
   modified         timestamp(6) NOT NULL DEFAULT local_now(),
+  modified_by      varchar(140) NOT NULL DEFAULT 'Administrator',
   docstatus        smallint NOT NULL DEFAULT 1 CHECK (docstatus IN (0, 1, 2)),
   customer         varchar(140) NOT NULL REFERENCES "tabCustomer"(name),
   posting_date     date NOT NULL DEFAULT current_date,
   transporter_name varchar(140),
   lr_no            varchar(140),
+  is_return        smallint NOT NULL DEFAULT 0 CHECK (is_return IN (0, 1)),
+  remarks          text,
   status           varchar(140) NOT NULL DEFAULT 'Completed'
 );
 
 CREATE TABLE "tabDelivery Note Item" (
   name                varchar(140) PRIMARY KEY DEFAULT child_name(),
   parent              varchar(140) NOT NULL REFERENCES "tabDelivery Note"(name),
+  parentfield         varchar(140) NOT NULL DEFAULT 'items',
+  parenttype          varchar(140) NOT NULL DEFAULT 'Delivery Note',
   idx                 int NOT NULL DEFAULT 1,
   item_code           varchar(140) NOT NULL REFERENCES "tabItem"(name),
   qty                 numeric(21,9) NOT NULL,
@@ -154,6 +161,7 @@ CREATE TABLE "tabSales Invoice Item" (
 CREATE TABLE "tabPayment Entry" (
   name         varchar(140) PRIMARY KEY DEFAULT
                  ('ACC-PAY-' || to_char(now(), 'YYYY') || '-' || lpad(nextval('payment_entry_series')::text, 5, '0')),
+  creation     timestamp(6) NOT NULL DEFAULT local_now(),
   modified     timestamp(6) NOT NULL DEFAULT local_now(),
   docstatus    smallint NOT NULL DEFAULT 1 CHECK (docstatus IN (0, 1, 2)),
   payment_type varchar(140) NOT NULL DEFAULT 'Receive',
