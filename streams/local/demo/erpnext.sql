@@ -61,7 +61,7 @@ CREATE TABLE "tabItem" (
   item_name     varchar(140) NOT NULL,
   description   text,
   stock_uom     varchar(140) NOT NULL DEFAULT 'Nos',
-  standard_rate numeric(21,9) NOT NULL DEFAULT 0,
+  standard_rate numeric NOT NULL DEFAULT 0,  -- plain numeric, as some ERPs keep prices: a variable-scale decimal
   disabled      smallint NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1)),
   modified      timestamp(6) NOT NULL DEFAULT local_now(),
   modified_by   varchar(140) NOT NULL DEFAULT 'Administrator'
