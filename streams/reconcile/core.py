@@ -4,7 +4,9 @@ What the sync store keeps per entity: the row version last seen on each system (
 write changes, e.g. ``updated_at``), and per field:
 
 * ``synced``   the value both systems last agreed on (the base of a conflict);
-* ``seen``     the last value seen from each system; ``changed_at`` when each last changed it;
+* ``seen``     the last value seen from each system; ``changed_at`` when a person last changed it
+  there, while that edit is in effect (the sync's own write coming back ends it: an edit of the
+  other system read later is not concurrent with an edit the sync has already overwritten);
 * ``inflight`` per system, the one write the sync sent there and has not seen come back
   (value, time it was issued); ``deferred`` a newer value to send once that write is settled;
   ``refused`` a value the system refused (not sent again; the next different value is);
@@ -24,8 +26,9 @@ A change from system S to value v of field f (S's events arrive in commit order)
 * S has a write in flight, v is its value and the sync's own applier made the change (its
   transaction is recorded in S): the **echo**; it settles the write (sending a deferred value
   next, or confirming ``synced``);
-* S has a write in flight, v is unchanged (another column of the row changed): that write is now
-  stale, so it is sent again against the new row version;
+* S has a write in flight, v is unchanged (another column of the row changed) or the change is an
+  earlier, superseded write of the sync's own landing: the write in flight is now stale, so it is
+  sent again against the new row version;
 * S has a write in flight and v is new: S was edited while the sync wrote to it: a **conflict**;
 * otherwise v goes to the other system, unless the other system also moved away from ``synced``
   or changed the field after v was committed (a **conflict**), or S is not the owner of a
@@ -287,7 +290,12 @@ class _Step:
             return
         previous = fs.seen.get(system, MISSING)
         fs.seen[system], fs.versions[system] = value, version
-        if value != previous:
+        sent = fs.inflight.get(system)
+        # Made by the sync's own applier (unknown: judged by the write in flight and the clocks).
+        own = by_sync if by_sync is not None else sent is not None and value == sent[0] and commit_ms >= sent[1]
+        if own:  # the system holds the sync's own write: no edit of a person there is in effect
+            fs.changed_at.pop(system, None)
+        elif value != previous:
             fs.changed_at[system] = commit_ms
         if fs.open_conflict:
             return  # a person decides; later edits are recorded, not synced
@@ -296,16 +304,14 @@ class _Step:
             fs.deferred.clear()
             fs.why.clear()
             return
-        if system in fs.inflight:
-            sent, issued_ms = fs.inflight[system]
-            echo = by_sync if by_sync is not None else commit_ms >= issued_ms
-            if value == sent and echo:
+        if sent is not None:
+            if own and value == sent[0]:
                 out.echoes += 1
                 del fs.inflight[system]
                 if system not in fs.deferred and peer not in fs.inflight and fs.seen.get(peer) == value:
                     fs.synced = value
                 self.release(fs, system, name)
-            elif value == previous:
+            elif value == previous or own:  # another column, or an earlier write of the sync's, changed the row
                 self.resend(fs, system, name)
             else:
                 self.resolve(name, spec, fs, "both_changed")

@@ -93,7 +93,7 @@ def test_up_down_up_keeps_topics_and_never_reseeds_or_resnapshots() -> None:
     proc = start_up(config, log)
     try:
         wait_up(proc, log, times=2)
-        assert "crm: already seeded" in log.read_text(encoding="utf-8")
+        assert "crm (crm): already seeded" in log.read_text(encoding="utf-8")
         with db(config, "crm") as conn:
             assert _seeded_accounts(conn) == accounts
             conn.execute("UPDATE contacts SET title = 'after restart'"
@@ -110,6 +110,33 @@ def test_up_down_up_keeps_topics_and_never_reseeds_or_resnapshots() -> None:
         down = subprocess.run(cli(config, "down"), capture_output=True, text=True, timeout=180)
         assert down.returncode == 0, down.stderr
         proc.wait(30)
+
+
+def test_up_with_the_erpnext_like_erp_syncs_through_its_own_profiles() -> None:
+    """`up --erp erpnext` with no profiles configured: its schema, seed and profiles, and an edit goes through."""
+    root = new_root()
+    config = write_config(root)
+    cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
+    del cfg["processors"]  # the chosen ERP's own profiles
+    config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    log = root / "up.log"
+    proc = start_up(config, log, "--erp", "erpnext")
+    try:
+        wait_up(proc, log)
+        assert "erp (erp): demo schema and data created" in log.read_text(encoding="utf-8")
+        with db(config, "sync") as conn:
+            crm_id, erp_id = wait_for(lambda: conn.execute(
+                "SELECT crm_id, erp_id FROM sync.xref WHERE entity = 'customer' AND linked_by = 'exact'"
+                " ORDER BY crm_id LIMIT 1").fetchone(), 120, 0.5, "a linked pair")
+        assert erp_id.startswith("CUST-")
+        with db(config, "crm") as crm:
+            crm.execute("UPDATE accounts SET email = 'up.erpnext@example.com' WHERE id = %s", (crm_id,))
+        with db(config, "erp") as erp:
+            wait_for(lambda: erp.execute('SELECT email_id, modified_by FROM "tabCustomer" WHERE name = %s',
+                                         (erp_id,)).fetchone() == ("up.erpnext@example.com", "crm-erp-sync"),
+                     120, 0.5, "the CRM edit in the ERPNext-like customer")
+    finally:
+        stop_up(proc)
 
 
 def test_taken_port_is_one_clear_line(tmp_path: Path) -> None:

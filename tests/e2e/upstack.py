@@ -56,10 +56,10 @@ def db(config: Path, dbname: str) -> psycopg.Connection[object]:
                            user="sync", password=password, autocommit=True)
 
 
-def start_up(config: Path, log: Path) -> subprocess.Popen[str]:
-    """Start `up` in the background, output appended to ``log``."""
+def start_up(config: Path, log: Path, *options: str) -> subprocess.Popen[str]:
+    """Start `up` (with ``options``) in the background, output appended to ``log``."""
     out = log.open("a", encoding="utf-8")
-    return subprocess.Popen(cli(config, "up"), stdout=out, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    return subprocess.Popen(cli(config, "up", *options), stdout=out, stderr=subprocess.STDOUT, text=True, cwd=REPO)
 
 
 def stop_up(proc: subprocess.Popen[str]) -> None:

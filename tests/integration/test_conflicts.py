@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from streams.local.erps import ERPS, DemoErp
 from streams.local.harness import (
     REPO,
     Harness,
@@ -24,30 +26,31 @@ from streams.local.harness import (
     wait_for_identity,
 )
 from streams.mapping.profile import load_profile
-from streams.topics import AUDIT
+from streams.topics import AUDIT, raw_topic
 
 pytestmark = pytest.mark.integration
-DEMO = REPO / "schemas" / "mappings" / "demo.yaml"
-PROFILE_FIELDS = load_profile(DEMO).synced_fields()
+
+
+@pytest.fixture(scope="module", params=list(ERPS))
+def demo_erp(request: pytest.FixtureRequest) -> DemoErp:
+    """Each demo ERP in turn (on the ERPNext-like one the credit limit is its child row's)."""
+    return ERPS[request.param]
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Harness]:
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-conflicts-", dir="/tmp"))).start()
+def stack(demo_erp: DemoErp) -> Iterator[Harness]:
+    h = Harness(Path(tempfile.mkdtemp(prefix=f"crm-erp-sync-conflicts-{demo_erp.name}-", dir="/tmp")),
+                erp=demo_erp.name).start()
     # One policy of each kind, by editing the profile only: address becomes "latest".
-    profile = (DEMO.read_text(encoding="utf-8")
-               .replace("canonical_schema: ../canonical/customer.avsc",
-                        f"canonical_schema: {REPO / 'schemas' / 'canonical' / 'customer.avsc'}")
-               .replace("{crm: {column: address, convert: text}, erp: {column: address, convert: text},\n"
-                        "                     policy: source_of_truth, owner: crm}",
-                        "{crm: {column: address, convert: text}, erp: {column: address, convert: text},\n"
-                        "                     policy: latest}"))
-    assert "policy: latest}" in profile
-    (h.root / "profile.yaml").write_text(profile, encoding="utf-8")
+    profile = yaml.safe_load(demo_erp.profiles[0].read_text(encoding="utf-8"))
+    profile["canonical_schema"] = str(REPO / "schemas" / "canonical" / "customer.avsc")
+    profile["fields"]["address"].update({"policy": "latest", "owner": None})
+    (h.root / "profile.yaml").write_text(yaml.safe_dump(profile, allow_unicode=True), encoding="utf-8")
     h.write_config(processors={"profiles": [str(h.root / "profile.yaml")]})
+    h.demo_erp = demo_erp  # type: ignore[attr-defined]
     try:
         with running(h.spawn("capture")):
-            wait_for_capture(h)
+            wait_for_capture(h, ("crm.public.accounts", raw_topic("erp", demo_erp.customer_table)))
             yield h
     finally:
         h.stop()
@@ -61,6 +64,8 @@ def test_one_conflict_per_policy_kind_and_manual_resolve(stack: Harness, skew: i
     """The same results whatever the worker's clock says: echoes are told by transaction, ``latest`` by the
     databases' commit times (each run on its own pair, with its own values)."""
     h, n = stack, SKEWS.index(skew) + 1
+    erp_: DemoErp = h.demo_erp  # type: ignore[attr-defined]
+    profile_fields = load_profile(h.root / "profile.yaml").synced_fields()
     env = {"CRM_ERP_SYNC_CLOCK_SKEW_S": str(skew)}
     with running(h.spawn("worker", log_name="worker.log", env=env)):
         wait_for_identity(h)
@@ -74,8 +79,8 @@ def test_one_conflict_per_policy_kind_and_manual_resolve(stack: Harness, skew: i
                 state = scalar(conn, "SELECT state FROM sync.entity_state s JOIN sync.xref x"
                                      " USING (entity, global_id) WHERE x.crm_id = %s", crm_id)
                 fields = (state or {}).get("fields", {})
-                synced = [f for f in PROFILE_FIELDS if f in fields]
-                return len(synced) == len(PROFILE_FIELDS) and all(
+                synced = [f for f in profile_fields if f in fields]
+                return len(synced) == len(profile_fields) and all(
                     "synced" in fields[f] and not fields[f]["inflight"] and not fields[f]["deferred"]
                     for f in synced)
 
@@ -86,21 +91,21 @@ def test_one_conflict_per_policy_kind_and_manual_resolve(stack: Harness, skew: i
     with h.connect("crm") as crm:
         crm.execute("UPDATE accounts SET email = 'crm.side@example.com', credit_limit = 1.00,"
                     " address = 'CRM 地址', uscc = %s WHERE id = %s", (f"CRMTAX00000000000{n}", crm_id))
-    with h.connect("erp") as erp:
-        erp.execute("UPDATE customers SET email = 'erp.side@example.com', credit_limit_fen = 200,"
-                    " address = 'ERP 地址', tax_no = %s WHERE cust_no = %s", (f"ERPTAX00000000000{n}", erp_id))
+    with h.connect("erp", autocommit=False) as erp:  # one ERP transaction, as one save of its form
+        erp_.update_customer(erp, erp_id, email="erp.side@example.com", address="ERP 地址",
+                             tax_id=f"ERPTAX00000000000{n}")
+        erp_.set_credit(erp, erp_id, Decimal("2.00"))
+        erp.commit()
     with running(h.spawn("worker", log_name="worker.log", env=env)), h.connect("crm") as crm, h.connect("erp") as erp:
-        def both(crm_sql: str, erp_sql: str) -> tuple[Any, Any]:
-            return (scalar(crm, crm_sql, crm_id), scalar(erp, erp_sql, erp_id))
+        def both(crm_sql: str, field: str) -> tuple[Any, Any]:
+            return (scalar(crm, crm_sql, crm_id), erp_.customer(erp, erp_id, field)[0])
 
-        wait_for(lambda: both("SELECT email FROM accounts WHERE id = %s",
-                              "SELECT email FROM customers WHERE cust_no = %s")
+        wait_for(lambda: both("SELECT email FROM accounts WHERE id = %s", "email")
                  == ("crm.side@example.com",) * 2, 90, 0.3, "email: the CRM (owner) wins")
-        wait_for(lambda: both("SELECT credit_limit FROM accounts WHERE id = %s",
-                              "SELECT credit_limit_fen FROM customers WHERE cust_no = %s")
-                 == (Decimal("2.00"), 200), 90, 0.3, "credit limit: the ERP (owner) wins")
-        wait_for(lambda: both("SELECT address FROM accounts WHERE id = %s",
-                              "SELECT address FROM customers WHERE cust_no = %s")
+        wait_for(lambda: (scalar(crm, "SELECT credit_limit FROM accounts WHERE id = %s", crm_id),
+                          erp_.credit_limit(erp, erp_id)) == (Decimal("2.00"),) * 2, 90, 0.3,
+                 "credit limit: the ERP (owner) wins")
+        wait_for(lambda: both("SELECT address FROM accounts WHERE id = %s", "address")
                  == ("ERP 地址",) * 2, 90, 0.3, "address: the latest edit (ERP) wins")
         with h.connect("sync") as conn:
             def by_field() -> dict[str, list[dict[str, Any]]]:
@@ -124,27 +129,27 @@ def test_one_conflict_per_policy_kind_and_manual_resolve(stack: Harness, skew: i
             manual = found["tax_id"][0]
             assert (manual["resolution"], manual["status"]) == (None, "open")
             # Waiting for a person: nothing was written for tax_id.
-            assert both("SELECT uscc FROM accounts WHERE id = %s", "SELECT tax_no FROM customers WHERE cust_no = %s") \
+            assert both("SELECT uscc FROM accounts WHERE id = %s", "tax_id") \
                 == (f"CRMTAX00000000000{n}", f"ERPTAX00000000000{n}")
             listed = subprocess.run(h.cli("conflicts", "list"), capture_output=True, text=True, check=True)
             assert str(manual["id"]) in listed.stdout and "tax_id" in listed.stdout
             done = subprocess.run(h.cli("conflicts", "resolve", str(manual["id"]), "--value", f"AGREED00000000000{n}",
                                         "--by", "ops-test"), capture_output=True, text=True, check=False)
             assert done.returncode == 0, done.stderr
-            wait_for(lambda: both("SELECT uscc FROM accounts WHERE id = %s",
-                                  "SELECT tax_no FROM customers WHERE cust_no = %s")
+            wait_for(lambda: both("SELECT uscc FROM accounts WHERE id = %s", "tax_id")
                      == (f"AGREED00000000000{n}",) * 2, 90, 0.3, "the resolved value on both sides")
             assert scalar(conn, "SELECT status FROM sync.conflicts WHERE id = %s", manual["id"]) == "resolved"
             again = subprocess.run(h.cli("conflicts", "resolve", str(manual["id"]), "--take", "crm"),
                                    capture_output=True, text=True, check=False)
             assert again.returncode == 2 and "already resolved" in again.stderr
-            check_audit(h, gid, since, manual["id"], n)
+            check_audit(h, gid, since, manual["id"], n, erp_)
 
 
-def check_audit(h: Harness, gid: str, since: datetime, conflict_id: int, n: int) -> None:
+def check_audit(h: Harness, gid: str, since: datetime, conflict_id: int, n: int, erp: DemoErp) -> None:
     """Each final write is in the audit trail once, with who decided and the change that caused it."""
-    final = {("crm", "uscc"): f"AGREED00000000000{n}", ("erp", "tax_no"): f"AGREED00000000000{n}",
-             ("crm", "address"): "ERP 地址", ("erp", "email"): "crm.side@example.com", ("crm", "credit_limit"): 200}
+    tax_no, email = erp.columns["tax_id"], erp.columns["email"]
+    final = {("crm", "uscc"): f"AGREED00000000000{n}", ("erp", tax_no): f"AGREED00000000000{n}",
+             ("crm", "address"): "ERP 地址", ("erp", email): "crm.side@example.com", ("crm", "credit_limit"): 200}
 
     def trail() -> list[dict[str, Any]]:
         out = subprocess.run(h.cli("audit", "--global-id", gid, "--since", since.isoformat(), "--format", "json"),
@@ -158,7 +163,7 @@ def check_audit(h: Harness, gid: str, since: datetime, conflict_id: int, n: int)
     entries = wait_for(lambda: (t := trail()) and all(each(t).values()) and t, 60, 0.5, "the writes in the audit trail")
     found = each(entries)
     assert all(len(v) == 1 for v in found.values()), found  # once each
-    for where in (("crm", "uscc"), ("erp", "tax_no")):
+    for where in (("crm", "uscc"), ("erp", tax_no)):
         (e,) = found[where]
         assert (e["kind"], e["decided_by"], e["cause_event"]) == ("resolution", "person:ops-test",
                                                                    f"conflict/{conflict_id}"), e
@@ -167,7 +172,7 @@ def check_audit(h: Harness, gid: str, since: datetime, conflict_id: int, n: int)
                                                                               "CRM 地址"), "\n".join(
         f"{e['system']} {e['column_name']} {e['old_value']!r}->{e['new_value']!r} {e['kind']} {e['decided_by']}"
         f" {e['cause_event']}" for e in entries)
-    for where in (("crm", "address"), ("erp", "email"), ("crm", "credit_limit")):  # caused by a captured change
+    for where in (("crm", "address"), ("erp", email), ("crm", "credit_limit")):  # caused by a captured change
         (e,) = found[where]  # (whichever of the two edits reconcile read second)
         assert e["cause_system"] in ("crm", "erp") and e["cause_tx_id"] and e["cause_lsn"], e
     assert all(e["command_id"] and e["cause_event"] and e["entity"] == "customer" for e in entries)

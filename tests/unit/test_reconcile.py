@@ -350,3 +350,28 @@ def test_a_partial_change_joins_the_sides_values_and_keeps_its_row() -> None:
     out = apply_change(FIELDS, state, "erp", {"own_erp": "limit 2"}, (20, 0), 20, 20, partial=True)
     assert [(c.system, c.field, c.value, c.expect_row) for c in out.commands] == [("crm", "own_erp", "limit 2", 1)]
     assert out.state.values["erp"] == row(own_erp="limit 2") and out.state.rows["erp"] == 1
+
+
+def test_an_owner_edit_read_after_the_revert_of_a_later_non_owner_edit_is_not_a_second_conflict() -> None:
+    """CRM (owner) edits at t=10, the ERP at t=20; the ERP's is read first and reverted, the revert's echo
+    comes back (t=30), then the CRM's edit is read: it goes to the ERP, as the one conflict said."""
+    out = apply_change(FIELDS, synced("o"), "erp", row(own_crm="e"), (20, 0), 20, 20)
+    assert [c.kind for c in out.conflicts] == ["non_owner_edit"]
+    echo = apply_change(FIELDS, out.state, "erp", row(own_crm="o"), (30, 0), 30, 30, by_sync=True)
+    assert echo.echoes == 1 and echo.conflicts == []
+    late = apply_change(FIELDS, echo.state, "crm", row(own_crm="c"), (10, 0), 40, 10)
+    assert late.conflicts == [] and [(c.system, c.field, c.value) for c in late.commands] == [("erp", "own_crm", "c")]
+
+
+def test_an_earlier_write_of_the_sync_landing_after_it_was_superseded_is_no_conflict() -> None:
+    """The ERP's non-owner edit is reverted; the CRM owner's edit is read; the ERP row changes again
+    (another column) so the revert is sent again, now as the owner's value; the first revert lands."""
+    first = apply_change(FIELDS, synced("o"), "erp", row(own_crm="e"), (20, 0), 20, 20)
+    owner = apply_change(FIELDS, first.state, "crm", row(own_crm="c"), (10, 0), 21, 10)
+    again = apply_change(FIELDS, owner.state, "erp", row(own_crm="e"), (22, 0), 22, 22)
+    assert [(c.system, c.value) for c in again.commands if c.field == "own_crm"] == [("erp", "c")]
+    landed = apply_change(FIELDS, again.state, "erp", row(own_crm="o"), (30, 0), 30, 30, by_sync=True)
+    assert landed.conflicts == []
+    assert [(c.system, c.value) for c in landed.commands if c.field == "own_crm"] == [("erp", "c")]  # sent again
+    done = apply_change(FIELDS, landed.state, "erp", row(own_crm="c"), (31, 0), 31, 31, by_sync=True)
+    assert done.echoes >= 1 and done.state.fields["own_crm"].synced == "c"
