@@ -8,6 +8,7 @@ documents (a deal's ``erp_order_no``) are renamed to match.
 
 from __future__ import annotations
 
+from datetime import datetime, time
 from decimal import Decimal
 from typing import Any
 
@@ -65,9 +66,10 @@ def erpnext(data: SeedData) -> SeedData:
     out["tabDelivery Note"], out["tabDelivery Note Item"] = [], []
     for n, s in enumerate(erp["shipments"], 1):
         name = f"MAT-DN-{YEAR}-{n:05d}"
-        out["tabDelivery Note"].append({"name": name, "customer": customer_of[s["order_no"]],
+        out["tabDelivery Note"].append({"name": name, "customer": customer_of[s["order_no"]], "is_return": 0,
+                                        "creation": datetime.combine(s["shipped_on"], time(9)), "remarks": None,
                                         "posting_date": s["shipped_on"], "transporter_name": s["carrier"],
-                                        "lr_no": s["tracking_no"]})
+                                        "lr_no": s["tracking_no"], "docstatus": 1, "status": "Completed"})
         out["tabDelivery Note Item"].append({"name": f"dni{n:07d}", "parent": name, "qty": Decimal(1),
                                              "item_code": first_sku[s["order_no"]],
                                              "against_sales_order": order[s["order_no"]]})
@@ -75,8 +77,9 @@ def erpnext(data: SeedData) -> SeedData:
     for n, r in enumerate(erp["return_orders"], len(erp["shipments"]) + 1):
         name = returned[r["return_no"]] = f"MAT-DN-{YEAR}-{n:05d}"
         out["tabDelivery Note"].append({"name": name, "customer": customer_of[r["order_no"]], "is_return": 1,
-                                        "creation": r["created_on"], "posting_date": r["created_on"].date(),
-                                        "remarks": r["reason"], "docstatus": 1 if r["status"] == "refunded" else 0,
+                                        "creation": r["created_on"], "remarks": r["reason"],
+                                        "posting_date": r["created_on"].date(), "transporter_name": None,
+                                        "lr_no": None, "docstatus": 1 if r["status"] == "refunded" else 0,
                                         "status": "Completed" if r["status"] == "refunded" else "Draft"})
         out["tabDelivery Note Item"].append({"name": f"dnr{n:07d}", "parent": name, "qty": Decimal(-1),
                                              "item_code": first_sku[r["order_no"]],

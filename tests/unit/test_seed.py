@@ -27,3 +27,13 @@ def test_realistic_and_synthetic() -> None:
     assert all(a["email"].endswith("@example.com") for a in data.crm["accounts"])
     assert all("-5550" in a["phone"] for a in data.crm["accounts"])
     assert {o["status"] for o in data.erp["sales_orders"]} >= {20, 40, 60}
+
+
+def test_the_erpnext_like_rows_have_one_shape_per_table() -> None:
+    """Each table's rows name the same columns (they are inserted with the first row's), at any size."""
+    from streams.local.seed import demo_data
+
+    for accounts in (40, 60, 300):
+        for table, rows in demo_data(accounts, "erpnext").erp.items():
+            if table != "_sequences":
+                assert all(set(r) == set(rows[0]) for r in rows), (accounts, table)
