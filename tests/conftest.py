@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from streams.local.erps import ERPS, DemoErp
 from streams.local.harness import Harness
 
 
@@ -22,6 +23,12 @@ def harness() -> Iterator[Harness]:
         yield h
     finally:
         h.stop()
+
+
+@pytest.fixture(scope="module", params=list(ERPS))
+def demo_erp(request: pytest.FixtureRequest) -> DemoErp:
+    """Each demo ERP in turn, for a module whose flows run against both (its harness installs that one)."""
+    return ERPS[request.param]
 
 
 @pytest.fixture

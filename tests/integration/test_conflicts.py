@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.local.erps import ERPS, DemoErp
+from streams.local.erps import DemoErp
 from streams.local.harness import (
     REPO,
     Harness,
@@ -29,12 +29,6 @@ from streams.mapping.profile import load_profile
 from streams.topics import AUDIT, raw_topic
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module", params=list(ERPS))
-def demo_erp(request: pytest.FixtureRequest) -> DemoErp:
-    """Each demo ERP in turn (on the ERPNext-like one the credit limit is its child row's)."""
-    return ERPS[request.param]
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from psycopg import sql
 
-from streams.local.erps import ERPS, DemoErp
+from streams.local.erps import DemoErp
 from streams.local.harness import (
     Harness,
     TopicReader,
@@ -31,12 +31,6 @@ from streams.local.harness import (
 from streams.topics import raw_topic
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module", params=list(ERPS))
-def demo_erp(request: pytest.FixtureRequest) -> DemoErp:
-    """Each demo ERP in turn: the flows are the same, the profiles and the ERP's shape are not."""
-    return ERPS[request.param]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from streams.documents.spec import load_documents
-from streams.local.erps import ERPS, DemoErp, Order, profile_paths
+from streams.local.erps import DemoErp, Order, profile_paths
 from streams.local.harness import (
     Harness,
     TopicReader,
@@ -32,12 +32,6 @@ from streams.mapping.profile import load_profiles
 from streams.topics import raw_topic
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module", params=list(ERPS))
-def demo_erp(request: pytest.FixtureRequest) -> DemoErp:
-    """Each demo ERP in turn: the same deals become orders of a differently shaped ERP."""
-    return ERPS[request.param]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.local.erps import ERPS, DemoErp
+from streams.local.erps import DemoErp
 from streams.local.harness import (
     Harness,
     TopicReader,
@@ -23,12 +23,6 @@ from streams.mapping.profile import load_profiles
 from streams.topics import raw_topic
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module", params=list(ERPS))
-def demo_erp(request: pytest.FixtureRequest) -> DemoErp:
-    """Each demo ERP in turn (stock in one row, or summed over warehouses)."""
-    return ERPS[request.param]
 
 
 @pytest.fixture(scope="module")
