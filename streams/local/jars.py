@@ -52,6 +52,8 @@ CONNECT = Bundle("connect", (f"org.apache.kafka:connect-runtime:{KAFKA_VERSION}"
 PLUGIN_EXCLUDES = ("org.apache.kafka", "org.slf4j")
 DEBEZIUM_POSTGRES = Bundle("debezium-connector-postgres",
                            (f"io.debezium:debezium-connector-postgres:{DEBEZIUM_VERSION}",), PLUGIN_EXCLUDES)
+STRIMZI_VERSION = "0.49.0"
+STRIMZI_API = Bundle("strimzi-api", (f"io.strimzi:api:{STRIMZI_VERSION}",))  # deploy/kubernetes/strimzi-check
 DEBEZIUM_JDBC = Bundle("debezium-connector-jdbc", (f"io.debezium:debezium-connector-jdbc:{DEBEZIUM_VERSION}",),
                        PLUGIN_EXCLUDES)
 
