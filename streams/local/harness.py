@@ -130,8 +130,12 @@ class Harness:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
-    def start_connect(self) -> str:
-        """A Kafka Connect worker for capture in ``connect`` mode (started once); its REST URL."""
+    def start_connect(self, config: Path | None = None) -> str:
+        """A Kafka Connect worker for capture in ``connect`` mode (started once); its REST URL.
+
+        Its environment carries the database logins of ``config`` (default: this harness's config),
+        which the connectors' ``${env:…}`` placeholders resolve to.
+        """
         if self.connect_url and self.connect_worker is None:
             return self.connect_url  # brought by the user
         if self.connect_worker is None:
@@ -140,7 +144,7 @@ class Harness:
             self.connect_worker.prepare(self.jar_cache)
             self.connect_url = self.connect_worker.url
         if self.connect_proc is None or self.connect_proc.poll() is not None:
-            settings = load_settings(self.config_path)
+            settings = load_settings(config or self.config_path)
             with (self.root / "connect.log").open("ab") as out:
                 self.connect_proc = subprocess.Popen(
                     self.connect_worker.argv(java_binary(None), self.jar_cache), stdout=out,

@@ -291,8 +291,13 @@ class _Step:
         previous = fs.seen.get(system, MISSING)
         fs.seen[system], fs.versions[system] = value, version
         sent = fs.inflight.get(system)
-        # Made by the sync's own applier (unknown: judged by the write in flight and the clocks).
-        own = by_sync if by_sync is not None else sent is not None and value == sent[0] and commit_ms >= sent[1]
+        # This field was written by the sync's own applier: its write in flight came back, or an earlier
+        # one of its writes landed (the transaction is the sync's and the value changed). Unknown
+        # whether the transaction was the sync's: judged by the write in flight and the clocks.
+        if by_sync is None:
+            own = sent is not None and value == sent[0] and commit_ms >= sent[1]
+        else:
+            own = by_sync and (value != previous or (sent is not None and value == sent[0]))
         if own:  # the system holds the sync's own write: no edit of a person there is in effect
             fs.changed_at.pop(system, None)
         elif value != previous:
@@ -317,6 +322,8 @@ class _Step:
                 self.resolve(name, spec, fs, "both_changed")
             return
         if fs.synced is MISSING:
+            if peer in fs.inflight and fs.inflight[peer][0] == value:
+                return  # the first alignment of this very value is under way
             if peer in fs.seen:
                 if fs.seen[peer] == value:
                     fs.synced = value

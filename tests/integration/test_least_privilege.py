@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -27,21 +28,29 @@ def restricted() -> Iterator[Harness]:
             with h.connect(system) as owner:
                 owner.execute((REPO / "deploy" / "sql" / f"{system}.sql").read_text(encoding="utf-8"))
                 owner.execute(f"ALTER ROLE crm_erp_sync_apply PASSWORD '{PASSWORD}'")
+                owner.execute(f"ALTER ROLE crm_erp_sync_capture PASSWORD '{PASSWORD}'")
         yield h
     finally:
         h.stop()
 
 
-def applier_config(h: Harness) -> Path:
-    """The harness's configuration as it is now, with the applier's login for the CRM and the ERP."""
-    secret = h.root / "secrets" / "apply-password"
+def role_config(h: Harness, role: str, **sections: dict[str, object]) -> Path:
+    """The harness's configuration as it is now, with ``role``'s login for the CRM and the ERP."""
+    secret = h.root / "secrets" / "role-password"
     secret.write_text(PASSWORD + "\n", encoding="utf-8")
     config = yaml.safe_load(h.config_path.read_text(encoding="utf-8"))
     for system in ("crm", "erp"):
-        config[system].update(user="crm_erp_sync_apply", password_file=str(secret))
-    path = h.root / "apply.yaml"
+        config[system].update(user=role, password_file=str(secret))
+    for key, values in sections.items():
+        config.setdefault(key, {}).update(values)
+    path = h.root / f"{role}.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
+
+
+def applier_config(h: Harness) -> Path:
+    """The harness's configuration with the applier's login for the CRM and the ERP."""
+    return role_config(h, "crm_erp_sync_apply")
 
 
 def test_the_applier_role_writes_mapped_columns_only(restricted: Harness) -> None:
@@ -83,3 +92,46 @@ def test_a_worker_with_the_applier_role_syncs_both_ways(restricted: Harness) -> 
                           timeout=120)
     failed = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
     assert done.returncode == 0 and not failed, done.stdout
+
+
+def test_capture_runs_with_the_capture_role_on_the_dbas_publication(restricted: Harness) -> None:
+    """Debezium logged in as the capture role (REPLICATION, SELECT on the captured tables), relying on the
+    publication deploy/sql/ created (publication.autocreate.mode: disabled): a CRM edit reaches the ERP."""
+    h = restricted
+    connectors = h.root / "connectors-dba-publication"
+    connectors.mkdir(exist_ok=True)
+    for source in ("crm", "erp"):
+        definition = json.loads((REPO / "connectors" / f"{source}-postgres.json").read_text(encoding="utf-8"))
+        definition["config"]["publication.autocreate.mode"] = "disabled"
+        (connectors / f"{source}-postgres.json").write_text(json.dumps(definition), encoding="utf-8")
+    for system in ("crm", "erp"):  # the DBA's publication as the script makes it (an owner's capture widens it)
+        with h.connect(system) as owner:
+            owner.execute((REPO / "deploy" / "sql" / f"{system}.sql").read_text(encoding="utf-8"))
+    with h.connect("crm") as crm:  # it holds exactly the captured tables
+        published = {r[0] for r in crm.execute("SELECT tablename FROM pg_publication_tables"
+                                               " WHERE pubname = 'crm_erp_sync_crm'")}
+    assert {"accounts", "products", "opportunities"} <= published and "contacts" not in published, published
+    capture = role_config(h, "crm_erp_sync_capture", capture={"connectors_dir": str(connectors)})
+    if h.capture_mode == "connect":  # the connectors log in with the Connect worker's environment: the capture role's
+        h.kill_connect()
+        url = h.start_connect(capture)
+        capture = role_config(h, "crm_erp_sync_capture",
+                              capture={"connectors_dir": str(connectors), "connect_url": url})
+    with running(h.spawn_command([*h.cli()[:4], str(capture), "capture"], "capture-role.log")):
+        wait_for_capture(h)
+        with running(h.spawn("worker", log_name="worker.log")):
+            wait_for_identity(h)
+            crm_id, erp_id = h.linked_pair()
+            with h.connect("crm") as crm:
+                crm.execute("UPDATE accounts SET address = '最小权限路1号' WHERE id = %s", (crm_id,))
+            with h.connect("erp") as erp:
+                wait_for(lambda: scalar(erp, "SELECT address FROM customers WHERE cust_no = %s", erp_id)
+                         == "最小权限路1号", 90, 0.5, "the CRM edit captured by the capture role, in the ERP")
+            with h.connect("crm") as crm:  # the slots are streamed by the capture role's login, and only by it
+
+                def streaming() -> list[tuple[str, str]]:
+                    return sorted(crm.execute("SELECT r.slot_name, s.usename FROM pg_replication_slots r"
+                                              " LEFT JOIN pg_stat_replication s ON s.pid = r.active_pid").fetchall())
+
+                wait_for(lambda: {u for _, u in streaming()} == {"crm_erp_sync_capture"}, 60, 0.5,
+                         f"the capture role streaming (slots and their users: {streaming()})")

@@ -375,3 +375,15 @@ def test_an_earlier_write_of_the_sync_landing_after_it_was_superseded_is_no_conf
     assert [(c.system, c.value) for c in landed.commands if c.field == "own_crm"] == [("erp", "c")]  # sent again
     done = apply_change(FIELDS, landed.state, "erp", row(own_crm="c"), (31, 0), 31, 31, by_sync=True)
     assert done.echoes >= 1 and done.state.fields["own_crm"].synced == "c"
+
+
+def test_a_first_alignment_under_way_is_not_decided_again_by_a_later_event_of_the_same_side() -> None:
+    """Two systems' first sight of a `latest` field disagree: the newer (CRM) wins and is being written to the
+    ERP; another CRM event (the sync's write of another column) neither raises the mismatch again nor flips it."""
+    first = apply_change(FIELDS, EntityState(), "erp", row(latest="erp-old"), (5, 0), 5, 5)
+    decided = apply_change(FIELDS, first.state, "crm", row(latest="crm-new"), (10, 0), 10, 10)
+    assert [(c.kind, c.resolution) for c in decided.conflicts if c.field == "latest"] == [("initial_mismatch", "crm")]
+    again = apply_change(FIELDS, decided.state, "crm", row(latest="crm-new", own_erp="x"), (12, 0), 12, 12,
+                         by_sync=True)
+    assert [c for c in again.conflicts if c.field == "latest"] == []
+    assert [c for c in again.commands if c.field == "latest"] == []
