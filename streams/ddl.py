@@ -50,3 +50,13 @@ def _present(conn: psycopg.Connection[Any], tables: Sequence[str], columns: Sequ
         " || '.' || split_part(c.n, '.', 2)) AND a.attname = split_part(c.n, '.', 3) AND NOT a.attisdropped)) = 0"
         " FROM unnest(%s::text[]) AS t", (list(columns), list(tables))).fetchone()
     return bool(row and row[0])
+
+
+def ensure_bookkeeping(conn: psycopg.Connection[Any]) -> None:
+    """The applier's tables in a target database, unless a DBA or an earlier start made them.
+
+    Its progress, the records it created, its transactions and the audit outbox.
+    """
+    from streams.apply.sql import PROGRESS_DDL, PROGRESS_TABLES
+
+    ensure(conn, PROGRESS_DDL, PROGRESS_TABLES, ["sync_meta.applier_progress.incarnation"])

@@ -18,6 +18,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from streams.ddl import ensure_bookkeeping
+
 OUTBOX_INSERT = "INSERT INTO sync_meta.audit_outbox (entry) SELECT value FROM jsonb_array_elements(%s)"
 OUTBOX_TAKE = "SELECT id, entry FROM sync_meta.audit_outbox ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
 OUTBOX_DONE = "DELETE FROM sync_meta.audit_outbox WHERE id = ANY(%s)"
@@ -73,6 +75,8 @@ class Outbox:
     def _connect(self) -> psycopg.Connection[Any]:
         if self.conn is None or self.conn.closed:  # a database restarted: a new connection
             self.conn = psycopg.connect(**self.conninfo)
+            with self.conn.transaction():  # a database the applier has not written to yet has no outbox
+                ensure_bookkeeping(self.conn)
         return self.conn
 
     def take(self) -> list[tuple[int, dict[str, Any]]]:

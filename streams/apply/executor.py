@@ -26,8 +26,6 @@ from streams.apply.sql import (
     CREATED_ANY,
     CREATED_INSERT,
     CREATED_LOOKUP,
-    PROGRESS_DDL,
-    PROGRESS_TABLES,
     compare_and_set,
     insert_many,
     insert_recorded,
@@ -36,7 +34,7 @@ from streams.apply.sql import (
     progress_upsert,
     set_row,
 )
-from streams.ddl import ensure
+from streams.ddl import ensure_bookkeeping
 from streams.documents.spec import CreateRule, DocumentProfile, RollupRule
 from streams.errors import TerminalError, TransientError
 from streams.mapping.profile import Profile, SourceSpec
@@ -92,7 +90,7 @@ class Applier:
             try:
                 self.conn = psycopg.connect(**self.conninfo)
                 with self.conn.transaction():
-                    ensure(self.conn, PROGRESS_DDL, PROGRESS_TABLES, ["sync_meta.applier_progress.incarnation"])
+                    ensure_bookkeeping(self.conn)
             except psycopg.OperationalError as exc:
                 self.conn = None
                 raise TransientError(f"{self.system} database unavailable: {exc}".strip()) from exc

@@ -58,3 +58,17 @@ def test_workers_starting_together_migrate_the_store(empty_database: dict[str, A
     assert at_once(worker) == []
     with psycopg.connect(**empty_database) as conn:
         assert conn.execute("SELECT to_regclass('sync.xref') IS NOT NULL").fetchone() == (True,)
+
+
+def test_the_audit_outbox_of_a_database_no_applier_wrote_to_yet_is_empty_not_an_error(
+        empty_database: dict[str, Any]) -> None:
+    """A worker started on a deployment made before the audit trail existed: its audit agent reads first."""
+    from streams.apply.audit import Outbox
+
+    outbox = Outbox("crm", empty_database)
+    try:
+        assert outbox.take() == []
+    finally:
+        outbox.abort()
+        assert outbox.conn is not None
+        outbox.conn.close()
