@@ -103,11 +103,14 @@ class Normalize:
     async def _mapped(self, taken: list[tuple[Any, Flow, envelope.ChangeEvent, str]]
                       ) -> list[tuple[Flow, envelope.ChangeEvent, str, dict[str, Any] | None]]:
         """Each change's canonical values (None: a deletion), queried sides read; bad fields are dead letters."""
-        items = [(flow.profile, change.system, key, {} if change.is_delete else change.row)
-                 for _, flow, change, key in taken]
-        rows: list[dict[str, Any]] | list[Any] = [row for *_, row in items]
-        if any(profile.queried(system) for profile, system, *_ in items):  # database reads: in a thread
-            rows = await self.ctx.retrying("queried sides", with_queried, self.ctx.documents.readers, items)
+        rows: list[Any] = [{} if change.is_delete else change.row for _, _, change, _ in taken]
+        read = [n for n, (_, flow, change, _) in enumerate(taken)  # a deletion has no values to read
+                if not change.is_delete and flow.profile.queried(change.system)]
+        if read:  # database reads: in a thread
+            found = await self.ctx.retrying("queried sides", with_queried, self.ctx.documents.readers, [
+                (taken[n][1].profile, taken[n][2].system, taken[n][3], rows[n]) for n in read])
+            for n, row in zip(read, found, strict=True):
+                rows[n] = row
         mapped: list[tuple[Flow, envelope.ChangeEvent, str, dict[str, Any] | None]] = []
         for (message, flow, change, key), row in zip(taken, rows, strict=True):
             values: dict[str, Any] | None = None
