@@ -268,7 +268,7 @@ def cmd_registry(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     """Run a benchmark on its own local services and print its figures."""
-    from streams.bench import capture, faults, faust_ceiling, full, orders, steady, sync
+    from streams.bench import capture, cost, drain, faults, faust_ceiling, full, orders, peer, steady, sync
     from streams.bench import compare as compare_bench
 
     out = args.out or Path(f"bench-results/{args.which}.json")
@@ -283,7 +283,10 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         "faults": (faults, lambda: faults.run(out=out)),
         "orders": (orders, lambda: orders.run(deals=args.deals, out=out)),
         "steady": (steady, lambda: steady.run(rates=rates, seconds=args.seconds, out=out)),
-        "sync": (sync, lambda: sync.run(rate=args.rate, seconds=args.seconds, out=out)),
+        "sync": (sync, lambda: sync.run(rate=args.rate or 5.0, seconds=args.seconds, out=out)),
+        "cost": (cost, lambda: cost.run(rate=args.rate or 200.0, seconds=args.seconds, out=out)),
+        "drain": (drain, lambda: drain.run(edits=args.edits, workers=args.workers, out=out)),
+        "peer": (peer, lambda: peer.run(rates=rates, seconds=args.seconds, edits=args.edits, out=out)),
     }
     module, run = runs[args.which]
     print(module.format_result(run()))
@@ -529,7 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(func=cmd_registry)
     bench = sub.add_parser("bench", help="benchmarks on freshly started local services (not the running stack)")
     bench.add_argument("which", nargs="?", default="all",
-                       choices=["all", "capture", "sync", "steady", "orders", "faust", "faults", "compare"],
+                       choices=["all", "capture", "sync", "steady", "orders", "faust", "faults", "compare", "cost",
+                                "drain", "peer"],
                        help="all (default): steady state, native logical replication, backlog drain and initial"
                             " sync in one run, as one table; capture: N single-row CRM updates -> broker;"
                             " sync: CRM edit -> ERP commit latency;"
@@ -537,15 +541,20 @@ def build_parser() -> argparse.ArgumentParser:
                             " orders: deals won in a burst -> ERP sales orders;"
                             " faust: Faust alone taking batches from a topic (its ceiling per hop);"
                             " faults: time to converge after faults injected during bursts of changes;"
-                            " compare: the reconciliation report on N linked accounts")
+                            " compare: the reconciliation report on N linked accounts;"
+                            " cost: CPU microseconds and broker bytes per edit, per process and worker stage;"
+                            " drain: a backlog of N CRM edits drained by --workers workers;"
+                            " peer: the sync side by side with Debezium's JDBC sink (steady rates and a backlog)")
     bench.add_argument("--updates", type=int, default=100_000, help="capture: single-row updates (default 100000)")
     bench.add_argument("--capture-mode", choices=["connect", "embedded"], default=None,
                        help="capture: only this capture mode (default: both, one after the other)")
-    bench.add_argument("--rate", type=float, default=5.0, help="sync: edits per second, fixed rate (default 5)")
+    bench.add_argument("--rate", type=float, default=None,
+                       help="sync: edits per second, fixed rate (default 5); cost: the same (default 200)")
+    bench.add_argument("--workers", type=int, default=1, help="drain: worker processes (default 1)")
     bench.add_argument("--seconds", type=float, default=60.0,
                        help="sync, steady: duration of the load (per rate) (default 60)")
     bench.add_argument("--edits", type=int, default=100_000,
-                       help="all: backlog edits, and the anchor's burst (default 100000)")
+                       help="all, drain, peer: backlog edits, and the anchor's burst (default 100000)")
     bench.add_argument("--accounts", type=int, default=100_000,
                        help="all: initial-sync accounts; compare: seeded accounts (default 100000)")
     bench.add_argument("--link", choices=["tax_id", "bootstrap"], default="tax_id",
@@ -553,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--events", type=int, default=50_000, help="faust: records to take (default 50000)")
     bench.add_argument("--deals", type=int, default=500, help="orders: deals won in a burst (default 500)")
     bench.add_argument("--rates", default="200,1000,2000",
-                       help="steady: edits per second, one step each, comma-separated (default 200,1000,2000)")
+                       help="steady, peer: edits per second, one step each, comma-separated (default 200,1000,2000)")
     bench.add_argument("--out", type=Path, default=None, help="JSON output (default bench-results/<which>.json)")
     bench.set_defaults(func=cmd_bench)
     sub.add_parser("config", help="print the effective settings, secrets masked").set_defaults(func=cmd_config)

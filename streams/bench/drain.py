@@ -11,12 +11,14 @@ Each on its own freshly started local services; peak memory (VmHWM) of both proc
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from streams.bench.report import write
 from streams.bench.steady import peak_rss_mb, worker_idle
 from streams.local.harness import (
     Harness,
@@ -31,9 +33,8 @@ from streams.local.ports import free_port
 from streams.local.status import scrape
 
 
-def _normalized(port: int) -> float:
-    samples = scrape(port) or {}
-    return sum(v for labels, v in samples.get("sync_stage_events_total", [])
+def _normalized(ports: list[int]) -> float:
+    return sum(v for port in ports for labels, v in (scrape(port) or {}).get("sync_stage_events_total", [])
                if labels.get("stage") == "normalize" and labels.get("io") == "in")
 
 
@@ -44,61 +45,99 @@ def _harness(seed_accounts: int) -> tuple[Harness, int]:
     return h, port
 
 
-def backlog(edits: int, progress: bool = True) -> dict[str, Any]:
-    """N CRM edits piled up while the worker is stopped, then drained; changes per second."""
+def pile(h: Harness, edits: int, progress: bool = True) -> dict[str, str]:
+    """Commit ``edits`` CRM e-mail edits and wait until capture put them in the broker; account id -> last e-mail."""
+    reader = TopicReader(h.bootstrap, h.registry_url, ["crm.public.accounts"], decode=False)
+    try:
+        while reader.poll(1.0):
+            pass
+        before = len(reader.records)
+        if progress:
+            print(f"  committing {edits} CRM edits ...", flush=True)
+        with h.connect("crm") as crm:
+            rows = int(scalar(crm, "SELECT count(*) FROM accounts"))
+            done, k = 0, 0
+            while done < edits:  # one statement per transaction, every row (the last one: fewer)
+                take = min(rows, edits - done)
+                crm.execute("UPDATE accounts SET email = 'b' || %s || '-' || left(id::text, 8) ||"
+                            " '@bench.example' WHERE id IN (SELECT id FROM accounts ORDER BY id LIMIT %s)",
+                            (k, take))
+                done, k = done + take, k + 1
+        reader.wait(lambda rs: len(rs) - before >= edits, 900, "capture of the backlog")
+    finally:
+        reader.records.clear()
+        reader.close()
+    with h.connect("crm") as crm:
+        return {str(r[0]): r[1] for r in crm.execute("SELECT id, email FROM accounts").fetchall()}
+
+
+def linked_pairs(h: Harness) -> dict[str, str]:
+    """CRM account id -> ERP customer number of every linked customer."""
+    with h.connect("sync") as conn:
+        return {str(c): e for c, e in conn.execute(
+            "SELECT crm_id, erp_id FROM sync.xref WHERE entity = 'customer'"
+            " AND crm_id IS NOT NULL AND erp_id IS NOT NULL").fetchall()}
+
+
+def drain_by_workers(h: Harness, port: int, workers: int, pairs: dict[str, str], final: dict[str, str]
+                     ) -> dict[str, Any]:
+    """Start ``workers`` workers on the backlog; seconds from their first event until every pair is aligned."""
+    ports = [port] + [free_port() for _ in range(workers - 1)]
+    started = time.monotonic()
+    procs = [h.spawn("worker", log_name=f"worker-{n}.log", env={"CRM_ERP_SYNC__PROCESSORS__METRICS_PORT": str(p)})
+             for n, p in enumerate(ports)]
+    with contextlib.ExitStack() as stack:
+        for proc in procs:
+            stack.enter_context(running(proc))
+        wait_for(lambda: _normalized(ports) > 0, 300, 0.2, "the worker's first event")
+        first = time.monotonic()
+
+        def aligned() -> bool:
+            with h.connect("erp") as erp:
+                got = dict(erp.execute("SELECT cust_no, email FROM customers").fetchall())
+            return all(got.get(erp_id) == final[crm_id] for crm_id, erp_id in pairs.items())
+
+        wait_for(aligned, 3600, 1.0, "every ERP customer at its account's last e-mail")
+        end = time.monotonic()
+        return {"worker_start_s": round(first - started, 1), "drain_s": round(end - first, 1),
+                "worker_peak_rss_mb": max(peak_rss_mb(p.pid) or 0 for p in procs)}
+
+
+def align_first(h: Harness, port: int) -> None:
+    """Run a worker until the seed's first alignment is done, then stop it."""
+    with running(h.spawn("worker", log_name="worker.log")):
+        wait_for_capture(h, timeout=180)
+        wait_for_identity(h)
+        wait_for(lambda: worker_idle(port) and worker_idle(port), 600, 5.0, "the first alignment")
+
+
+def backlog(edits: int, progress: bool = True, workers: int = 1) -> dict[str, Any]:
+    """N CRM edits piled up while the worker is stopped, then drained by ``workers`` workers; changes per second."""
     h, port = _harness(300)
     try:
         with running(h.spawn("capture")) as capture:
-            with running(h.spawn("worker", log_name="worker.log")):
-                wait_for_capture(h, timeout=180)
-                wait_for_identity(h)
-                wait_for(lambda: worker_idle(port) and worker_idle(port), 600, 5.0, "the first alignment")
-            with h.connect("sync") as conn:
-                pairs = dict(conn.execute("SELECT crm_id, erp_id FROM sync.xref WHERE entity = 'customer'"
-                                          " AND crm_id IS NOT NULL AND erp_id IS NOT NULL").fetchall())
-            reader = TopicReader(h.bootstrap, h.registry_url, ["crm.public.accounts"], decode=False)
-            try:
-                while reader.poll(1.0):
-                    pass
-                before = len(reader.records)
-                if progress:
-                    print(f"  worker stopped; committing {edits} CRM edits ...", flush=True)
-                with h.connect("crm") as crm:
-                    rows = int(scalar(crm, "SELECT count(*) FROM accounts"))
-                    done, k = 0, 0
-                    while done < edits:  # one statement per transaction, every row (the last one: fewer)
-                        take = min(rows, edits - done)
-                        crm.execute("UPDATE accounts SET email = 'b' || %s || '-' || left(id::text, 8) ||"
-                                    " '@bench.example' WHERE id IN (SELECT id FROM accounts ORDER BY id LIMIT %s)",
-                                    (k, take))
-                        done, k = done + take, k + 1
-                reader.wait(lambda rs: len(rs) - before >= edits, 900, "capture of the backlog")
-            finally:
-                reader.records.clear()
-                reader.close()
+            align_first(h, port)
+            pairs = linked_pairs(h)
+            final = pile(h, edits, progress)
             if progress:
-                print("  backlog in the broker; starting the worker ...", flush=True)
-            with h.connect("crm") as crm:
-                final = {str(r[0]): r[1] for r in crm.execute("SELECT id, email FROM accounts").fetchall()}
-            started = time.monotonic()
-            worker = h.spawn("worker", log_name="worker.log")
-            with running(worker):
-                wait_for(lambda: _normalized(port) > 0, 300, 0.2, "the worker's first event")
-                first = time.monotonic()
-
-                def aligned() -> bool:
-                    with h.connect("erp") as erp:
-                        got = dict(erp.execute("SELECT cust_no, email FROM customers").fetchall())
-                    return all(got.get(erp_id) == final[crm_id] for crm_id, erp_id in pairs.items())
-
-                wait_for(aligned, 3600, 1.0, "every ERP customer at its account's last e-mail")
-                end = time.monotonic()
-                rss = {"capture": peak_rss_mb(capture.pid), "worker": peak_rss_mb(worker.pid)}
+                print(f"  backlog in the broker; starting {workers} worker(s) ...", flush=True)
+            drained = drain_by_workers(h, port, workers, pairs, final)
+            rss = {"capture": peak_rss_mb(capture.pid), "worker": drained.pop("worker_peak_rss_mb")}
     finally:
         h.stop()
-    return {"benchmark": "backlog-drain", "edits": edits, "linked_pairs": len(pairs),
-            "worker_start_s": round(first - started, 1), "drain_s": round(end - first, 1),
-            "changes_per_s": round(edits / max(end - first, 1e-9)), "peak_rss_mb": rss}
+    return {"benchmark": "backlog-drain", "edits": edits, "workers": workers, "linked_pairs": len(pairs), **drained,
+            "changes_per_s": round(edits / max(drained["drain_s"], 1e-9)), "peak_rss_mb": rss}
+
+
+def run(edits: int, workers: int = 1, out: Path | None = None) -> dict[str, Any]:
+    """``bench drain``: the backlog drain alone."""
+    return write(backlog(edits, workers=workers), out)
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """One line."""
+    return (f"backlog of {result['edits']} CRM edits, {result['workers']} worker(s): {result['changes_per_s']}"
+            f" changes/s ({result['drain_s']} s; worker peak RSS {result['peak_rss_mb']['worker']} MiB)")
 
 
 def initial(accounts: int, progress: bool = True) -> dict[str, Any]:

@@ -132,6 +132,12 @@ class ConnectClient:
         result: dict[str, Any] = body
         return result
 
+    def pause(self, name: str, paused: bool = True) -> None:
+        """Pause (or resume) a connector: its tasks stop taking records and keep their position."""
+        status, body = self._call("PUT", f"/connectors/{name}/{'pause' if paused else 'resume'}")
+        if status not in (200, 202, 204):
+            raise TransientError(f"Kafka Connect {'pause' if paused else 'resume'} of {name}: HTTP {status} {body}")
+
     def restart(self, name: str) -> None:
         """Restart the connector and its failed tasks."""
         status, body = self._call("POST", f"/connectors/{name}/restart?includeTasks=true&onlyFailed=true")

@@ -37,6 +37,7 @@ class ConnectWorker:
     heap: str = "768m"
     group: str = GROUP
     replication_factor: int = -1  # of Connect's own topics; -1: the brokers' default
+    extra_plugins: tuple[jars.Bundle, ...] = ()  # e.g. Debezium's JDBC sink for ``bench peer``
 
     @property
     def url(self) -> str:
@@ -77,7 +78,8 @@ class ConnectWorker:
         plugins = self.folder / "plugins"
         plugins.mkdir(parents=True, exist_ok=True)
         for name, target in (("debezium-connector-postgres", jars.ensure(jars.DEBEZIUM_POSTGRES, cache)),
-                             ("confluent-avro-converter", jars.avro_converter(cache))):
+                             ("confluent-avro-converter", jars.avro_converter(cache)),
+                             *((b.name, jars.ensure(b, cache)) for b in self.extra_plugins)):
             link = plugins / name
             if link.is_symlink() or link.exists():
                 link.unlink()

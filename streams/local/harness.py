@@ -28,7 +28,7 @@ import psycopg
 import yaml
 from psycopg import sql
 
-from streams.local import seed
+from streams.local import jars, seed
 from streams.local.connect import ConnectWorker, worker_env
 from streams.local.java import java_binary
 from streams.local.kafka import KafkaCluster, Scram
@@ -37,6 +37,8 @@ from streams.local.postgres import LocalPostgres, find_pg_bin
 from streams.local.supervisor import terminate
 from streams.registry.server import RegistryServer
 from streams.registry.store import RegistryStore
+from streams.roles import APPLY as APPLIER_ROLE
+from streams.roles import render
 from streams.settings import ERPNEXT_PROFILES, CaptureSettings, LocalSettings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,8 +50,11 @@ class Harness:
     """PostgreSQL (crm, erp, sync), broker and registry, plus a config file for the CLI."""
 
     def __init__(self, root: Path, seed_accounts: int = 60, brokers: int = 1, capture_mode: str | None = None,
-                 scram: Scram | None = None, erp: str = "demo") -> None:
+                 scram: Scram | None = None, erp: str = "demo", least_privilege: bool = False) -> None:
         self.root = root
+        # The worker and the CLI log in to the CRM and the ERP as deploy/sql's applier role, rendered
+        # for this config's profiles and run by the owner (capture keeps the owner's login: capture.yaml).
+        self.least_privilege = least_privilege
         self.erp = erp  # which demo ERP: demo or erpnext (its profiles: see write_config)
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
@@ -62,6 +67,7 @@ class Harness:
         self.kafka: KafkaCluster | None = None
         self.registry: RegistryServer | None = None
         self.connect_worker: ConnectWorker | None = None
+        self.connect_plugins: tuple[jars.Bundle, ...] = ()  # beyond Debezium's PostgreSQL connector and Avro
         self.connect_proc: subprocess.Popen[bytes] | None = None
         self.db: dict[str, Any] = {}
         self.bootstrap = os.environ.get("SYNC_TEST_BOOTSTRAP", "")
@@ -140,11 +146,12 @@ class Harness:
             return self.connect_url  # brought by the user
         if self.connect_worker is None:
             self.connect_worker = ConnectWorker(self.root / "connect", self.bootstrap, free_port(),
-                                                replication_factor=min(3, self.brokers))
+                                                replication_factor=min(3, self.brokers),
+                                                extra_plugins=self.connect_plugins)
             self.connect_worker.prepare(self.jar_cache)
             self.connect_url = self.connect_worker.url
         if self.connect_proc is None or self.connect_proc.poll() is not None:
-            settings = load_settings(config or self.config_path)
+            settings = load_settings(config or self.capture_config_path)
             with (self.root / "connect.log").open("ab") as out:
                 self.connect_proc = subprocess.Popen(
                     self.connect_worker.argv(java_binary(None), self.jar_cache), stdout=out,
@@ -220,8 +227,32 @@ class Harness:
                 config.setdefault(key, {}).update(value)
             else:
                 config[key] = value
+        if self.least_privilege:
+            self.capture_config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+            secret = self._grant_applier_role(self.capture_config_path)
+            for system in ("crm", "erp"):
+                config[system].update(user=APPLIER_ROLE, password_file=str(secret))
         self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         return self.config_path
+
+    @property
+    def capture_config_path(self) -> Path:
+        """The config ``capture`` runs with: the owner's logins (``sync.yaml`` unless least privilege)."""
+        return self.root / "capture.yaml" if self.least_privilege else self.config_path
+
+    def _grant_applier_role(self, config: Path) -> Path:
+        """deploy/sql's scripts rendered for ``config``'s profiles, run by the owner; the applier's password file."""
+        secret = self.root / "secrets" / "applier-password"
+        if not secret.is_file():
+            secret.parent.mkdir(parents=True, exist_ok=True)
+            secret.write_text(secrets.token_urlsafe(16) + "\n", encoding="utf-8")
+        settings = load_settings(config)
+        for system in ("crm", "erp"):
+            with self.connect(system) as owner:
+                owner.execute(render(settings, system).text)
+                owner.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(APPLIER_ROLE), sql.Literal(secret.read_text(encoding="utf-8").strip())))
+        return secret
 
     @property
     def profiles(self) -> list[Path]:
@@ -249,6 +280,8 @@ class Harness:
         if args[:1] == ("capture",) and self.capture_mode == "connect" and not self.connect_worker:
             self.start_connect()
             self.write_config(**self._extra)
+        if args[:1] == ("capture",) and self.least_privilege:
+            return self.spawn_command([*self.cli()[:4], str(self.capture_config_path), *args], log_name, env)
         return self.spawn_command(self.cli(*args), log_name, env)
 
     def spawn_command(self, argv: list[str], log_name: str, env: dict[str, str] | None = None,

@@ -37,11 +37,13 @@ class Bundle:
     name: str
     coordinates: tuple[str, ...]
     exclude_groups: tuple[str, ...] = ()  # a Connect plugin leaves Kafka's own jars to the worker
+    exclusions: tuple[str, ...] = ()  # group:artifact left out of every coordinate's dependencies
 
     @property
     def folder(self) -> str:
         """The cache folder's name: the bundle and a digest of what it holds."""
-        digest = hashlib.sha256("\n".join(self.coordinates + self.exclude_groups).encode()).hexdigest()[:10]
+        held = self.coordinates + self.exclude_groups + self.exclusions
+        digest = hashlib.sha256("\n".join(held).encode()).hexdigest()[:10]
         return f"{self.name}-{digest}"
 
 
@@ -54,8 +56,18 @@ DEBEZIUM_POSTGRES = Bundle("debezium-connector-postgres",
                            (f"io.debezium:debezium-connector-postgres:{DEBEZIUM_VERSION}",), PLUGIN_EXCLUDES)
 STRIMZI_VERSION = "0.49.0"
 STRIMZI_API = Bundle("strimzi-api", (f"io.strimzi:api:{STRIMZI_VERSION}",))  # deploy/kubernetes/strimzi-check
-DEBEZIUM_JDBC = Bundle("debezium-connector-jdbc", (f"io.debezium:debezium-connector-jdbc:{DEBEZIUM_VERSION}",),
-                       PLUGIN_EXCLUDES)
+# The JDBC sink (``bench jdbc``, the peer our throughput is compared with): Maven Central has no
+# 3.6.1.Final of it, 3.6.0.Final is the newest there. Its pom names org.hibernate:hibernate-agroal
+# 7.2.6.Final, which Central does not serve (Hibernate 7 moved to org.hibernate.orm): Hibernate is
+# taken from org.hibernate.orm at a patch release served there. Jackson is left to the Connect worker
+# (a second copy in the plugin makes the worker's Jackson modules "not a subtype" when Hibernate
+# loads them).
+DEBEZIUM_JDBC_VERSION = "3.6.0.Final"
+HIBERNATE_VERSION = "7.2.19.Final"
+DEBEZIUM_JDBC = Bundle("debezium-connector-jdbc", (f"io.debezium:debezium-connector-jdbc:{DEBEZIUM_JDBC_VERSION}",
+                                                   f"org.hibernate.orm:hibernate-core:{HIBERNATE_VERSION}",
+                                                   f"org.hibernate.orm:hibernate-agroal:{HIBERNATE_VERSION}"),
+                       (*PLUGIN_EXCLUDES, "com.fasterxml.jackson.core"), exclusions=("org.hibernate:hibernate-agroal",))
 
 # Confluent's AvroConverter 7.0.16 and what it needs beyond Kafka Connect's own classpath.
 AVRO_CONVERTER_JARS = ("kafka-connect-avro-converter-", "kafka-connect-avro-data-", "kafka-avro-serializer-",
@@ -64,12 +76,14 @@ AVRO_CONVERTER_JARS = ("kafka-connect-avro-converter-", "kafka-connect-avro-data
                        "commons-compress-")
 
 
-def _pom(coordinates: tuple[str, ...]) -> str:
+def _pom(coordinates: tuple[str, ...], exclusions: tuple[str, ...] = ()) -> str:
+    excluded = "".join(f"<exclusion><groupId>{escape(g)}</groupId><artifactId>{escape(a)}</artifactId></exclusion>"
+                       for g, a in (e.split(":") for e in exclusions))
     deps = []
     for coordinate in coordinates:
         group, artifact, version = coordinate.split(":")
         deps.append(f"<dependency><groupId>{escape(group)}</groupId><artifactId>{escape(artifact)}</artifactId>"
-                    f"<version>{escape(version)}</version></dependency>")
+                    f"<version>{escape(version)}</version><exclusions>{excluded}</exclusions></dependency>")
     return ("<project xmlns=\"http://maven.apache.org/POM/4.0.0\"><modelVersion>4.0.0</modelVersion>"
             "<groupId>crm-erp-sync</groupId><artifactId>jars</artifactId><version>1</version>"
             f"<packaging>pom</packaging><dependencies>{''.join(deps)}</dependencies></project>\n")
@@ -88,7 +102,7 @@ def ensure(bundle: Bundle, cache: Path = DEFAULT_CACHE, timeout: float = 900.0) 
     print(f"fetching {bundle.name} ({', '.join(bundle.coordinates)}) from Maven Central into {target} ...",
           flush=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix=f".{bundle.name}-") as work:
-        (Path(work) / "pom.xml").write_text(_pom(bundle.coordinates), encoding="utf-8")
+        (Path(work) / "pom.xml").write_text(_pom(bundle.coordinates, bundle.exclusions), encoding="utf-8")
         jars = Path(work) / "jars"
         try:
             done = subprocess.run(
