@@ -1,9 +1,10 @@
 """What the sync needs of each source database, derived from the configuration alone. Pure.
 
 The captured tables are those the profiles map and the document profiles watch; the columns it
-updates are the mapped ones of each side, the deactivation fields and the columns rollup queries
-return; the tables it inserts into are those its create rules write. ``doctor`` checks a
-deployment against it and ``roles`` renders the least-privilege grants from it.
+updates are the mapped ones of each side, the deactivation fields, the columns rollup queries
+return and the columns every write stamps; the tables it inserts into are those its create rules
+write. ``doctor`` checks a deployment against it and ``roles`` renders the least-privilege grants
+from it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def needs(settings: Settings) -> dict[str, Access]:
             side = profile.fields[rule.field].side(system) if rule and rule.field in profile.fields else None
             if side is not None:
                 out[system].update(table, side.columns())
+            if table in out[system].updates and system in profile.sources:  # every write also sets the stamp
+                out[system].update(table, list(profile.sources[system].stamp))
             if profile.create_rule("erp" if system == "crm" else "crm") is not None:
                 out[system].inserts.add(table)
     for doc in load_documents(settings.processors.documents).rules:
@@ -54,7 +57,7 @@ def needs(settings: Settings) -> dict[str, Access]:
             if doc.target_spec.lines is not None:
                 out[doc.target].inserts.add(doc.target_spec.lines.table)
         elif isinstance(doc, RollupRule):
-            out[doc.target].update(doc.target_table, select_names(doc.read))
+            out[doc.target].update(doc.target_table, select_names(doc.read) + list(doc.stamp))
     return out
 
 

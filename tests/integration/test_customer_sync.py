@@ -36,8 +36,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def sync(demo_erp: DemoErp) -> Iterator[Harness]:
     # Its own services: the identity counts and the timing must not depend on other modules' edits.
+    # The worker and the CLI log in as deploy/sql's applier role (rendered for these profiles), not the owner.
     harness = Harness(Path(tempfile.mkdtemp(prefix=f"crm-erp-sync-sync-{demo_erp.name}-", dir="/tmp")),
-                      erp=demo_erp.name).start()
+                      erp=demo_erp.name, least_privilege=True).start()
     try:
         with running(harness.spawn("capture")), running(harness.spawn("worker", log_name="worker.log")):
             wait_for_capture(harness, ("crm.public.accounts", raw_topic("erp", demo_erp.customer_table)))

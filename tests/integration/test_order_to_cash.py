@@ -36,8 +36,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def sync(demo_erp: DemoErp) -> Iterator[Harness]:
+    # The worker and the CLI log in as deploy/sql's applier role (rendered for these profiles), not the owner.
     h = Harness(Path(tempfile.mkdtemp(prefix=f"crm-erp-sync-orders-{demo_erp.name}-", dir="/tmp")),
-                erp=demo_erp.name).start()
+                erp=demo_erp.name, least_privilege=True).start()
     h.write_config(processors=profile_paths(demo_erp))
     h.demo_erp = demo_erp  # type: ignore[attr-defined]  # the helpers below act on it
     try:

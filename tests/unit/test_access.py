@@ -35,6 +35,15 @@ def test_the_demo_needs_what_its_profiles_map() -> None:
     assert "public.invoices" not in erp.inserts and "public.invoices" not in erp.updates
 
 
+def test_columns_every_write_stamps_are_granted_with_the_mapped_ones(tmp_path: Path) -> None:
+    """The ERPNext-like profiles stamp `modified` / `modified_by` on each write: the applier may set them."""
+    config = tmp_path / "sync.yaml"
+    config.write_text("local: {erp_demo: erpnext}\n", encoding="utf-8")
+    erp = needs(load_settings(config))["erp"]
+    assert {"email_id", "modified", "modified_by"} <= erp.updates["public.tabCustomer"]
+    assert {"standard_rate", "modified", "modified_by"} <= erp.updates["public.tabItem"]
+
+
 @pytest.mark.parametrize("database", ["crm", "erp", "store"])
 def test_deploy_sql_is_what_the_demo_profiles_render(database: str) -> None:
     """deploy/sql/ is rendered, never edited by hand: `crm-erp-sync roles DB > deploy/sql/DB.sql`."""
