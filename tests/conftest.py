@@ -18,7 +18,7 @@ from streams.local.harness import Harness
 def harness() -> Iterator[Harness]:
     # Under /tmp so the postgres user can reach the data dir when tests run as root.
     root = Path(tempfile.mkdtemp(prefix="crm-erp-sync-test-", dir="/tmp"))
-    h = Harness(root).start()
+    h = Harness(root, least_privilege=False).start()  # shared: tests that need the owner's login use it
     try:
         yield h
     finally:

@@ -50,11 +50,13 @@ class Harness:
     """PostgreSQL (crm, erp, sync), broker and registry, plus a config file for the CLI."""
 
     def __init__(self, root: Path, seed_accounts: int = 60, brokers: int = 1, capture_mode: str | None = None,
-                 scram: Scram | None = None, erp: str = "demo", least_privilege: bool = False) -> None:
+                 scram: Scram | None = None, erp: str = "demo", least_privilege: bool | None = None) -> None:
         self.root = root
         # The worker and the CLI log in to the CRM and the ERP as deploy/sql's applier role, rendered
         # for this config's profiles and run by the owner (capture keeps the owner's login: capture.yaml).
-        self.least_privilege = least_privilege
+        # Default: SYNC_TEST_LEAST_PRIVILEGE=1 (the integration tier sets it, tests/integration/conftest.py).
+        self.least_privilege = (least_privilege if least_privilege is not None
+                                else os.environ.get("SYNC_TEST_LEAST_PRIVILEGE") == "1")
         self.erp = erp  # which demo ERP: demo or erpnext (its profiles: see write_config)
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
@@ -268,8 +270,9 @@ class Harness:
                 "sasl_password": password, "ssl_ca_location": str(self.scram.truststore_pem)}
 
     def cli(self, *args: str) -> list[str]:
-        """Argv running the CLI with this harness's config."""
-        return [sys.executable, "-m", "streams", "--config", str(self.config_path), *args]
+        """Argv running the CLI with this harness's config (``capture`` with the capture config)."""
+        config = self.capture_config_path if args[:1] == ("capture",) else self.config_path
+        return [sys.executable, "-m", "streams", "--config", str(config), *args]
 
     def spawn(self, *args: str, log_name: str = "capture.log", env: dict[str, str] | None = None
               ) -> subprocess.Popen[bytes]:
@@ -280,8 +283,6 @@ class Harness:
         if args[:1] == ("capture",) and self.capture_mode == "connect" and not self.connect_worker:
             self.start_connect()
             self.write_config(**self._extra)
-        if args[:1] == ("capture",) and self.least_privilege:
-            return self.spawn_command([*self.cli()[:4], str(self.capture_config_path), *args], log_name, env)
         return self.spawn_command(self.cli(*args), log_name, env)
 
     def spawn_command(self, argv: list[str], log_name: str, env: dict[str, str] | None = None,
@@ -477,13 +478,15 @@ def records_in(harness: Harness, topics: Sequence[str]) -> int:
 
 
 @contextmanager
-def live_stack(name: str, worker: bool = True, **config: Any) -> Iterator[Harness]:
+def live_stack(name: str, worker: bool = True, least_privilege: bool | None = None, **config: Any
+               ) -> Iterator[Harness]:
     """A test module's own stack under /tmp, stopped on exit.
 
     Services, capture running and (unless ``worker`` is False) a worker with the identity bootstrap
     done; ``config`` goes to :meth:`Harness.write_config`.
     """
-    h = Harness(Path(tempfile.mkdtemp(prefix=f"crm-erp-sync-{name}-", dir="/tmp"))).start()
+    h = Harness(Path(tempfile.mkdtemp(prefix=f"crm-erp-sync-{name}-", dir="/tmp")),
+                least_privilege=least_privilege).start()
     if config:
         h.write_config(**config)
     try:

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def deployed() -> Iterator[Harness]:
-    with live_stack("doctor", worker=False) as h:
+    with live_stack("doctor", worker=False, least_privilege=False) as h:  # the faults edit the owner's config
         yield h
 
 

@@ -32,7 +32,10 @@ TOPICS = ["crm.public.accounts", "erp.public.customers", "crm.public.opportuniti
 @pytest.fixture(scope="module")
 def services() -> Iterator[Harness]:
     """Databases, broker, registry and capture; no worker yet (the sync has never run)."""
-    with live_stack("dry-run", worker=False, processors={"documents": [str(MAPPINGS / "demo-orders.yaml")]}) as h:
+    # The owner's login: the test shows the dry run creates nothing in either system, not even the
+    # applier's bookkeeping (which deploy/sql's script would have made beforehand).
+    with live_stack("dry-run", worker=False, least_privilege=False,
+                    processors={"documents": [str(MAPPINGS / "demo-orders.yaml")]}) as h:
         yield h
 
 

@@ -22,7 +22,7 @@ PASSWORD = "least-privilege-test"
 @pytest.fixture(scope="module")
 def restricted() -> Iterator[Harness]:
     """The demo databases with deploy/sql/ applied by their owner; a config whose CRM and ERP login is the applier."""
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-roles-", dir="/tmp"))).start()
+    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-roles-", dir="/tmp")), least_privilege=False).start()
     try:
         for system in ("crm", "erp"):
             with h.connect(system) as owner:

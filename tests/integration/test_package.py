@@ -61,7 +61,8 @@ def test_the_wheel_carries_schemas_profiles_connectors_and_monitoring(installed:
 
 
 def test_a_worker_installed_from_the_wheel_syncs_from_another_directory(installed: Path) -> None:
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-wheelrun-", dir="/tmp"))).start()
+    # The owner's login: this config's profiles are the wheel's defaults, not the harness's (whose roles it renders).
+    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-wheelrun-", dir="/tmp")), least_privilege=False).start()
     try:
         # A production config with no path in it: profiles, schemas and connectors come from the wheel.
         config = yaml.safe_load(h.write_config().read_text(encoding="utf-8"))
