@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from streams.bench.report import write
-from streams.bench.steady import _load, worker_idle
-from streams.local.harness import Harness, running, wait_for, wait_for_capture, wait_for_identity
+from streams.bench.steady import _load, aligned_pairs, worker_idle
+from streams.local.harness import Harness, running, wait_for
 from streams.local.ports import free_port
 from streams.local.status import scrape
 
@@ -186,13 +186,7 @@ def run(rate: float = 200.0, seconds: float = 60.0, out: Path | None = None, pro
     try:
         capture, worker = h.spawn("capture"), h.spawn("worker", log_name="worker.log")
         with running(capture), running(worker):
-            wait_for_capture(h, timeout=180)
-            wait_for_identity(h)
-            with h.connect("sync") as conn:
-                pairs = conn.execute("SELECT crm_id, erp_id FROM sync.xref WHERE linked_by = 'exact'").fetchall()
-            if progress:
-                print("  waiting for the first alignment to finish ...", flush=True)
-            wait_for(lambda: worker_idle(port) and worker_idle(port), 600, 5.0, "the first alignment")
+            pairs = aligned_pairs(h, port, progress)
             assert h.kafka is not None and h.connect_proc is not None
             procs = {"capture: Kafka Connect (Debezium)": h.connect_proc.pid,
                      "capture: the capture process": capture.pid, "worker": worker.pid}

@@ -88,6 +88,18 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def aligned_pairs(h: Harness, port: int, progress: bool) -> list[tuple[Any, str]]:
+    """With capture and a worker running: wait until the seed's first alignment is done; the exact pairs."""
+    wait_for_capture(h, timeout=180)
+    wait_for_identity(h)
+    with h.connect("sync") as conn:
+        pairs = conn.execute("SELECT crm_id, erp_id FROM sync.xref WHERE linked_by = 'exact'").fetchall()
+    if progress:
+        print("  waiting for the first alignment to finish ...", flush=True)
+    wait_for(lambda: worker_idle(port) and worker_idle(port), 600, 5.0, "the worker to finish the first alignment")
+    return [(c, e) for c, e in pairs]
+
+
 def _load(h: Harness, pairs: list[tuple[str, str]], rate: float, seconds: float, tag: str,
           progress: bool) -> tuple[dict[str, str], float]:
     """Commit ``rate`` edits/s for ``seconds``; (value key -> target system, achieved rate)."""
@@ -133,14 +145,7 @@ def run(rates: tuple[float, ...] = (200, 1000, 2000), seconds: float = 60.0, dra
         _install_audit(h)
         capture, worker = h.spawn("capture"), h.spawn("worker", log_name="worker.log")
         with running(capture), running(worker):
-            wait_for_capture(h, timeout=180)
-            wait_for_identity(h)
-            with h.connect("sync") as conn:
-                pairs = conn.execute("SELECT crm_id, erp_id FROM sync.xref WHERE linked_by = 'exact'").fetchall()
-            if progress:
-                print("  waiting for the first alignment to finish ...", flush=True)
-            wait_for(lambda: worker_idle(port) and worker_idle(port), 600, 5.0,
-                     "the worker to finish the first alignment")
+            pairs = aligned_pairs(h, port, progress)
             for system in TRIGGERS:
                 _audit(h, system)
             for rate in rates:
