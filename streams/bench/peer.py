@@ -10,7 +10,9 @@ sink connector (Maven Central) copies the CRM's ``accounts`` from Debezium's own
   one clock), and the sync's ERP → CRM latency;
 - backlog: N CRM e-mail edits captured while the worker is stopped and the sink paused; then each
   drains it alone: the worker (until every linked ERP customer holds its account's last e-mail),
-  then the sink (resumed, until every copied row does).
+  then the sink (resumed, until every copied row does);
+- native: the anchor of ``bench all`` (PostgreSQL's own publication + subscription of the same kind
+  of edits) at the same rates and for a burst of N edits, on its own services once ours stopped.
 
 The sink's work is lighter by design — one table one way, no identity, policy, conflicts, echoes
 or audit — so the ratio says what the sync's two-way machinery costs against the simplest pipeline.
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streams.bench import drain
+from streams.bench import anchor, drain
 from streams.bench.report import latency_summary, write
 from streams.bench.steady import TRIGGERS, _audit, _install_audit, _load, _target_key, peak_rss_mb, worker_idle
 from streams.capture.connect import ConnectClient
@@ -184,6 +186,8 @@ def run(rates: tuple[float, ...] = (200, 1000), seconds: float = 60.0, edits: in
             result["backlog"] = backlog(h, port, client, edits, progress)
     finally:
         h.stop()
+    write(result, out)
+    result["native"] = anchor.run(rates, seconds, edits, progress)  # its own services, after ours stopped
     return write(result, out)
 
 
@@ -194,20 +198,34 @@ def _lat(part: dict[str, Any]) -> str:
     return f"{lat['p50']}/{lat['p95']}/{lat['p99']}/{lat['max']} ms ({part['applied']})"
 
 
+def _ratio(ours: float | None, theirs: float | None) -> str:
+    return f"{ours / theirs:.1f}x" if ours and theirs else "-"
+
+
 def format_result(result: dict[str, Any]) -> str:
-    """Side by side, with ratios."""
-    lines = [f"the sync next to Debezium's JDBC sink ({result['jdbc_sink']}) on the same Kafka Connect:",
+    """Side by side, with ratios: the sync, the JDBC sink, native logical replication."""
+    native = {s["rate_per_s"]: s for s in result.get("native", {}).get("steps", [])}
+    lines = [f"the sync next to Debezium's JDBC sink ({result['jdbc_sink']}) on the same Kafka Connect, and native"
+             " logical replication (publication + subscription, its own services):",
              "  steady, p50/p95/p99/max (edits that arrived):"]
     for s in result.get("steady", []):
         ours, sink = s["sync_crm_to_erp"]["latency_ms"], s["jdbc_sink"]["latency_ms"]
-        ratio = f"{ours['p99'] / sink['p99']:.1f}x" if ours["p99"] and sink["p99"] else "-"
+        theirs = native.get(s["rate_per_s"])
         lines.append(f"    {s['rate_per_s']:g}/s (achieved {s['achieved_rate_per_s']:g}): sync CRM->ERP"
                      f" {_lat(s['sync_crm_to_erp'])}, ERP->CRM {_lat(s['sync_erp_to_crm'])};"
-                     f" JDBC sink {_lat(s['jdbc_sink'])}; p99 sync / sink {ratio}")
+                     f" JDBC sink {_lat(s['jdbc_sink'])};"
+                     f" native {_lat(theirs) if theirs else 'not run'};"
+                     f" p99 sync / sink {_ratio(ours['p99'], sink['p99'])},"
+                     f" sync / native {_ratio(ours['p99'], theirs['latency_ms']['p99'] if theirs else None)}")
     if "backlog" in result:
         b = result["backlog"]
-        ratio = b["sync"]["changes_per_s"] / max(b["jdbc_sink"]["changes_per_s"], 1)
+        burst = result.get("native", {}).get("burst")
         lines.append(f"  backlog of {b['edits']} CRM edits, each alone: sync {b['sync']['changes_per_s']} changes/s"
                      f" ({b['sync']['seconds']} s), JDBC sink {b['jdbc_sink']['changes_per_s']} changes/s"
-                     f" ({b['jdbc_sink']['seconds']} s); sync / sink {ratio:.2f}x")
+                     f" ({b['jdbc_sink']['seconds']} s); sync / sink"
+                     f" {b['sync']['changes_per_s'] / max(b['jdbc_sink']['changes_per_s'], 1):.2f}x")
+        if burst:
+            lines.append(f"  native logical replication applies {burst['edits']} edits at {burst['changes_per_s']}"
+                         f" changes/s (as fast as one connection commits them); sync / native"
+                         f" {b['sync']['changes_per_s'] / max(burst['changes_per_s'], 1):.2f}x")
     return "\n".join(lines)

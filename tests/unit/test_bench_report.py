@@ -48,3 +48,26 @@ def test_percentiles_are_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
     assert (percentile(values, 0.5), percentile(values, 0.99), percentile(values, 1.0)) == (51.0, 100.0, 100.0)
     assert percentile([], 0.5) != percentile([], 0.5)  # NaN when nothing was measured
+
+
+def test_the_peer_table_puts_the_sync_the_jdbc_sink_and_native_side_by_side() -> None:
+    from streams.bench.peer import format_result as peer_table
+
+    def part(p50: int, p99: int, applied: int = 100) -> dict[str, Any]:
+        return {"applied": applied, "latency_ms": _lat(p50, p99)}
+
+    result = {
+        "jdbc_sink": "io.debezium:debezium-connector-jdbc:3.6.0.Final",
+        "steady": [{"rate_per_s": 200, "achieved_rate_per_s": 200, "sync_crm_to_erp": part(300, 1200),
+                    "sync_erp_to_crm": part(310, 1300), "jdbc_sink": part(30, 100)}],
+        "backlog": {"edits": 20000, "sync": {"changes_per_s": 1300, "seconds": 15.4},
+                    "jdbc_sink": {"changes_per_s": 5200, "seconds": 3.8}},
+        "native": {"steps": [{"rate_per_s": 200, "applied": 100, "latency_ms": _lat(1, 4)}],
+                   "burst": {"edits": 20000, "changes_per_s": 3250}},
+    }
+    lines = peer_table(result).splitlines()
+    steady = next(x for x in lines if x.strip().startswith("200/s"))
+    assert "300/1200/1200/1200 ms (100)" in steady and "30/100/100/100 ms (100)" in steady
+    assert "p99 sync / sink 12.0x" in steady and "sync / native 300.0x" in steady
+    assert any("sync / sink 0.25x" in x for x in lines)
+    assert any("3250 changes/s" in x and "sync / native 0.40x" in x for x in lines)
