@@ -92,7 +92,7 @@ def _arrived(h: Harness, got: dict[str, dict[str, float]], wanted: dict[str, lis
     return all(key in got[system] for system, keys in wanted.items() for key in keys)
 
 
-def steady(h: Harness, port: int, rates: tuple[float, ...], seconds: float, progress: bool) -> list[dict[str, Any]]:
+def steady(h: Harness, rates: tuple[float, ...], seconds: float, progress: bool) -> list[dict[str, Any]]:
     """Each rate with the sync and the sink side by side; latencies of both."""
     with h.connect("sync") as conn:
         pairs = conn.execute("SELECT crm_id, erp_id FROM sync.xref WHERE linked_by = 'exact'").fetchall()
@@ -179,7 +179,7 @@ def run(rates: tuple[float, ...] = (200, 1000), seconds: float = 60.0, edits: in
                 if progress:
                     print("  waiting for the first alignment to finish ...", flush=True)
                 wait_for(lambda: worker_idle(port) and worker_idle(port), 600, 5.0, "the first alignment")
-                result["steady"] = steady(h, port, rates, seconds, progress)
+                result["steady"] = steady(h, rates, seconds, progress)
                 result["peak_rss_mb"] = {"kafka_connect": peak_rss_mb(h.connect_proc.pid) if h.connect_proc else None,
                                          "worker": peak_rss_mb(worker.pid), "capture": peak_rss_mb(capture.pid)}
                 write(result, out)
