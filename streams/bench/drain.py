@@ -19,15 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from streams.bench.report import write
-from streams.bench.steady import peak_rss_mb, worker_idle
+from streams.bench.steady import aligned_pairs, peak_rss_mb
 from streams.local.harness import (
     Harness,
     TopicReader,
     running,
     scalar,
     wait_for,
-    wait_for_capture,
-    wait_for_identity,
 )
 from streams.local.ports import free_port
 from streams.local.status import scrape
@@ -106,9 +104,7 @@ def drain_by_workers(h: Harness, port: int, workers: int, pairs: dict[str, str],
 def align_first(h: Harness, port: int) -> None:
     """Run a worker until the seed's first alignment is done, then stop it."""
     with running(h.spawn("worker", log_name="worker.log")):
-        wait_for_capture(h, timeout=180)
-        wait_for_identity(h)
-        wait_for(lambda: worker_idle(port) and worker_idle(port), 600, 5.0, "the first alignment")
+        aligned_pairs(h, port, progress=False)
 
 
 def backlog(edits: int, progress: bool = True, workers: int = 1) -> dict[str, Any]:

@@ -27,10 +27,10 @@ from typing import Any
 
 from streams.bench import anchor, drain
 from streams.bench.report import latency_summary, write
-from streams.bench.steady import TRIGGERS, _audit, _install_audit, _load, _target_key, peak_rss_mb, worker_idle
+from streams.bench.steady import TRIGGERS, _audit, _install_audit, _load, _target_key, aligned_pairs, peak_rss_mb
 from streams.capture.connect import ConnectClient
 from streams.local import jars
-from streams.local.harness import Harness, running, wait_for, wait_for_capture, wait_for_identity
+from streams.local.harness import Harness, running, wait_for
 from streams.local.ports import free_port
 
 SINK = "peer-jdbc-sink"
@@ -92,10 +92,9 @@ def _arrived(h: Harness, got: dict[str, dict[str, float]], wanted: dict[str, lis
     return all(key in got[system] for system, keys in wanted.items() for key in keys)
 
 
-def steady(h: Harness, rates: tuple[float, ...], seconds: float, progress: bool) -> list[dict[str, Any]]:
+def steady(h: Harness, pairs: list[tuple[Any, str]], rates: tuple[float, ...], seconds: float, progress: bool
+           ) -> list[dict[str, Any]]:
     """Each rate with the sync and the sink side by side; latencies of both."""
-    with h.connect("sync") as conn:
-        pairs = conn.execute("SELECT crm_id, erp_id FROM sync.xref WHERE linked_by = 'exact'").fetchall()
     for system in TRIGGERS:
         _audit(h, system)
     steps = []
@@ -173,13 +172,9 @@ def run(rates: tuple[float, ...] = (200, 1000), seconds: float = 60.0, edits: in
         with running(h.spawn("capture")) as capture:
             client = ConnectClient(h.connect_url)
             with running(h.spawn("worker", log_name="worker.log")) as worker:
-                wait_for_capture(h, timeout=180)
-                wait_for_identity(h)
+                pairs = aligned_pairs(h, port, progress)
                 _start_sink(h, client)
-                if progress:
-                    print("  waiting for the first alignment to finish ...", flush=True)
-                wait_for(lambda: worker_idle(port) and worker_idle(port), 600, 5.0, "the first alignment")
-                result["steady"] = steady(h, rates, seconds, progress)
+                result["steady"] = steady(h, pairs, rates, seconds, progress)
                 result["peak_rss_mb"] = {"kafka_connect": peak_rss_mb(h.connect_proc.pid) if h.connect_proc else None,
                                          "worker": peak_rss_mb(worker.pid), "capture": peak_rss_mb(capture.pid)}
                 write(result, out)
