@@ -102,10 +102,10 @@ def topic_family(topic: str) -> str:
 
 
 def topic_bytes(h: Harness) -> Counter[str]:
-    """Bytes in the broker's log segments, per topic family (every node; replicas counted once)."""
+    """Bytes in the first Kafka node's log segments, per topic family (the benchmarks run one node)."""
     assert h.kafka is not None
     sizes: Counter[str] = Counter()
-    node = h.kafka.nodes[0]  # every partition has a replica here when RF = nodes; benchmarks run one node
+    node = h.kafka.nodes[0]
     for folder in (node.folder / "data").iterdir():
         if folder.is_dir() and "-" in folder.name and folder.name[folder.name.rfind("-") + 1:].isdigit():
             topic = folder.name[:folder.name.rfind("-")]
