@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from streams.errors import SyncError
+from streams.errors import ConfigError, SyncError
 from streams.settings import CONFIG_ENV, ENV_PREFIX, Settings, load_settings
 
 log = logging.getLogger("crm-erp-sync")
@@ -308,19 +308,24 @@ def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_roles(settings: Settings, args: argparse.Namespace) -> int:
-    """Print the least-privilege SQL of one database, rendered from the profiles."""
-    from streams.roles import render
+    """Print the least-privilege SQL of one database, or its connector as the capture role runs it."""
+    from streams.roles import capture_connector, render
 
-    sys.stdout.write(render(settings, args.database).text)
+    if not args.connector:
+        sys.stdout.write(render(settings, args.database).text)
+        return 0
+    if args.database == "store":
+        raise ConfigError("--connector is for a source database", hint="crm-erp-sync roles crm --connector")
+    print(json.dumps(capture_connector(settings, args.database), indent=2, ensure_ascii=False))
     return 0
 
 
 def cmd_render_kubernetes(settings: Settings, args: argparse.Namespace) -> int:
-    """Write the Kubernetes resources generated from connectors/ and monitoring/."""
+    """Write the Kubernetes resources generated from connectors/, the profiles and monitoring/."""
     from streams.kube import render
 
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, text in render(settings.capture.connectors_dir).items():
+    for name, text in render(settings).items():
         (args.out / name).write_text(text, encoding="utf-8")
         print(f"wrote {args.out / name}")
     return 0
@@ -497,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     roles = sub.add_parser("roles", help="print the least-privilege roles and grants of a database (run by its"
                            " owner; deploy/sql/ holds the demo's), rendered from the profiles")
     roles.add_argument("database", choices=["crm", "erp", "store"])
+    roles.add_argument("--connector", action="store_true", help="print instead the source's connector as the"
+                       " capture role runs it (the script's publication, the captured tables only)")
     roles.set_defaults(func=cmd_roles)
     kube = sub.add_parser("render-kubernetes", help="write the Strimzi KafkaConnectors, PrometheusRule and"
                           " dashboards ConfigMap rendered from connectors/ and monitoring/")

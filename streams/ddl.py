@@ -16,14 +16,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 LOCK_KEY = 0x5C_E7_DD_1  # any fixed number; the sync's DDL in one database runs one at a time
 
 
-def locked(conn: psycopg.Connection[Any], ddl: str) -> None:
-    """Run ``ddl`` in a transaction (a savepoint inside one) holding the sync's DDL lock."""
+def locked(conn: psycopg.Connection[Any], ddl: str, schema: str | None = None) -> None:
+    """Run ``ddl`` in a transaction (a savepoint inside one) holding the sync's DDL lock.
+
+    ``schema`` is created first if it is missing, and only then: ``CREATE SCHEMA IF NOT EXISTS``
+    needs ``CREATE`` on the database even when the schema is there, which the store's role
+    (owner of its schema, ``crm-erp-sync roles store``) does not have.
+    """
     with conn.transaction():
         _lock(conn)
+        if schema is not None and not _present_schema(conn, schema):
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         conn.execute(ddl)
 
 
@@ -41,6 +49,11 @@ def ensure(conn: psycopg.Connection[Any], ddl: str, tables: Sequence[str], colum
 
 def _lock(conn: psycopg.Connection[Any]) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+
+
+def _present_schema(conn: psycopg.Connection[Any], schema: str) -> bool:
+    row = conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", (schema,)).fetchone()
+    return bool(row and row[0])
 
 
 def _present(conn: psycopg.Connection[Any], tables: Sequence[str], columns: Sequence[str]) -> bool:

@@ -2,20 +2,21 @@
 
 ``crm-erp-sync render-kubernetes`` writes ``deploy/kubernetes/generated/``: one Strimzi
 ``KafkaConnector`` per ``connectors/*.json`` (its ``config`` unchanged but for the class and task
-count Strimzi takes as fields), a ``PrometheusRule`` holding ``monitoring/prometheus/alerts.yml``'s
+count Strimzi takes as fields, and the publication left to the DBA: the Connect pods log in as the
+capture role, which owns no table), a ``PrometheusRule`` holding ``monitoring/prometheus/alerts.yml``'s
 groups, and a ``ConfigMap`` of the Grafana dashboards for Grafana's sidecar. ``deploy/kubernetes``
 (kustomize) adds the hand-written rest: Kafka and its node pool, Kafka Connect, the workers.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from streams import resources
+from streams.roles import capture_connector
+from streams.settings import Settings
 
 CONNECT_CLUSTER = "crm-erp-sync-connect"  # the KafkaConnect resource the connectors belong to
 LABELS = {"app.kubernetes.io/part-of": "crm-erp-sync"}
@@ -45,10 +46,9 @@ def dashboards(files: dict[str, str]) -> dict[str, Any]:
             "data": dict(sorted(files.items()))}
 
 
-def render(connectors_dir: Path) -> dict[str, str]:
+def render(settings: Settings) -> dict[str, str]:
     """File name -> YAML text of every generated resource."""
-    connectors = [kafka_connector(json.loads(p.read_text(encoding="utf-8")))
-                  for p in sorted(connectors_dir.glob("*-postgres.json"))]
+    connectors = [kafka_connector(capture_connector(settings, source)) for source in ("crm", "erp")]
     alerts = yaml.safe_load(resources.resource("monitoring", "prometheus", "alerts.yml").read_text(encoding="utf-8"))
     boards = {p.name: p.read_text(encoding="utf-8")
               for p in sorted(resources.resource("monitoring", "grafana", "dashboards").glob("*.json"))}

@@ -11,13 +11,15 @@ source database it makes:
   inserts only into the tables create rules write (with their sequences), and keeps the sync's
   bookkeeping in ``sync_meta`` — which this script creates, so the sync needs no DDL right there.
 
-For the store it makes ``crm_erp_sync_store``, owner of schema ``sync``. Passwords are never in the
+For the store it makes ``crm_erp_sync_store``, owner of schemas ``sync`` and ``registry``. Passwords are never in the
 script: set them afterwards (``\\password crm_erp_sync_apply``).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
 from streams.access import Access, needs, quoted
 from streams.apply.sql import PROGRESS_DDL
@@ -25,6 +27,7 @@ from streams.capture.sources import CAPTURE_DDL
 from streams.settings import Settings
 
 CAPTURE, APPLY, STORE = "crm_erp_sync_capture", "crm_erp_sync_apply", "crm_erp_sync_store"
+OWN_CAPTURED = ("sync_meta.heartbeat", "sync_meta.debezium_signal")  # captured beside the business tables
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,8 @@ def source_script(system: str, access: Access, publication: str) -> str:
              PROGRESS_DDL.strip(), "",
              f"GRANT USAGE ON SCHEMA sync_meta, {', '.join(schemas)} TO {CAPTURE}, {APPLY};",
              f"GRANT SELECT, INSERT, UPDATE ON sync_meta.heartbeat TO {CAPTURE};",
-             f"GRANT SELECT ON sync_meta.debezium_signal TO {CAPTURE};",
+             # Debezium writes the watermarks of an incremental snapshot (a resync) into the signal table
+             f"GRANT SELECT, INSERT ON sync_meta.debezium_signal TO {CAPTURE};",
              f"GRANT SELECT, INSERT ON sync_meta.debezium_signal TO {APPLY};",
              f"GRANT SELECT, INSERT, UPDATE, DELETE ON sync_meta.applier_progress, sync_meta.created,"
              f" sync_meta.applied_tx TO {APPLY};",
@@ -63,8 +67,8 @@ def source_script(system: str, access: Access, publication: str) -> str:
              "-- Capture reads the captured tables, nothing else.",
              f"GRANT SELECT ON {', '.join(quoted(t) for t in captured)} TO {CAPTURE};",
              f"DO $$ BEGIN CREATE PUBLICATION {publication}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
-             f"ALTER PUBLICATION {publication} SET TABLE {', '.join(quoted(t) for t in captured)},"
-             " sync_meta.heartbeat, sync_meta.debezium_signal;", "",
+             f"ALTER PUBLICATION {publication} SET TABLE {', '.join(quoted(t) for t in [*captured, *OWN_CAPTURED])};",
+             "",
              "-- The appliers read what the sync reads and write only what the profiles map.",
              f"GRANT SELECT ON {', '.join(quoted(t) for t in sorted(set(captured) | set(written)))} TO {APPLY};"]
     for table in sorted(access.updates):
@@ -91,9 +95,11 @@ def store_script() -> str:
     """The script of the sync store's database."""
     return "\n".join([
         "-- crm-erp-sync: the sync store's role (crm-erp-sync roles store). Run as the database owner, once;",
-        "-- then set its password (\\password crm_erp_sync_store). The sync creates its tables in schema sync.",
+        "-- then set its password (\\password crm_erp_sync_store). The sync creates its tables in schema sync,",
+        "-- and `crm-erp-sync registry` (when it is the schema registry) its own in schema registry.",
         "BEGIN;", _role(STORE, "LOGIN"),
         f"CREATE SCHEMA IF NOT EXISTS sync AUTHORIZATION {STORE};",
+        f"CREATE SCHEMA IF NOT EXISTS registry AUTHORIZATION {STORE};",
         "COMMIT;"]) + "\n"
 
 
@@ -106,3 +112,18 @@ def render(settings: Settings, database: str) -> Script:
     connector = load_connector(settings.capture.connectors_dir / f"{database}-postgres.json")
     publication = connector["config"].get("publication.name", f"crm_erp_sync_{database}")
     return Script(database, source_script(database, needs(settings)[database], publication))
+
+
+def capture_connector(settings: Settings, source: str) -> dict[str, Any]:
+    """``source``'s connector (Kafka Connect REST form) as the capture role runs it.
+
+    The role owns no table and reads only the captured ones, so Debezium streams the publication
+    the script made, as it is (``filtered`` would widen it to its table filter, which only an owner
+    may do), and snapshots exactly the captured tables and the sync's own.
+    """
+    from streams.capture.connector import load_connector
+
+    definition = load_connector(settings.capture.connectors_dir / f"{source}-postgres.json")
+    tables = [*sorted(needs(settings)[source].captured), *OWN_CAPTURED]
+    return {**definition, "config": {**definition["config"], "publication.autocreate.mode": "disabled",
+                                     "table.include.list": ",".join(re.escape(t) for t in tables)}}

@@ -18,8 +18,8 @@ from psycopg import sql
 from streams.ddl import locked
 from streams.reconcile.core import Conflict, EntityState
 
+SCHEMA = "sync"
 DDL = """
-CREATE SCHEMA IF NOT EXISTS sync;
 CREATE TABLE IF NOT EXISTS sync.xref (
   entity     text NOT NULL,
   global_id  uuid NOT NULL,
@@ -184,7 +184,7 @@ class Store:
         from streams.plan import DDL as PLAN_DDL
 
         for ddl in (DDL, IDENTITY_DDL, AUDIT_DDL, DRIFT_DDL, PLAN_DDL):
-            locked(self.conn, ddl)
+            locked(self.conn, ddl, SCHEMA)
 
     def close(self) -> None:
         """Close the connection."""

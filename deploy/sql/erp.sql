@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS sync_meta.audit_outbox (
 
 GRANT USAGE ON SCHEMA sync_meta, public TO crm_erp_sync_capture, crm_erp_sync_apply;
 GRANT SELECT, INSERT, UPDATE ON sync_meta.heartbeat TO crm_erp_sync_capture;
-GRANT SELECT ON sync_meta.debezium_signal TO crm_erp_sync_capture;
+GRANT SELECT, INSERT ON sync_meta.debezium_signal TO crm_erp_sync_capture;
 GRANT SELECT, INSERT ON sync_meta.debezium_signal TO crm_erp_sync_apply;
 GRANT SELECT, INSERT, UPDATE, DELETE ON sync_meta.applier_progress, sync_meta.created, sync_meta.applied_tx TO crm_erp_sync_apply;
 GRANT SELECT, INSERT, UPDATE, DELETE ON sync_meta.audit_outbox TO crm_erp_sync_apply;
@@ -50,7 +50,7 @@ GRANT USAGE ON SEQUENCE sync_meta.audit_outbox_id_seq TO crm_erp_sync_apply;
 -- Capture reads the captured tables, nothing else.
 GRANT SELECT ON "public"."customers", "public"."invoices", "public"."items", "public"."payments", "public"."return_orders", "public"."sales_order_lines", "public"."sales_orders", "public"."shipments" TO crm_erp_sync_capture;
 DO $$ BEGIN CREATE PUBLICATION crm_erp_sync_erp; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-ALTER PUBLICATION crm_erp_sync_erp SET TABLE "public"."customers", "public"."invoices", "public"."items", "public"."payments", "public"."return_orders", "public"."sales_order_lines", "public"."sales_orders", "public"."shipments", sync_meta.heartbeat, sync_meta.debezium_signal;
+ALTER PUBLICATION crm_erp_sync_erp SET TABLE "public"."customers", "public"."invoices", "public"."items", "public"."payments", "public"."return_orders", "public"."sales_order_lines", "public"."sales_orders", "public"."shipments", "sync_meta"."heartbeat", "sync_meta"."debezium_signal";
 
 -- The appliers read what the sync reads and write only what the profiles map.
 GRANT SELECT ON "public"."customers", "public"."invoices", "public"."items", "public"."payments", "public"."return_orders", "public"."sales_order_lines", "public"."sales_orders", "public"."shipments" TO crm_erp_sync_apply;

@@ -199,7 +199,7 @@ class Stack:
         self.worker.wait(10)
         self.worker = self.start_worker()
         wait_for(lambda: _retries(self.port) > 0, 120, 0.5, "the cold worker to retry against the missing registry")
-        self.h.registry = RegistryServer(RegistryStore(self.h.conninfo("sync")), "127.0.0.1", port).start()
+        self.h.registry = RegistryServer(RegistryStore(self.h.store_conninfo()), "127.0.0.1", port).start()
 
     def worker_sigkill(self) -> None:
         self.worker.kill()

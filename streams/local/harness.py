@@ -13,6 +13,7 @@ Kafka from testcontainers instead.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -38,8 +39,11 @@ from streams.local.supervisor import terminate
 from streams.registry.server import RegistryServer
 from streams.registry.store import RegistryStore
 from streams.roles import APPLY as APPLIER_ROLE
-from streams.roles import render
-from streams.settings import ERPNEXT_PROFILES, CaptureSettings, LocalSettings, load_settings
+from streams.roles import CAPTURE as CAPTURE_ROLE
+from streams.roles import STORE as STORE_ROLE
+from streams.roles import capture_connector
+from streams.roles import render as render_roles
+from streams.settings import ERPNEXT_PROFILES, CaptureSettings, LocalSettings, Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 POSTGRES_IMAGE = "postgres:15"
@@ -52,8 +56,10 @@ class Harness:
     def __init__(self, root: Path, seed_accounts: int = 60, brokers: int = 1, capture_mode: str | None = None,
                  scram: Scram | None = None, erp: str = "demo", least_privilege: bool | None = None) -> None:
         self.root = root
-        # The worker and the CLI log in to the CRM and the ERP as deploy/sql's applier role, rendered
-        # for this config's profiles and run by the owner (capture keeps the owner's login: capture.yaml).
+        # Least privilege: deploy/sql's scripts, rendered for this config's profiles, are run by the
+        # owner; the worker and the CLI log in to the CRM and the ERP as the applier role, capture as
+        # the capture role on the DBA's publication (capture.yaml), both to the store (and the
+        # registry to its tables) as the store role. The owner's config stays in owner.yaml.
         # Default: SYNC_TEST_LEAST_PRIVILEGE=1 (the integration tier sets it, tests/integration/conftest.py).
         self.least_privilege = (least_privilege if least_privilege is not None
                                 else os.environ.get("SYNC_TEST_LEAST_PRIVILEGE") == "1")
@@ -106,8 +112,12 @@ class Harness:
         if not self.bootstrap:
             self.kafka = KafkaCluster(self.root / "kafka", self.brokers, scram=self.scram).start()
             self.bootstrap = self.kafka.bootstrap
+        if self.least_privilege:
+            with self.connect("sync") as owner:
+                owner.execute(render_roles(Settings(), "store").text)
+                self._set_password(owner, STORE_ROLE)
         if not self.registry_url:
-            self.registry = RegistryServer(RegistryStore(self.conninfo("sync")), "127.0.0.1", 0).start()
+            self.registry = RegistryServer(RegistryStore(self.store_conninfo()), "127.0.0.1", 0).start()
             self.registry_url = self.registry.url
         self.write_config()
         return self
@@ -230,31 +240,65 @@ class Harness:
             else:
                 config[key] = value
         if self.least_privilege:
-            self.capture_config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-            secret = self._grant_applier_role(self.capture_config_path)
-            for system in ("crm", "erp"):
-                config[system].update(user=APPLIER_ROLE, password_file=str(secret))
-        self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+            self.owner_config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+            owner = load_settings(self.owner_config_path)
+            self._grant_source_roles(owner)
+            config["capture"]["connectors_dir"] = str(self._capture_role_connectors(owner))
+            config["store"].update(user=STORE_ROLE, password_file=str(self.role_password_file))
+            for role, path in ((CAPTURE_ROLE, self.capture_config_path), (APPLIER_ROLE, self.config_path)):
+                for system in ("crm", "erp"):
+                    config[system].update(user=role, password_file=str(self.role_password_file))
+                path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        else:
+            self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         return self.config_path
 
     @property
     def capture_config_path(self) -> Path:
-        """The config ``capture`` runs with: the owner's logins (``sync.yaml`` unless least privilege)."""
+        """The config ``capture`` runs with (``sync.yaml`` unless least privilege)."""
         return self.root / "capture.yaml" if self.least_privilege else self.config_path
 
-    def _grant_applier_role(self, config: Path) -> Path:
-        """deploy/sql's scripts rendered for ``config``'s profiles, run by the owner; the applier's password file."""
-        secret = self.root / "secrets" / "applier-password"
+    @property
+    def owner_config_path(self) -> Path:
+        """The config with the owner's logins (``sync.yaml`` unless least privilege)."""
+        return self.root / "owner.yaml" if self.least_privilege else self.config_path
+
+    @property
+    def role_password_file(self) -> Path:
+        """The password of deploy/sql's roles (one for all: a test's)."""
+        secret = self.root / "secrets" / "role-password"
         if not secret.is_file():
             secret.parent.mkdir(parents=True, exist_ok=True)
             secret.write_text(secrets.token_urlsafe(16) + "\n", encoding="utf-8")
-        settings = load_settings(config)
+        return secret
+
+    def store_conninfo(self) -> dict[str, Any]:
+        """``psycopg.connect`` arguments of the store as the sync logs in to it (the store role or the owner)."""
+        if not self.least_privilege:
+            return self.conninfo("sync")
+        return {**self.conninfo("sync"), "user": STORE_ROLE,
+                "password": self.role_password_file.read_text(encoding="utf-8").strip()}
+
+    def _set_password(self, owner: psycopg.Connection[Any], role: str) -> None:
+        owner.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(self.role_password_file.read_text(encoding="utf-8").strip())))
+
+    def _grant_source_roles(self, settings: Settings) -> None:
+        """deploy/sql's CRM and ERP scripts rendered for ``settings``' profiles, run by the owner."""
         for system in ("crm", "erp"):
             with self.connect(system) as owner:
-                owner.execute(render(settings, system).text)
-                owner.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                    sql.Identifier(APPLIER_ROLE), sql.Literal(secret.read_text(encoding="utf-8").strip())))
-        return secret
+                owner.execute(render_roles(settings, system).text)
+                for role in (CAPTURE_ROLE, APPLIER_ROLE):
+                    self._set_password(owner, role)
+
+    def _capture_role_connectors(self, settings: Settings) -> Path:
+        """``settings``' connectors as the capture role runs them (:func:`streams.roles.capture_connector`)."""
+        target = self.root / "connectors-capture-role"
+        target.mkdir(exist_ok=True)
+        for source in ("crm", "erp"):
+            (target / f"{source}-postgres.json").write_text(json.dumps(capture_connector(settings, source)),
+                                                            encoding="utf-8")
+        return target
 
     @property
     def profiles(self) -> list[Path]:

@@ -10,8 +10,8 @@ import psycopg
 
 from streams.ddl import locked
 
+SCHEMA = "registry"
 DDL = """
-CREATE SCHEMA IF NOT EXISTS registry;
 CREATE TABLE IF NOT EXISTS registry.schemas (
   id          serial PRIMARY KEY,
   schema_type text NOT NULL,
@@ -52,7 +52,7 @@ class RegistryStore:
         self._lock = threading.Lock()
         self._conn = psycopg.connect(**conninfo, autocommit=True)
         with self._lock:
-            locked(self._conn, DDL)
+            locked(self._conn, DDL, SCHEMA)
 
     def close(self) -> None:
         """Close the connection."""

@@ -161,24 +161,26 @@ def test_sigkill_during_burst_loses_nothing(capture: Capture) -> None:
 
 
 def test_resync_one_table_with_an_incremental_snapshot_signal(capture: Capture) -> None:
+    """Debezium re-reads a captured table on a signal (as the capture role under least privilege:
+    it writes the snapshot's watermarks into the signal table)."""
     harness = capture.harness
     with harness.connect("crm") as crm:
-        codes = {r[0] for r in crm.execute("SELECT code FROM products").fetchall()}
-        reader = TopicReader(harness.bootstrap, harness.registry_url, ["crm.public.products"])
+        ids = {str(r[0]) for r in crm.execute("SELECT id FROM accounts").fetchall()}
+        reader = TopicReader(harness.bootstrap, harness.registry_url, ["crm.public.accounts"])
         reader.poll(2.0)
         before = len(reader.records)
         crm.execute(
             "INSERT INTO sync_meta.debezium_signal (id, type, data) VALUES (gen_random_uuid()::text,"
-            " 'execute-snapshot', '{\"data-collections\": [\"public.products\"], \"type\": \"incremental\"}')"
+            " 'execute-snapshot', '{\"data-collections\": [\"public.accounts\"], \"type\": \"incremental\"}')"
         )
 
     def resnapshotted(records: list[dict[str, object]]) -> bool:
-        again = {r["key"]["code"] for r in records[before:]  # type: ignore[index]
+        again = {str(r["key"]["id"]) for r in records[before:]  # type: ignore[index]
                  if r["value"] and r["value"]["op"] == "r"}  # type: ignore[index]
-        return again >= codes
+        return again >= ids
 
     try:
-        reader.wait(resnapshotted, 120, "every product row re-read by the incremental snapshot")
+        reader.wait(resnapshotted, 120, "every account row re-read by the incremental snapshot")
     finally:
         reader.close()
 

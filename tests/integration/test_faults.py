@@ -249,11 +249,11 @@ def test_the_registry_away_while_a_worker_starts_cold_is_waited_for(stack: Harne
         proc = worker(h, port=metrics_port)
         with running(proc):
             wait_for(lambda: _retries(metrics_port) > 0, 90, 0.5, "the worker to retry against the missing registry")
-            h.registry = RegistryServer(RegistryStore(h.conninfo("sync")), "127.0.0.1", port).start()
+            h.registry = RegistryServer(RegistryStore(h.store_conninfo()), "127.0.0.1", port).start()
             traffic.wait(120, "every change once the registry is back")
     finally:
         if h.registry._stopped:  # the test failed before starting it again
-            h.registry = RegistryServer(RegistryStore(h.conninfo("sync")), "127.0.0.1", port).start()
+            h.registry = RegistryServer(RegistryStore(h.store_conninfo()), "127.0.0.1", port).start()
     traffic.check_once()
     assert dead_letters(h) == dead
 

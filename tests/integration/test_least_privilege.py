@@ -14,6 +14,8 @@ import pytest
 import yaml
 
 from streams.local.harness import REPO, Harness, running, scalar, wait_for, wait_for_capture, wait_for_identity
+from streams.registry.store import RegistryStore
+from streams.store import Store
 
 pytestmark = pytest.mark.integration
 PASSWORD = "least-privilege-test"
@@ -69,6 +71,31 @@ def test_the_applier_role_writes_mapped_columns_only(restricted: Harness) -> Non
     with psycopg.connect(**{**login, **{"dbname": "erp"}}, autocommit=True) as erp:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             erp.execute("UPDATE customers SET payment_terms = 'COD'")  # the ERP owns it, the CRM has no column
+
+
+def test_the_store_role_keeps_the_sync_and_registry_tables_and_nothing_else(restricted: Harness) -> None:
+    """deploy/sql/store.sql in a new store database: the sync's and the registry's tables are made by
+    the store role, which may create no other schema nor a table outside its own."""
+    h = restricted
+    with h.connect("postgres") as owner:
+        owner.execute("DROP DATABASE IF EXISTS store_roles")
+        owner.execute("CREATE DATABASE store_roles")
+    with psycopg.connect(**{**h.conninfo("store_roles")}, autocommit=True) as owner:
+        owner.execute((REPO / "deploy" / "sql" / "store.sql").read_text(encoding="utf-8"))
+        owner.execute(f"ALTER ROLE crm_erp_sync_store PASSWORD '{PASSWORD}'")
+    login = {**h.conninfo("store_roles"), "user": "crm_erp_sync_store", "password": PASSWORD}
+    store = Store(login)
+    store.migrate()
+    store.migrate()  # every start migrates: the second finds everything there
+    store.close()
+    RegistryStore(login).close()
+    with psycopg.connect(**login, autocommit=True) as conn:
+        owners = {r[0] for r in conn.execute("SELECT DISTINCT tableowner FROM pg_tables"
+                                             " WHERE schemaname IN ('sync', 'registry')")}
+        assert owners == {"crm_erp_sync_store"}, owners
+        for ddl in ("CREATE SCHEMA other", "CREATE TABLE public.anything (id int)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(ddl)
 
 
 def test_a_worker_with_the_applier_role_syncs_both_ways(restricted: Harness) -> None:

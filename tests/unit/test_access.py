@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from streams.access import needs, select_names
-from streams.roles import render
+from streams.roles import capture_connector, render
 from streams.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,3 +50,19 @@ def test_deploy_sql_is_what_the_demo_profiles_render(database: str) -> None:
     """deploy/sql/ is rendered, never edited by hand: `crm-erp-sync roles DB > deploy/sql/DB.sql`."""
     committed = (REPO / "deploy" / "sql" / f"{database}.sql").read_text(encoding="utf-8")
     assert committed == render(load_settings(None), database).text
+
+
+def test_the_capture_roles_connector_reads_exactly_the_captured_tables(tmp_path: Path) -> None:
+    """Its table filter is what the role may SELECT and the publication holds (the ERPNext-like names have
+    spaces and capitals); it leaves the DBA's publication as it is."""
+    config = tmp_path / "sync.yaml"
+    config.write_text("local: {erp_demo: erpnext}\n", encoding="utf-8")
+    settings = load_settings(config)
+    for source in ("crm", "erp"):
+        connector = capture_connector(settings, source)["config"]
+        assert connector["publication.autocreate.mode"] == "disabled"
+        patterns = connector["table.include.list"].split(",")
+        wanted = needs(settings)[source].captured | {"sync_meta.heartbeat", "sync_meta.debezium_signal"}
+        candidates = wanted | {t.replace(".", "x") for t in wanted} | {t + "s" for t in wanted} | {"public.contacts"}
+        assert {t for t in candidates if any(re.fullmatch(p, t) for p in patterns)} == wanted
+    assert "public.tabSales Order" in needs(settings)["erp"].captured

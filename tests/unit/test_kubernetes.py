@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from streams.access import needs
 from streams.kube import render
 from streams.settings import load_settings
 
@@ -32,7 +33,7 @@ def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 def test_generated_files_are_what_connectors_and_monitoring_render() -> None:
     """deploy/kubernetes/generated/ is rendered, never edited: `crm-erp-sync render-kubernetes`."""
-    for name, text in render(REPO / "connectors").items():
+    for name, text in render(load_settings(None)).items():
         assert (KUBE / "generated" / name).read_text(encoding="utf-8") == text, name
 
 
@@ -41,12 +42,18 @@ def test_each_kafka_connector_is_its_connector_file(rendered: list[dict[str, Any
     files = sorted((REPO / "connectors").glob("*-postgres.json"))
     assert sorted(connectors) == sorted(json.loads(p.read_text(encoding="utf-8"))["name"] for p in files)
     connect = of_kind(rendered, "KafkaConnect")[0]
+    settings = load_settings(None)
     env = {e["name"] for e in connect["spec"]["template"]["connectContainer"]["env"]}
     for path in files:
         definition = json.loads(path.read_text(encoding="utf-8"))
         spec = connectors[definition["name"]]["spec"]
-        assert {**spec["config"], "connector.class": spec["class"], "tasks.max": str(spec["tasksMax"])} \
-            == definition["config"]
+        config = {**spec["config"], "connector.class": spec["class"], "tasks.max": str(spec["tasksMax"])}
+        # The Connect pods log in as the capture role: the DBA's publication, the captured tables only
+        assert config == {**definition["config"], "publication.autocreate.mode": "disabled",
+                          "table.include.list": config["table.include.list"]}
+        source = definition["config"]["topic.prefix"]
+        assert {t.replace("\\.", ".") for t in config["table.include.list"].split(",")} \
+            == needs(settings)[source].captured | {"sync_meta.heartbeat", "sync_meta.debezium_signal"}
         assert connectors[definition["name"]]["metadata"]["labels"]["strimzi.io/cluster"] \
             == connect["metadata"]["name"]
         placeholders = {v.split(":", 1)[1].rstrip("}") for v in definition["config"].values()
