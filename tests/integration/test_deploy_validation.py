@@ -1,7 +1,8 @@
 """deploy/ checked without a Docker engine or a cluster: the compose file against the compose specification's
 own JSON schema (compose-go, the library `docker compose` parses with) and against the files the native stack
-runs; the rendered Kubernetes resources decoded strictly into their Go API types (deploy/kubernetes/check).
-Both come from the Go module proxy, into a cache outside the repository."""
+runs; the rendered Kubernetes resources decoded strictly into their Go API types (deploy/kubernetes/check);
+the Dockerfiles parsed and linted by BuildKit's Dockerfile frontend (deploy/docker/check). All come from the
+Go module proxy, into a cache outside the repository."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +19,14 @@ import jsonschema
 import pytest
 import yaml
 
-from streams.cli import build_parser
+from streams.cli import build_parser, cmd_worker
 from streams.local import jars
 from streams.settings import LocalSettings, load_settings
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "deploy" / "compose"
+DOCKER = REPO / "deploy" / "docker"
 COMPOSE_GO = "github.com/compose-spec/compose-go/v2@v2.16.2"
 
 
@@ -158,3 +161,38 @@ def test_strimzi_resources_decode_into_strimzis_own_model_with_no_unknown_field(
     refused = run(broken)
     assert refused.returncode == 1 and "FAIL Kafka crm-erp-sync: unknown field Kafka.spec.kafka.listenerz" in (
         refused.stdout), refused.stdout
+
+
+def test_the_dockerfiles_pass_docker_builds_frontend_and_pin_what_the_native_stack_runs(
+        compose: dict[str, Any], tmp_path: Path) -> None:
+    """Both images as `docker build` reads them (BuildKit's parser and linter: a warning fails), and
+    what they build: the worker from the wheel of this project, as a non-root user, running the CLI's
+    worker; Kafka Connect from Debezium's image of the version the native stack runs, with the Avro
+    converter of the registry's version; compose builds each and tags it with those versions."""
+    check = DOCKER / "check"
+    done = go("run", ".", str(DOCKER / "worker.Dockerfile"), str(DOCKER / "connect.Dockerfile"), cwd=check)
+    assert done.returncode == 0, done.stdout + done.stderr
+    worker, connect = json.loads(done.stdout)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", worker["bases"][0]), worker["bases"]
+    assert worker["copied"] == [f"dist/{project['name'].replace('-', '_')}-*.whl"]  # `pip wheel --no-deps -w dist .`
+    assert worker["user"].isdigit() and int(worker["user"]) > 0 and not worker["shell_form"]
+    assert worker["entrypoint"] == ["crm-erp-sync"] and "crm-erp-sync" in project["scripts"]
+    assert build_parser().parse_args(worker["cmd"]).func is cmd_worker
+    assert connect["bases"] == [f"quay.io/debezium/connect:{jars.DEBEZIUM_VERSION}"]
+    services = compose["services"]
+    registry = next(s["image"] for s in services.values() if "schema-registry" in str(s.get("image", "")))
+    avro = connect["args"]["AVRO_CONVERTER"]
+    assert avro == registry.rsplit(":", 1)[1]
+    strimzi_connect = (REPO / "deploy" / "kubernetes" / "connect.yaml").read_text(encoding="utf-8")
+    assert f"/versions/{avro}/" in strimzi_connect and f"version: {jars.DEBEZIUM_VERSION}" in strimzi_connect
+    built = {Path(s["build"]["dockerfile"]).name: s["image"] for s in services.values() if "build" in s}
+    assert built == {"worker.Dockerfile": f"crm-erp-sync/worker:{project['version']}",
+                     "connect.Dockerfile": f"crm-erp-sync/connect:{jars.DEBEZIUM_VERSION.removesuffix('.Final')}"}
+    # It refuses what `docker build` would refuse (a misspelt instruction) or warn about (a lint rule).
+    for text, reason in (("FROM python:3.11.11-slim-bookworm\nENTRYPONT [\"crm-erp-sync\"]\n", "unknown instruction"),
+                         ("FROM python:3.11.11-slim-bookworm as worker\n", "FromAsCasing")):
+        bad = tmp_path / "bad.Dockerfile"
+        bad.write_text(text, encoding="utf-8")
+        refused = go("run", ".", str(bad), cwd=check)
+        assert refused.returncode == 1 and reason in refused.stdout, refused.stdout
