@@ -93,6 +93,7 @@ def test_its_parts_fit_together(compose: dict[str, Any], tmp_path: Path) -> None
     assert (settings.kafka.replication_factor, settings.kafka.min_insync_replicas) == (3, 2)
     kafka = [s for s in services.values() if str(s.get("image", "")).startswith("apache/kafka")]
     assert len(kafka) == 3 and all(s["environment"]["KAFKA_MIN_INSYNC_REPLICAS"] == "2" for s in kafka)
+    assert {s["image"] for s in kafka} == {f"apache/kafka:{jars.KAFKA_VERSION}"}  # the version the tests run
     # Every ${env:...} of the connectors is set on the Connect container.
     env = services["connect"]["environment"]
     for path in (REPO / "connectors").glob("*-postgres.json"):
