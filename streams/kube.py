@@ -2,9 +2,10 @@
 
 ``crm-erp-sync render-kubernetes`` writes ``deploy/kubernetes/generated/``: one Strimzi
 ``KafkaConnector`` per ``connectors/*.json`` (its ``config`` unchanged but for the class and task
-count Strimzi takes as fields, and the publication left to the DBA: the Connect pods log in as the
-capture role, which owns no table), a ``PrometheusRule`` holding ``monitoring/prometheus/alerts.yml``'s
-groups, and a ``ConfigMap`` of the Grafana dashboards for Grafana's sidecar. ``deploy/kubernetes``
+count Strimzi takes as fields, and what the capture role the Connect pods log in as needs: the
+DBA's publication and the captured tables only, :func:`streams.roles.capture_connector`), a
+``PrometheusRule`` holding ``monitoring/prometheus/alerts.yml``'s groups, and a ``ConfigMap`` of
+the Grafana dashboards for Grafana's sidecar. ``deploy/kubernetes``
 (kustomize) adds the hand-written rest: Kafka and its node pool, Kafka Connect, the workers.
 """
 

@@ -5,14 +5,15 @@ owner of its tables (``psql -v ON_ERROR_STOP=1 -f``); ``deploy/sql/`` holds the 
 source database it makes:
 
 * ``crm_erp_sync_capture`` (LOGIN REPLICATION): reads the captured tables only, keeps the
-  heartbeat, reads signals; the publication ``crm_erp_sync_<system>`` is created here with exactly
-  the captured tables (set ``publication.autocreate.mode: disabled`` in the connector to rely on it);
+  heartbeat, writes an incremental snapshot's watermarks among the signals; the publication
+  ``crm_erp_sync_<system>`` is created here with exactly the captured tables, and
+  :func:`capture_connector` (``roles crm --connector``) is the connector that streams it as it is;
 * ``crm_erp_sync_apply`` (LOGIN): reads the tables the sync reads, updates only the mapped columns,
   inserts only into the tables create rules write (with their sequences), and keeps the sync's
   bookkeeping in ``sync_meta`` — which this script creates, so the sync needs no DDL right there.
 
-For the store it makes ``crm_erp_sync_store``, owner of schemas ``sync`` and ``registry``. Passwords are never in the
-script: set them afterwards (``\\password crm_erp_sync_apply``).
+For the store it makes ``crm_erp_sync_store``, owner of schemas ``sync`` and ``registry``.
+Passwords are never in the script: set them afterwards (``\\password crm_erp_sync_apply``).
 """
 
 from __future__ import annotations
