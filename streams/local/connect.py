@@ -38,6 +38,7 @@ class ConnectWorker:
     group: str = GROUP
     replication_factor: int = -1  # of Connect's own topics; -1: the brokers' default
     extra_plugins: tuple[jars.Bundle, ...] = ()  # e.g. Debezium's JDBC sink for ``bench peer``
+    runtime: jars.Bundle = jars.CONNECT  # the Kafka Connect release it runs
 
     @property
     def url(self) -> str:
@@ -92,7 +93,7 @@ class ConnectWorker:
         """The command that runs the worker."""
         return [java, f"-Xmx{self.heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={self.folder / 'log4j2.properties'}",
-                "-cp", jars.classpath(jars.ensure(jars.CONNECT, cache)),
+                "-cp", jars.classpath(jars.ensure(self.runtime, cache)),
                 "org.apache.kafka.connect.cli.ConnectDistributed", str(self.folder / "connect-distributed.properties")]
 
 

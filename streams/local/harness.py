@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,10 @@ class Harness:
     """PostgreSQL (crm, erp, sync), broker and registry, plus a config file for the CLI."""
 
     def __init__(self, root: Path, seed_accounts: int = 60, brokers: int = 1, capture_mode: str | None = None,
-                 scram: Scram | None = None, erp: str = "demo", least_privilege: bool | None = None) -> None:
+                 scram: Scram | None = None, erp: str = "demo", least_privilege: bool | None = None,
+                 kafka_version: str = jars.KAFKA_VERSION) -> None:
         self.root = root
+        self.kafka_version = kafka_version  # of the brokers and Kafka Connect (another: a deployment's)
         # Least privilege: deploy/sql's scripts, rendered for this config's profiles, are run by the
         # owner; the worker and the CLI log in to the CRM and the ERP as the applier role, capture as
         # the capture role on the DBA's publication (capture.yaml), both to the store (and the
@@ -110,7 +113,8 @@ class Harness:
             with self.connect(system) as conn:
                 seed.install(conn, system, getattr(data, system), self.erp if system == "erp" else None)
         if not self.bootstrap:
-            self.kafka = KafkaCluster(self.root / "kafka", self.brokers, scram=self.scram).start()
+            self.kafka = KafkaCluster(self.root / "kafka", self.brokers, scram=self.scram,
+                                      server=jars.kafka(self.kafka_version)).start()
             self.bootstrap = self.kafka.bootstrap
         if self.least_privilege:
             with self.connect("sync") as owner:
@@ -159,7 +163,8 @@ class Harness:
         if self.connect_worker is None:
             self.connect_worker = ConnectWorker(self.root / "connect", self.bootstrap, free_port(),
                                                 replication_factor=min(3, self.brokers),
-                                                extra_plugins=self.connect_plugins)
+                                                extra_plugins=self.connect_plugins,
+                                                runtime=jars.connect(self.kafka_version))
             self.connect_worker.prepare(self.jar_cache)
             self.connect_url = self.connect_worker.url
         if self.connect_proc is None or self.connect_proc.poll() is not None:
@@ -393,6 +398,24 @@ def win_deal(harness: Harness, account: str, lines: Sequence[tuple[str, str, str
             crm.execute("UPDATE opportunities SET stage = 'closed_won' WHERE id = %s", (deal,))
             crm.commit()
     return deal
+
+
+def edits_sync_both_ways(harness: Harness, phone: str, credit_limit_fen: int, timeout: float = 120) -> None:
+    """With capture and a worker running on the demo ERP: edits of the first exact pair cross both ways.
+
+    A CRM edit of its phone reaches the ERP and an ERP edit of its credit limit the CRM (each owned
+    by the side edited).
+    """
+    crm_id, erp_id = harness.linked_pair()
+    with harness.connect("crm") as crm:
+        crm.execute("UPDATE accounts SET phone = %s WHERE id = %s", (phone, crm_id))
+    with harness.connect("erp") as erp:
+        erp.execute("UPDATE customers SET credit_limit_fen = %s WHERE cust_no = %s", (credit_limit_fen, erp_id))
+        wait_for(lambda: scalar(erp, "SELECT contact_phone FROM customers WHERE cust_no = %s", erp_id) == phone,
+                 timeout, 0.5, "the CRM-owned phone in the ERP")
+    with harness.connect("crm") as crm:
+        wait_for(lambda: scalar(crm, "SELECT credit_limit FROM accounts WHERE id = %s", crm_id)
+                 == Decimal(credit_limit_fen) / 100, timeout, 0.5, "the ERP-owned credit limit in the CRM")
 
 
 def wait_for_identity(harness: Harness, timeout: float = 120) -> None:

@@ -47,10 +47,23 @@ class Bundle:
         return f"{self.name}-{digest}"
 
 
-KAFKA = Bundle("kafka", (f"org.apache.kafka:kafka_2.13:{KAFKA_VERSION}",
-                         f"org.apache.logging.log4j:log4j-slf4j-impl:{LOG4J_VERSION}"))
-CONNECT = Bundle("connect", (f"org.apache.kafka:connect-runtime:{KAFKA_VERSION}",
-                             f"org.apache.logging.log4j:log4j-slf4j-impl:{LOG4J_VERSION}"))
+
+
+def kafka(version: str = KAFKA_VERSION) -> Bundle:
+    """The Kafka server of ``version`` (another than the default: a deployment's, to test against)."""
+    return Bundle("kafka" if version == KAFKA_VERSION else f"kafka-{version}",
+                  (f"org.apache.kafka:kafka_2.13:{version}",
+                   f"org.apache.logging.log4j:log4j-slf4j-impl:{LOG4J_VERSION}"))
+
+
+def connect(version: str = KAFKA_VERSION) -> Bundle:
+    """The Kafka Connect runtime of ``version``."""
+    return Bundle("connect" if version == KAFKA_VERSION else f"connect-{version}",
+                  (f"org.apache.kafka:connect-runtime:{version}",
+                   f"org.apache.logging.log4j:log4j-slf4j-impl:{LOG4J_VERSION}"))
+
+
+KAFKA, CONNECT = kafka(), connect()
 PLUGIN_EXCLUDES = ("org.apache.kafka", "org.slf4j")
 DEBEZIUM_POSTGRES = Bundle("debezium-connector-postgres",
                            (f"io.debezium:debezium-connector-postgres:{DEBEZIUM_VERSION}",), PLUGIN_EXCLUDES)

@@ -57,6 +57,7 @@ class KafkaNode:
     scram: Scram | None = None
     jar_cache: Path = jars.DEFAULT_CACHE
     extra: dict[str, str] = field(default_factory=dict)
+    server: jars.Bundle = jars.KAFKA  # the Kafka release it runs
 
     @property
     def bootstrap(self) -> str:
@@ -138,7 +139,7 @@ class KafkaNode:
                 "-cp", self._classpath(), "kafka.Kafka", str(self.folder / "server.properties")]
 
     def _classpath(self) -> str:
-        return jars.classpath(jars.ensure(jars.KAFKA, self.jar_cache))
+        return jars.classpath(jars.ensure(self.server, self.jar_cache))
 
 
 def cluster_id_of(folder: Path) -> str:
@@ -153,10 +154,10 @@ def cluster_id_of(folder: Path) -> str:
 
 
 def nodes(folder: Path, ports: Sequence[int], controller_ports: Sequence[int], heap: str = "512m",
-          scram: Scram | None = None) -> list[KafkaNode]:
+          scram: Scram | None = None, server: jars.Bundle = jars.KAFKA) -> list[KafkaNode]:
     """The nodes of a cluster on the given client and controller ports, node ids from 1."""
     voters = ",".join(f"{i + 1}@127.0.0.1:{p}" for i, p in enumerate(controller_ports))
-    return [KafkaNode(i + 1, folder / f"node-{i + 1}", port, cport, voters, len(ports), heap, scram)
+    return [KafkaNode(i + 1, folder / f"node-{i + 1}", port, cport, voters, len(ports), heap, scram, server=server)
             for i, (port, cport) in enumerate(zip(ports, controller_ports, strict=True))]
 
 
@@ -164,11 +165,11 @@ class KafkaCluster:
     """N Kafka nodes on free ports under ``folder``, as child processes (tests and benchmarks)."""
 
     def __init__(self, folder: Path, size: int = 1, java_home: Path | None = None, heap: str = "512m",
-                 scram: Scram | None = None) -> None:
+                 scram: Scram | None = None, server: jars.Bundle = jars.KAFKA) -> None:
         ports = free_ports(2 * size)
         self.folder = folder
         self.java = java_binary(java_home)
-        self.nodes = nodes(folder, ports[:size], ports[size:], heap, scram)
+        self.nodes = nodes(folder, ports[:size], ports[size:], heap, scram, server)
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     @property

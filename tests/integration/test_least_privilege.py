@@ -6,14 +6,22 @@ import json
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 
 import psycopg
 import pytest
 import yaml
 
-from streams.local.harness import REPO, Harness, running, scalar, wait_for, wait_for_capture, wait_for_identity
+from streams.local.harness import (
+    REPO,
+    Harness,
+    edits_sync_both_ways,
+    running,
+    scalar,
+    wait_for,
+    wait_for_capture,
+    wait_for_identity,
+)
 from streams.registry.store import RegistryStore
 from streams.store import Store
 
@@ -105,16 +113,7 @@ def test_a_worker_with_the_applier_role_syncs_both_ways(restricted: Harness) -> 
         applier = applier_config(h)
         with running(h.spawn_command([*h.cli()[:4], str(applier), "worker"], "worker.log")):
             wait_for_identity(h)
-            crm_id, erp_id = h.linked_pair()
-            with h.connect("crm") as crm:
-                crm.execute("UPDATE accounts SET phone = '021-12340000' WHERE id = %s", (crm_id,))
-            with h.connect("erp") as erp:
-                erp.execute("UPDATE customers SET credit_limit_fen = 4242 WHERE cust_no = %s", (erp_id,))
-                wait_for(lambda: scalar(erp, "SELECT contact_phone FROM customers WHERE cust_no = %s", erp_id)
-                         == "021-12340000", 90, 0.5, "the CRM-owned phone in the ERP")
-            with h.connect("crm") as crm:
-                wait_for(lambda: scalar(crm, "SELECT credit_limit FROM accounts WHERE id = %s", crm_id)
-                         == Decimal("42.42"), 90, 0.5, "the ERP-owned credit limit in the CRM")
+            edits_sync_both_ways(h, "021-12340000", 4242)
     done = subprocess.run([*h.cli()[:4], str(applier), "doctor"], capture_output=True, text=True, check=False,
                           timeout=120)
     failed = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
