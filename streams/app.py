@@ -217,7 +217,8 @@ class Processors:
     def locked(self, steps: list[tuple[str, str, Any]]) -> tuple[list[tuple[Any, list[int]]], Any, Any]:
         """Run each ``(entity, gid, step)`` on its entity's row-locked state, in order, in one transaction.
 
-        ``step(state, now_ms) -> (state, conflicts, result)``; returns each ``(result, conflict ids)``,
+        ``step(state, now_ms) -> (state, conflicts, result)`` may change the state it is given (its
+        own: :meth:`Store.lock_states`); returns each ``(result, conflict ids)``,
         the transaction and the states saved in it with their versions (to cache once it commits).
         The transaction stays open: the caller commits after the broker took what it sends.
         """

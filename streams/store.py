@@ -288,7 +288,9 @@ class Store:
                     cache: StateCache | None = None) -> dict[tuple[str, str], EntityState]:
         """Several entities' states, row-locked (in key order) until ``conn``'s transaction ends; two queries.
 
-        A state ``cache`` holds at the row's current version is not read again (nor parsed).
+        A state ``cache`` holds at the row's current version is not read again (nor parsed), but
+        copied: each state returned is the caller's own, to change (a rolled-back batch leaves the
+        cache as it was).
         """
         entities, gids = [k[0] for k in keys], [k[1] for k in keys]
         conn.execute(self._q(
@@ -304,7 +306,7 @@ class Store:
             " ORDER BY s.entity, s.global_id FOR UPDATE OF s"),
             (entities, gids, known),
         ).fetchall()
-        return {(r[0], r[1]): cache.get((r[0], r[1])) if r[2] is None and cache is not None
+        return {(r[0], r[1]): cache.get((r[0], r[1])).copy() if r[2] is None and cache is not None
                 else EntityState.from_json(r[2]) for r in rows}
 
     def save_states(self, conn: psycopg.Connection[Any], states: dict[tuple[str, str], EntityState]

@@ -73,7 +73,7 @@ class Apply:
 
             def step(state: EntityState, now_ms: int, system: str = system, name: str = name, value: Any = value
                      ) -> tuple[EntityState, list[Conflict], Any]:
-                outcome = reject(state, system, name, value, now_ms)
+                outcome = reject(state, system, name, value, now_ms, owned=True)  # its own (Processors.locked)
                 return outcome.state, [], outcome
 
             steps.append((cmd["entity"], cmd["global_id"], step))

@@ -48,8 +48,7 @@ class Reconcile:
         if rec["values_json"] is None and rec["op"] != "create":  # a deletion: deactivate the counterpart
             def deleted(state: EntityState, now_ms: int) -> tuple[EntityState, list[Conflict], Any]:
                 rule = profile.deactivation(other(system)) if profile.in_scope(state.values) else None
-                state = state.copy()  # never the cached one: a rolled-back batch must leave it as it was
-                return state, [], deactivate(rule, state, system, change_version, now_ms)
+                return state, [], deactivate(rule, state, system, change_version, now_ms)  # the step's own state
 
             def finish_deleted(cmd: Any, _: list[int]) -> list[tuple[str, str, Any]]:
                 metrics.RECONCILE_EVENTS.labels(entity, system, "deleted").inc()
@@ -66,12 +65,13 @@ class Reconcile:
 
         def step(state: EntityState, now_ms: int) -> tuple[EntityState, list[Conflict], Any]:
             if rec["op"] == "create":  # the record's hold passed without a twin: the create rule decides
-                outcome = Outcome(state.copy())  # never the cached one: a rolled-back batch must leave it as it was
+                outcome = Outcome(state)  # the step's own state (Processors.locked)
                 return outcome.state, [], (outcome, request_create(create_rule(outcome.state), outcome.state,
                                                                    system, now_ms))
             outcome = apply_change(profile.fields, state, system, json.loads(rec["values_json"]), change_version,
                                    json.loads(rec["row_version_json"]), now_ms, commit_ms, rec.get("by_sync"), ref,
-                                   profile.in_scope if profile.scope else None, partial=rec["op"] == "partial")
+                                   profile.in_scope if profile.scope else None, partial=rec["op"] == "partial",
+                                   owned=True)  # the step's own state (Processors.locked)
             create = (request_create(create_rule(outcome.state), outcome.state, system, now_ms)
                       if rec["may_create"] else None)
             return outcome.state, outcome.conflicts, (outcome, create)

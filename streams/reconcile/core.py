@@ -206,8 +206,9 @@ class Outcome:
 class _Step:
     """Applying one change: the working state plus what it produced."""
 
-    def __init__(self, state: EntityState, now_ms: int, cause: Mapping[str, Any] | None = None) -> None:
-        self.out = Outcome(state.copy())
+    def __init__(self, state: EntityState, now_ms: int, cause: Mapping[str, Any] | None = None,
+                 owned: bool = False) -> None:
+        self.out = Outcome(state if owned else state.copy())
         self.now_ms = now_ms
         self.cause = cause
         self.frozen = False  # the record is out of the pilot's scope: changes are seen, nothing is written
@@ -368,6 +369,7 @@ def apply_change(
     cause: Mapping[str, Any] | None = None,
     in_scope: Callable[[Mapping[str, Mapping[str, Any]]], bool] | None = None,
     partial: bool = False,
+    owned: bool = False,
 ) -> Outcome:
     """Reconcile one change of ``system`` (canonical ``values`` of its row) into ``state``.
 
@@ -380,10 +382,11 @@ def apply_change(
     (JSON-able) references the change, for the commands it leads to, now or later. ``in_scope``
     tells from each side's values whether the record may be written (a pilot's scope). A
     ``partial`` change carries some fields only (queried sides, recomputed on a change of another
-    table): they join the side's values; its row and row version stay as they were.
+    table): they join the side's values; its row and row version stay as they were. ``state`` is
+    left as it was, unless the caller hands it over (``owned``: changed in place, not copied).
     """
     commit_ms = version[0] if commit_ms is None else commit_ms
-    step = _Step(state, now_ms, cause)
+    step = _Step(state, now_ms, cause, owned)
     st = step.out.state
     if partial:
         st.values[system] = {**st.values.get(system, {}), **values}
@@ -414,14 +417,14 @@ def resolve_manual(state: EntityState, name: str, value: Any, now_ms: int) -> Ou
     return step.out
 
 
-def reject(state: EntityState, system: str, name: str, value: Any, now_ms: int) -> Outcome:
+def reject(state: EntityState, system: str, name: str, value: Any, now_ms: int, owned: bool = False) -> Outcome:
     """``system`` refused the sync's write of ``value`` to field ``name``: it is no longer in flight.
 
     A newer value set aside while that write was in flight goes now; without one, the field waits
     for its next change (the target keeps what it had). A refusal of a write that is not the one in
-    flight (an older, superseded one) changes nothing.
+    flight (an older, superseded one) changes nothing. ``owned`` as for :func:`apply_change`.
     """
-    step = _Step(state, now_ms)
+    step = _Step(state, now_ms, owned=owned)
     fs = step.out.state.fields.get(name)
     if fs is None or system not in fs.inflight or fs.inflight[system][0] != value:
         return step.out

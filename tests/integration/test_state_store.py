@@ -1,4 +1,5 @@
-"""Entity states in the sync store, read through a worker's cache: a write by anyone else is seen."""
+"""Entity states in the sync store, read through a worker's cache: a write by anyone else is seen, and a
+batch changing what it was served leaves the cache as it was."""
 
 from __future__ import annotations
 
@@ -25,7 +26,11 @@ def test_the_cache_serves_its_own_writes_and_rereads_anyone_elses(harness: Harne
         versions = store.save_states(worker, {key: mine})
         worker.commit()
         cache.put({k: (v, mine) for k, v in versions.items()})
-        assert store.lock_states(worker, [key], cache)[key] is mine  # current: not read again
+        mine.values["crm"] = {"only": "in the cache"}  # so that a state served from it is told apart
+        served = store.lock_states(worker, [key], cache)[key]  # current: not read again, but copied
+        assert served.values == {"crm": {"only": "in the cache"}} and served is not mine
+        served.rows["crm"] = "changed by a batch that is rolled back"
+        assert cache.get(key).rows == {"crm": "v1"}
         worker.rollback()
 
         theirs = EntityState(rows={"crm": "v2"})  # a person resolving a conflict, another worker

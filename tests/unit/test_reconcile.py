@@ -226,6 +226,13 @@ class Simulation:
         # clocks, so a user writing exactly what the sync is writing there is a user edit.
         out = apply_change(FIELDS, self.state, system, values, (at, 0), image["_v"], self.clock + self.skew, at,
                            by_sync=not by_user)
+        # The worker hands over a state it owns (changed in place, not copied): the same outcome.
+        given = self.state.copy()
+        handed = apply_change(FIELDS, given, system, values, (at, 0), image["_v"], self.clock + self.skew, at,
+                              by_sync=not by_user, owned=True)
+        assert handed.state is given
+        assert (handed.state.to_json(), handed.commands, handed.conflicts) == (out.state.to_json(), out.commands,
+                                                                               out.conflicts)
         self.state = out.state
         self.commands.extend(out.commands)
         self.conflicts.extend(out.conflicts)
