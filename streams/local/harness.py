@@ -293,8 +293,9 @@ class Harness:
         for system in ("crm", "erp"):
             with self.connect(system) as owner:
                 owner.execute(render_roles(settings, system).text)
-                for role in (CAPTURE_ROLE, APPLIER_ROLE):
-                    self._set_password(owner, role)
+        with self.connect("crm") as owner:  # roles belong to the cluster: their passwords are set once
+            for role in (CAPTURE_ROLE, APPLIER_ROLE):
+                self._set_password(owner, role)
 
     def _capture_role_connectors(self, settings: Settings) -> Path:
         """``settings``' connectors as the capture role runs them (:func:`streams.roles.capture_connector`)."""

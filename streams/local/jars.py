@@ -49,18 +49,21 @@ class Bundle:
 
 
 
+def _release(name: str, artifact: str, version: str) -> Bundle:
+    """A Kafka release's ``artifact`` with the log4j binding (the default release keeps the plain name)."""
+    return Bundle(name if version == KAFKA_VERSION else f"{name}-{version}",
+                  (f"org.apache.kafka:{artifact}:{version}",
+                   f"org.apache.logging.log4j:log4j-slf4j-impl:{LOG4J_VERSION}"))
+
+
 def kafka(version: str = KAFKA_VERSION) -> Bundle:
     """The Kafka server of ``version`` (another than the default: a deployment's, to test against)."""
-    return Bundle("kafka" if version == KAFKA_VERSION else f"kafka-{version}",
-                  (f"org.apache.kafka:kafka_2.13:{version}",
-                   f"org.apache.logging.log4j:log4j-slf4j-impl:{LOG4J_VERSION}"))
+    return _release("kafka", "kafka_2.13", version)
 
 
 def connect(version: str = KAFKA_VERSION) -> Bundle:
     """The Kafka Connect runtime of ``version``."""
-    return Bundle("connect" if version == KAFKA_VERSION else f"connect-{version}",
-                  (f"org.apache.kafka:connect-runtime:{version}",
-                   f"org.apache.logging.log4j:log4j-slf4j-impl:{LOG4J_VERSION}"))
+    return _release("connect", "connect-runtime", version)
 
 
 KAFKA, CONNECT = kafka(), connect()
