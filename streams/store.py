@@ -142,6 +142,14 @@ class StateCache:
         """The cached state (callers never change it in place)."""
         return self._states[key][1]
 
+    def take(self, key: tuple[str, str]) -> EntityState:
+        """The cached state, handed over: no longer cached until a commit puts it back (:meth:`put`).
+
+        The taker may change it in place; a batch that fails or rolls back never puts it back, so the
+        next one reads the state as stored.
+        """
+        return self._states.pop(key)[1]
+
     def put(self, saved: dict[tuple[str, str], tuple[int, EntityState]]) -> None:
         """Remember states committed at their versions."""
         for key, entry in saved.items():
@@ -289,8 +297,8 @@ class Store:
         """Several entities' states, row-locked (in key order) until ``conn``'s transaction ends; two queries.
 
         A state ``cache`` holds at the row's current version is not read again (nor parsed), but
-        copied: each state returned is the caller's own, to change (a rolled-back batch leaves the
-        cache as it was).
+        taken out of it: each state returned is the caller's own, to change in place, and only the
+        caller's commit puts it back (a rolled-back batch leaves it out, so it is read again).
         """
         entities, gids = [k[0] for k in keys], [k[1] for k in keys]
         conn.execute(self._q(
@@ -306,7 +314,7 @@ class Store:
             " ORDER BY s.entity, s.global_id FOR UPDATE OF s"),
             (entities, gids, known),
         ).fetchall()
-        return {(r[0], r[1]): cache.get((r[0], r[1])).copy() if r[2] is None and cache is not None
+        return {(r[0], r[1]): cache.take((r[0], r[1])) if r[2] is None and cache is not None
                 else EntityState.from_json(r[2]) for r in rows}
 
     def save_states(self, conn: psycopg.Connection[Any], states: dict[tuple[str, str], EntityState]

@@ -1,5 +1,5 @@
 """Entity states in the sync store, read through a worker's cache: a write by anyone else is seen, and a
-batch changing what it was served leaves the cache as it was."""
+batch that changed what it was served and rolled back leaves it out of the cache: it is read again."""
 
 from __future__ import annotations
 
@@ -27,10 +27,12 @@ def test_the_cache_serves_its_own_writes_and_rereads_anyone_elses(harness: Harne
         worker.commit()
         cache.put({k: (v, mine) for k, v in versions.items()})
         mine.values["crm"] = {"only": "in the cache"}  # so that a state served from it is told apart
-        served = store.lock_states(worker, [key], cache)[key]  # current: not read again, but copied
-        assert served.values == {"crm": {"only": "in the cache"}} and served is not mine
+        served = store.lock_states(worker, [key], cache)[key]  # current: not read again, but handed over
+        assert served is mine and cache.versions([key]) == [-1]
         served.rows["crm"] = "changed by a batch that is rolled back"
-        assert cache.get(key).rows == {"crm": "v1"}
+        worker.rollback()
+        reread = store.lock_states(worker, [key], cache)[key]  # the stored state, not the one changed
+        assert reread is not mine and reread.rows == {"crm": "v1"} and reread.values == {}
         worker.rollback()
 
         theirs = EntityState(rows={"crm": "v2"})  # a person resolving a conflict, another worker

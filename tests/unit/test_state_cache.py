@@ -26,3 +26,13 @@ def test_a_zero_limit_keeps_nothing() -> None:
     cache = StateCache(0)
     cache.put({("e", "a"): (1, EntityState())})
     assert cache.versions([("e", "a")]) == [-1]
+
+
+def test_a_state_taken_is_no_longer_cached_until_put_back() -> None:
+    cache = StateCache(10)
+    state = EntityState(rows={"crm": 1})
+    cache.put({("customer", "g1"): (7, state)})
+    assert cache.take(("customer", "g1")) is state
+    assert cache.versions([("customer", "g1")]) == [-1]  # a batch that fails never puts it back
+    cache.put({("customer", "g1"): (8, state)})
+    assert cache.versions([("customer", "g1")]) == [8]
