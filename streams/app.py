@@ -25,7 +25,7 @@ from typing import Any
 import faust
 import psycopg
 
-from streams import codecs, faults, metrics, transport
+from streams import batching, codecs, faults, metrics, transport
 from streams.agents.apply import Apply
 from streams.agents.audit import AuditTrail
 from streams.agents.creates import Creates
@@ -100,9 +100,10 @@ class Processors:
                 outputs[flow.canonical] = str(flow.profile.canonical_schema.relative_to(codecs.SCHEMAS))
         for rule in self.document_profile.canonical:
             outputs[rule.topic] = str(rule.schema_path.relative_to(codecs.SCHEMAS))
-        self.decode, encoders = codecs.codecs_for(settings, outputs)
+        self.decode, encoders = codecs.codecs_for(settings, outputs, {batching.SUBJECT: batching.SCHEMA})
         dry_run = settings.sync.dry_run
-        self.outputs: Outputs | PlanOutputs = Outputs(settings, {t: codec.dumps for t, codec in encoders.items()})
+        self.outputs: Outputs | PlanOutputs = Outputs(settings, {t: codec.dumps for t, codec in encoders.items()},
+                                                      batched=frozenset(self.by_changes))
         if dry_run:  # commands and conflicts are recorded as the plan; nothing reaches either system
             log.warning("dry run (sync.dry_run): nothing is written to either system; `crm-erp-sync plan` shows"
                         " what would be")
@@ -178,11 +179,14 @@ class Processors:
     def _agent(self, stage: str, handler: Any, size: int) -> Any:
         """A Faust agent running ``handler`` on each batch of its topic (``agents.loop.batches``)."""
         async def agent(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
-            async for _ in batches(stream, stage, handler, self.retry, size, WITHIN):
+            async for _ in batches(stream, stage, handler, self.retry, size, WITHIN, self._expand):
                 yield None
 
         agent.__name__ = stage.replace("-", "_")
         return agent
+
+    def _expand(self, messages: list[Any]) -> list[Any]:
+        return batching.expand(messages, self.decode.loads)
 
     # -- helpers ----------------------------------------------------------------------------
     async def _send(self, topic: str, key: str, value: dict[str, Any]) -> None:
@@ -199,15 +203,17 @@ class Processors:
         flow = self.by_raw.get(message.topic)
         if flow is not None and stage != "document":  # a raw event: counted as finished by normalize
             metrics.RECONCILE_EVENTS.labels(flow.entity, message.topic.split(".")[0], "dead_letter").inc()
-        log.warning("dead letter (%s) %s/%s/%s: %s", stage, message.topic, message.partition, message.offset, reason)
+        item = getattr(message, "item", 0)  # an item of a batch record (streams.batching)
+        where = f"{message.topic}/{message.partition}/{message.offset}" + (f"#{item}" if item else "")
+        log.warning("dead letter (%s) %s: %s", stage, where, reason)
         metrics.DEAD_LETTERS.labels(stage, metrics.DEAD_LETTER_REASONS.get(stage, "other")).inc()
-        await self._send(DLQ, f"{message.topic}/{message.partition}/{message.offset}", {
+        await self._send(DLQ, where, {
             "stage": stage, "reason": reason, "topic": message.topic, "partition": message.partition,
             "offset": message.offset, "key": message.key, "value": message.value,
-            "failed_at": datetime.now(tz=UTC),
+            "failed_at": datetime.now(tz=UTC), "item": item,
         })
         await asyncio.to_thread(self.store.add_dead_letter, stage, reason, message.topic, message.partition,
-                                message.offset, self.incarnations.get(message.topic, ""), fingerprint)
+                                message.offset, self.incarnations.get(message.topic, ""), fingerprint, item)
 
     async def retrying(self, what: str, func: Any, *args: Any) -> Any:
         """Run a blocking call in a thread until it succeeds (transient errors retried; see ``agents.loop``)."""

@@ -171,7 +171,7 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
             raise SyncError(f"no dead letter {args.id}")
         print(json.dumps(rows[0], ensure_ascii=False, indent=2, default=str))
         return 0
-    print(_table(rows, ["id", "stage", "topic", "partition", "offset", "created_at", "replayed_at", "reason"]))
+    print(_table(rows, ["id", "stage", "topic", "partition", "offset", "item", "created_at", "replayed_at", "reason"]))
     return 0
 
 

@@ -78,11 +78,12 @@ class AvroEncode:
     """Encode records of one ``.avsc`` for one topic in Confluent wire format.
 
     The schema is registered under ``<topic>-value`` on first use (as the official serializer's
-    auto-registration does); then each record is one fastavro write after the 5-byte header.
+    auto-registration does), or under ``subject`` when given (a record-name subject, for records of
+    any topic); then each record is one fastavro write after the 5-byte header.
     """
 
-    def __init__(self, client: SchemaRegistryClient, topic: str, schema: str) -> None:
-        self._client, self._subject, self._text = client, f"{topic}-value", schema
+    def __init__(self, client: SchemaRegistryClient, topic: str, schema: str, subject: str | None = None) -> None:
+        self._client, self._subject, self._text = client, subject or f"{topic}-value", schema
         self._parsed = fastavro.parse_schema(json.loads(schema))
         self._header: bytes | None = None
 
@@ -100,7 +101,14 @@ class AvroEncode:
         return out.getvalue()
 
 
-def codecs_for(settings: Settings, outputs: dict[str, str]) -> tuple[AvroDecode, dict[str, AvroEncode]]:
-    """The decoder of any registered schema, and an encoder per ``{topic: avsc path under schemas/}``."""
+def codecs_for(settings: Settings, outputs: dict[str, str], subjects: dict[str, str] | None = None
+               ) -> tuple[AvroDecode, dict[str, AvroEncode]]:
+    """The decoder of any registered schema, and an encoder per ``{topic: avsc path under schemas/}``.
+
+    ``subjects`` (``{subject: avsc path}``): encoders registered under those subjects, keyed by them.
+    """
     client = SchemaRegistryClient(settings.registry.client_config())
-    return AvroDecode(client), {topic: AvroEncode(client, topic, schema_text(avsc)) for topic, avsc in outputs.items()}
+    encoders = {topic: AvroEncode(client, topic, schema_text(avsc)) for topic, avsc in outputs.items()}
+    encoders |= {subject: AvroEncode(client, subject, schema_text(avsc), subject)
+                 for subject, avsc in (subjects or {}).items()}
+    return AvroDecode(client), encoders

@@ -15,8 +15,9 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from streams import batching
 from streams.errors import TransientError
 from streams.settings import Settings
 
@@ -36,15 +37,34 @@ def producer_config(settings: Settings) -> dict[str, Any]:
 
 
 class Outputs:
-    """Encode and send ``(topic, key, record)``s; :meth:`send` returns once the broker has them all."""
+    """Encode and send ``(topic, key, record)``s; :meth:`send` returns once the broker has them all.
 
-    def __init__(self, settings: Settings, encoders: dict[str, Callable[[Any], bytes]]) -> None:
+    The records of one send to a ``batched`` topic go as one batch record per partition
+    (:mod:`streams.batching`; ``encoders[batching.SUBJECT]`` writes it).
+    """
+
+    def __init__(self, settings: Settings, encoders: dict[str, Callable[[Any], bytes]],
+                 batched: frozenset[str] = frozenset()) -> None:
         self._encoders = encoders
+        self._batched = batched
+        self._partitions: dict[str, int] = {}
         self._producer = Producer(producer_config(settings))
         self._timeout = settings.processors.send_timeout_s + 5.0  # librdkafka reports failures first
         # Delivery reports on their own thread. It ends with the process: a batch not yet reported
         # was never acknowledged, so its source offsets were not committed and it is read again.
         threading.Thread(target=self._poll, name="outputs-delivery", daemon=True).start()
+
+    def partitions(self, topic: str) -> int:
+        """How many partitions ``topic`` has (asked once per process: they are set before the workers start)."""
+        if topic not in self._partitions:
+            try:
+                found = self._producer.list_topics(topic, timeout=10).topics[topic]
+            except KafkaException as exc:
+                raise TransientError(f"the partitions of {topic}: {exc}") from exc
+            if found.error is not None or not found.partitions:
+                raise TransientError(f"the partitions of {topic}: {found.error or 'none'}")
+            self._partitions[topic] = len(found.partitions)
+        return self._partitions[topic]
 
     def _poll(self) -> None:
         while True:
@@ -74,14 +94,25 @@ class Outputs:
             if one_less():
                 loop.call_soon_threadsafe(settle)
 
+        out: list[tuple[str, bytes, bytes | None, dict[str, Any]]] = []  # all encoded before any is sent
+        items: list[tuple[str, bytes, bytes]] = []
         for topic, key, record in records:
-            value = self._encoders[topic](record)
+            if topic in self._batched:
+                items.append((topic, key.encode(), self._encoders[topic](record)))
+            else:
+                out.append((topic, self._encoders[topic](record), key.encode(), {}))
+        if items:
+            wrap = self._encoders[batching.SUBJECT]
+            out += [(topic, wrap({"keys": keys, "values": values}), None,
+                     {"partition": partition, "headers": [(batching.HEADER, b"1")]})
+                    for topic, partition, keys, values in batching.group(items, self.partitions)]
+        for topic, value, key_bytes, kwargs in out:
             with lock:
                 left += 1
             count += 1
             while True:
                 try:
-                    self._producer.produce(topic, value, key.encode(), on_delivery=report)
+                    self._producer.produce(topic, value, key_bytes, on_delivery=report, **kwargs)
                     break
                 except BufferError:  # the local queue is full: let it drain
                     await asyncio.sleep(0.01)

@@ -45,7 +45,7 @@ def replay(settings: Settings, store: Store, ids: Sequence[int] | None) -> int:
             raise SyncError(f"no dead letter waiting for replay with id {', '.join(map(str, sorted(missing)))}",
                             hint="crm-erp-sync dlq list")
         index = [r for r in index if r["id"] in ids]
-    wanted = {(r["stage"], r["topic"], r["partition"], r["offset"]): r["id"] for r in index}
+    wanted = {(r["stage"], r["topic"], r["partition"], r["offset"], r["item"]): r["id"] for r in index}
     producer = Producer({**settings.kafka.client_config(), "enable.idempotence": True, "acks": "all"})
     failures: list[str] = []
 
@@ -55,7 +55,7 @@ def replay(settings: Settings, store: Store, ids: Sequence[int] | None) -> int:
 
     sent: list[int] = []
     for letter in _letters(settings):
-        key = (letter["stage"], letter["topic"], letter["partition"], letter["offset"])
+        key = (letter["stage"], letter["topic"], letter["partition"], letter["offset"], letter.get("item", 0))
         if key in wanted and wanted[key] not in sent:
             producer.produce(letter["topic"], key=letter["key"], value=letter["value"], on_delivery=delivered)
             sent.append(wanted[key])

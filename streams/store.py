@@ -85,8 +85,11 @@ ALTER TABLE sync.dead_letters ADD COLUMN IF NOT EXISTS replayed_at timestamptz;
 -- A position names a record only within one incarnation of its topic (its id).
 ALTER TABLE sync.dead_letters ADD COLUMN IF NOT EXISTS incarnation text NOT NULL DEFAULT '';
 ALTER TABLE sync.dead_letters DROP CONSTRAINT IF EXISTS dead_letters_stage_topic_partition_offset_key;
-CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_position
-  ON sync.dead_letters (stage, topic, incarnation, partition, "offset");
+-- An item of a batch record (streams.batching) is named by its index in the record at that offset.
+ALTER TABLE sync.dead_letters ADD COLUMN IF NOT EXISTS item int NOT NULL DEFAULT 0;
+DROP INDEX IF EXISTS sync.dead_letters_position;
+CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_item_position
+  ON sync.dead_letters (stage, topic, incarnation, partition, "offset", item);
 -- A row's bad field (and its value) is one dead letter, not one per later change of the row.
 ALTER TABLE sync.dead_letters ADD COLUMN IF NOT EXISTS fingerprint text;
 CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_fingerprint ON sync.dead_letters (fingerprint)
@@ -391,7 +394,7 @@ class Store:
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """Dead letters, newest first."""
         return self._dicts(
-            'SELECT id, stage, reason, topic, partition, "offset", created_at, replayed_at FROM sync.dead_letters'
+            'SELECT id, stage, reason, topic, partition, "offset", item, created_at, replayed_at FROM sync.dead_letters'
             " ORDER BY id DESC LIMIT %s",
             (limit,),
         )
@@ -454,12 +457,12 @@ class Store:
         return {str(r[0]): int(r[1]) for r in rows}
 
     def add_dead_letter(self, stage: str, reason: str, topic: str, partition: int, offset: int,
-                        incarnation: str = "", fingerprint: str | None = None) -> None:
+                        incarnation: str = "", fingerprint: str | None = None, item: int = 0) -> None:
         """Index a dead letter (the bytes are in the dead-letter topic), once per position of a topic incarnation."""
         self.conn.execute(
-            'INSERT INTO sync.dead_letters (stage, reason, topic, partition, "offset", incarnation, fingerprint)'
-            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (stage, reason, topic, partition, offset, incarnation, fingerprint),
+            'INSERT INTO sync.dead_letters (stage, reason, topic, partition, "offset", incarnation, fingerprint, item)'
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (stage, reason, topic, partition, offset, incarnation, fingerprint, item),
         )
 
     def has_dead_letter(self, fingerprint: str) -> bool:

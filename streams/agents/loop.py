@@ -79,19 +79,31 @@ class Retry:
         return await self(what, lambda: asyncio.to_thread(func, *args))
 
 
+async def _now(func: Callable[..., Any], *args: Any) -> Any:
+    return func(*args)
+
+
 async def batches(stream: Any, stage: str, handler: Callable[[list[Any]], Awaitable[None]], retry: Retry,
-                  size: int, within: float) -> AsyncIterator[None]:
-    """The agent body: each batch of ``stream``'s messages handled until done, then acknowledged."""
+                  size: int, within: float, expand: Callable[[list[Any]], list[Any]] | None = None
+                  ) -> AsyncIterator[None]:
+    """The agent body: each batch of ``stream``'s messages handled until done, then acknowledged.
+
+    ``expand`` replaces batch records by their items (``streams.batching``); the handler gets at
+    most ``size`` of them at a time, and the batch is acknowledged once it handled them all.
+    """
     async for events in stream.take_events(size, within=within):
-        messages = [e.message for e in events]
-        metrics.STAGE_EVENTS.labels(stage, "in").inc(len(messages))
+        taken = [e.message for e in events]
         started = time.monotonic()
         try:
-            await retry(stage, functools.partial(handler, messages))
+            if expand is not None:
+                taken = await retry(stage, functools.partial(_now, expand, taken))
+            metrics.STAGE_EVENTS.labels(stage, "in").inc(len(taken))
+            for at in range(0, len(taken), size):
+                await retry(stage, functools.partial(handler, taken[at:at + size]))
         except asyncio.CancelledError:
             # Stopped in the middle of a batch: its effects may be half done, and Faust would
             # acknowledge it on the way out. Leave without acknowledging; it is read again.
-            fatal(f"{stage}: stopped while handling a batch of {len(messages)}")
+            fatal(f"{stage}: stopped while handling a batch of {len(taken)}")
         metrics.STAGE_SECONDS.labels(stage).observe(time.monotonic() - started)
         metrics.STAGE_PROGRESS.labels(stage).set(time.time())
         yield None  # Faust acknowledges the batch now, after its effects

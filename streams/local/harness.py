@@ -482,7 +482,10 @@ def wait_for_capture(harness: Harness, topics: Sequence[str] = ("crm.public.acco
 
 
 class TopicReader:
-    """Reads topics from the start (no consumer group) and decodes with the official deserializer."""
+    """Reads topics from the start (no consumer group) and decodes with the official deserializer.
+
+    A batch record (``streams.batching``) is read as its items, each with its index as ``item``.
+    """
 
     def __init__(self, bootstrap: str, registry_url: str, topics: Sequence[str], decode: bool = True) -> None:
         from confluent_kafka import Consumer, TopicPartition
@@ -499,14 +502,22 @@ class TopicReader:
         self.decode = decode
         self.records: list[dict[str, Any]] = []
 
-    def _decode(self, msg: Any, value: bool) -> Any:
+    def _decode(self, topic: str | None, raw: bytes | None, value: bool) -> Any:
         from confluent_kafka.serialization import MessageField, SerializationContext
 
-        raw = msg.value() if value else msg.key()
         if raw is None or not self.decode or raw[:1] != b"\x00":
             return raw  # not Confluent wire format (e.g. a plain-text key)
         field = MessageField.VALUE if value else MessageField.KEY
-        return self.deserializer(raw, SerializationContext(msg.topic(), field))
+        return self.deserializer(raw, SerializationContext(topic or "", field))
+
+    def _items(self, msg: Any) -> list[tuple[bytes | None, bytes | None, int]]:
+        """``(key, value, item)`` of each record ``msg`` carries."""
+        from streams.batching import HEADER
+
+        if not any(name == HEADER for name, _ in msg.headers() or ()):
+            return [(msg.key(), msg.value(), 0)]
+        batch = self.deserializer(msg.value(), None)  # the envelope, even when the items stay bytes
+        return [(k, v, n) for n, (k, v) in enumerate(zip(batch["keys"], batch["values"], strict=True))]
 
     def poll(self, seconds: float = 0.5) -> int:
         """Read what arrives within ``seconds``; how many records were added."""
@@ -517,10 +528,13 @@ class TopicReader:
             for msg in batch:
                 if msg.error():
                     continue
-                self.records.append({"topic": msg.topic(), "partition": msg.partition(),
-                                     "offset": msg.offset(), "key": self._decode(msg, False),
-                                     "value": self._decode(msg, True), "timestamp": msg.timestamp()[1]})
-                added += 1
+                for key, value, item in self._items(msg):
+                    self.records.append({"topic": msg.topic(), "partition": msg.partition(),
+                                         "offset": msg.offset(), "item": item,
+                                         "key": self._decode(msg.topic(), key, False),
+                                         "value": self._decode(msg.topic(), value, True),
+                                         "timestamp": msg.timestamp()[1]})
+                    added += 1
             if not batch and added:
                 break
         return added

@@ -283,3 +283,72 @@ def test_bad_input_goes_to_the_dead_letters_and_the_line_goes_on(
         wait_for(lambda: demo_erp.customer(erp, erp_id, "email")[0] == marker, 60, 0.3,
                  "the next good edit in the ERP")
     assert json.dumps(letter["reason"])
+
+
+def test_changes_in_batch_records_and_in_records_of_their_own_both_sync(sync: Harness, demo_erp: DemoErp) -> None:
+    """``sync.changes`` carries batch records (``streams.batching``); a change written as a record of its own
+    (by a worker from before batches, or a dead letter replayed) still syncs, at the partition Kafka's own
+    partitioner picks for its key; an item of a batch that cannot be read is a dead letter named by its index,
+    and the batch's other items sync."""
+    from confluent_kafka.schema_registry import record_subject_name_strategy
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+
+    from streams import batching
+    from streams.codecs import SCHEMAS
+
+    topic = "sync.changes.customer"
+    with sync.connect("sync") as conn:
+        crm_id, erp_id, gid = conn.execute(
+            "SELECT crm_id, erp_id, global_id::text FROM sync.xref WHERE linked_by = 'exact'"
+            " ORDER BY crm_id DESC LIMIT 1").fetchone()
+    with sync.connect("crm") as crm, sync.connect("erp") as erp:
+        crm.execute("UPDATE accounts SET email = 'batch.before@example.com' WHERE id = %s", (crm_id,))
+        wait_for(lambda: demo_erp.customer(erp, erp_id, "email")[0] == "batch.before@example.com", 60, 0.3,
+                 "a CRM edit through batch records")
+    reader = TopicReader(sync.bootstrap, sync.registry_url, [topic], decode=False)
+    client = SchemaRegistryClient({"url": sync.registry_url})
+    decode = AvroDeserializer(client)
+    edits = reader.wait(lambda rs: [c for r in rs if r["key"] == gid.encode()
+                                    for c in [decode(r["value"], None)] if c["system"] == "crm"],
+                        30, "the CRM edit's change item")
+    partitions = len(reader.consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+    reader.close()
+    change = edits[-1]
+    assert change["global_id"] == gid and json.loads(change["values_json"])["email"] == "batch.before@example.com"
+    encode = AvroSerializer(client, client.get_latest_version(f"{topic}-value").schema.schema_str,
+                            conf={"auto.register.schemas": False, "use.latest.version": True})
+
+    def later(n: int, email: str) -> bytes:  # the same change, n LSNs later, with another e-mail
+        values = {**json.loads(change["values_json"]), "email": email}
+        order = change["source_order"]
+        rec = {**change, "values_json": json.dumps(values), "source_order": [order[0], order[1] + n],
+               "metadata": {**change["metadata"], "lsn": (change["metadata"]["lsn"] or 0) + n}}
+        return encode(rec, SerializationContext(topic, MessageField.VALUE))
+
+    delivered: list[int] = []
+    producer = Producer({"bootstrap.servers": sync.bootstrap, "partitioner": "murmur2_random"})
+    producer.produce(topic, key=gid.encode(), value=later(1, "own.record@example.com"),
+                     on_delivery=lambda err, msg: delivered.append(msg.partition()))
+    assert producer.flush(10) == 0
+    assert delivered == [batching.partition_of(gid.encode(), partitions)]  # where Kafka's partitioner put it
+    with sync.connect("erp") as erp:
+        wait_for(lambda: demo_erp.customer(erp, erp_id, "email")[0] == "own.record@example.com", 60, 0.3,
+                 "a change in a record of its own")
+    wrap = AvroSerializer(client, (SCHEMAS / batching.SCHEMA).read_text(encoding="utf-8"),
+                          conf={"subject.name.strategy": record_subject_name_strategy})
+    batch = wrap({"keys": [gid.encode(), gid.encode()], "values": [later(2, "in.a.batch@example.com"), b"unreadable"]},
+                 SerializationContext(topic, MessageField.VALUE))
+    producer.produce(topic, value=batch, partition=delivered[0], headers=[(batching.HEADER, b"1")])
+    assert producer.flush(10) == 0
+    with sync.connect("erp") as erp, sync.connect("sync") as conn:
+        wait_for(lambda: demo_erp.customer(erp, erp_id, "email")[0] == "in.a.batch@example.com", 60, 0.3,
+                 "the readable item of the batch")
+        letter = wait_for(lambda: conn.execute(
+            "SELECT stage, partition, item, reason FROM sync.dead_letters WHERE topic = %s", (topic,)).fetchall(),
+            30, 0.3, "the unreadable item as a dead letter")
+    assert [(s, p, i) for s, p, i, _ in letter] == [("reconcile", delivered[0], 1)], letter
+    assert "not Confluent wire-format Avro" in letter[0][3]
+    with sync.connect("crm") as crm, sync.connect("erp") as erp:  # the CRM's own value again on both sides
+        crm.execute("UPDATE accounts SET email = 'batch.after@example.com' WHERE id = %s", (crm_id,))
+        wait_for(lambda: demo_erp.customer(erp, erp_id, "email")[0] == "batch.after@example.com", 60, 0.3,
+                 "the next CRM edit")

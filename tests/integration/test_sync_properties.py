@@ -15,6 +15,7 @@ from confluent_kafka import ConsumerGroupState
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
+from streams.batching import partition_of
 from streams.bench.convergence import disagreements, metric
 from streams.local.harness import (
     Harness,
@@ -250,9 +251,13 @@ def test_workers_share_reconcile_by_global_id(stack: tuple[Harness, int]) -> Non
         while reader.poll(1.0):
             pass
         partitions: dict[str, set[int]] = {}
-        for r in reader.records:
+        count = len(reader.consumer.list_topics("sync.changes.customer", timeout=10)
+                    .topics["sync.changes.customer"].partitions)
+        for r in reader.records:  # the items of batch records, each where the Java client would put its key
             assert r["key"].decode() == r["value"]["global_id"]
+            assert r["partition"] == partition_of(r["key"], count), r
             partitions.setdefault(r["value"]["global_id"], set()).add(r["partition"])
+        assert any(r["item"] > 0 for r in reader.records), "no batch record carried more than one change"
     finally:
         reader.close()
     assert all(len(p) == 1 for p in partitions.values()), "an entity's changes on several partitions"
