@@ -102,8 +102,10 @@ class Processors:
             outputs[rule.topic] = str(rule.schema_path.relative_to(codecs.SCHEMAS))
         self.decode, encoders = codecs.codecs_for(settings, outputs, {batching.SUBJECT: batching.SCHEMA})
         dry_run = settings.sync.dry_run
+        # The internal topics a record crosses per change carry batch records (streams.batching).
+        batched = frozenset([*self.by_changes, commands_topic("crm"), commands_topic("erp")])
         self.outputs: Outputs | PlanOutputs = Outputs(settings, {t: codec.dumps for t, codec in encoders.items()},
-                                                      batched=frozenset(self.by_changes))
+                                                      batched)
         if dry_run:  # commands and conflicts are recorded as the plan; nothing reaches either system
             log.warning("dry run (sync.dry_run): nothing is written to either system; `crm-erp-sync plan` shows"
                         " what would be")

@@ -46,7 +46,8 @@ def replay(settings: Settings, store: Store, ids: Sequence[int] | None) -> int:
                             hint="crm-erp-sync dlq list")
         index = [r for r in index if r["id"] in ids]
     wanted = {(r["stage"], r["topic"], r["partition"], r["offset"], r["item"]): r["id"] for r in index}
-    producer = Producer({**settings.kafka.client_config(), "enable.idempotence": True, "acks": "all"})
+    producer = Producer({**settings.kafka.client_config(), "enable.idempotence": True, "acks": "all",
+                         "partitioner": "murmur2_random"})  # a key lands where the sync's own records of it are
     failures: list[str] = []
 
     def delivered(err: Any, _msg: Any) -> None:

@@ -37,7 +37,7 @@ class Apply:
         for m in messages:
             try:
                 batch.append(Delivery(m.topic, m.partition, m.offset, self.ctx.decode.loads(m.value),
-                                      self.ctx.incarnations.get(m.topic, "")))
+                                      self.ctx.incarnations.get(m.topic, ""), getattr(m, "item", 0)))
             except TransientError:
                 raise  # the registry: retried, never a dead letter
             except Exception as exc:  # undecodable command: dead letter, the batch goes on
@@ -55,11 +55,11 @@ class Apply:
             metrics.END_TO_END.labels(entity, direction).observe(max(0.0, now - when))
         for m, reason in bad:
             await self.ctx.dead_letter(stage, reason, m)
-        by_offset = {(m.topic, m.partition, m.offset): m for m in messages}
+        by_offset = {(m.topic, m.partition, m.offset, getattr(m, "item", 0)): m for m in messages}
         for d, reason in result.failed:
             kind = reason.split(":", 1)[0]
             metrics.APPLY_ERRORS.labels(applier.system, kind if kind in metrics.APPLY_ERROR_KINDS else "invalid").inc()
-            await self.ctx.dead_letter(stage, reason, by_offset[(d.topic, d.partition, d.offset)])
+            await self.ctx.dead_letter(stage, reason, by_offset[(d.topic, d.partition, d.offset, d.item)])
         refused = [d.command for d, _ in result.failed if d.command.get("op", "set") == "set"
                    and d.command["entity"] in self.ctx.by_entity]
         if refused:

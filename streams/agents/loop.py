@@ -79,6 +79,24 @@ class Retry:
         return await self(what, lambda: asyncio.to_thread(func, *args))
 
 
+def chunks(messages: list[Any], size: int) -> list[list[Any]]:
+    """``messages`` in runs of about ``size``, never splitting the items of one batch record.
+
+    An applier records its progress per record: the items of one are applied in one transaction.
+    """
+    out: list[list[Any]] = []
+    for m in messages:
+        if out and (len(out[-1]) < size or _position(out[-1][-1]) == _position(m)):
+            out[-1].append(m)
+        else:
+            out.append([m])
+    return out
+
+
+def _position(message: Any) -> tuple[str, int, int]:
+    return message.topic, message.partition, message.offset
+
+
 async def _now(func: Callable[..., Any], *args: Any) -> Any:
     return func(*args)
 
@@ -98,8 +116,8 @@ async def batches(stream: Any, stage: str, handler: Callable[[list[Any]], Awaita
             if expand is not None:
                 taken = await retry(stage, functools.partial(_now, expand, taken))
             metrics.STAGE_EVENTS.labels(stage, "in").inc(len(taken))
-            for at in range(0, len(taken), size):
-                await retry(stage, functools.partial(handler, taken[at:at + size]))
+            for chunk in chunks(taken, size):
+                await retry(stage, functools.partial(handler, chunk))
         except asyncio.CancelledError:
             # Stopped in the middle of a batch: its effects may be half done, and Faust would
             # acknowledge it on the way out. Leave without acknowledging; it is read again.

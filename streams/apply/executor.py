@@ -51,6 +51,7 @@ class Delivery:
     offset: int
     command: dict[str, Any]
     incarnation: str = ""  # the topic's id: offsets of another incarnation are no replay
+    item: int = 0  # its index in a batch record (``streams.batching``): all of one record go in one batch
 
 
 @dataclass

@@ -41,7 +41,8 @@ def resolve(settings: Settings, store: Store, conflict_id: int, take: str | None
     if row["status"] != "open":
         raise SyncError(f"conflict {conflict_id} is already {row['status']} ({row['resolution']})")
     client = SchemaRegistryClient(settings.registry.client_config())
-    producer = Producer({**settings.kafka.client_config(), "enable.idempotence": True, "acks": "all"})
+    producer = Producer({**settings.kafka.client_config(), "enable.idempotence": True, "acks": "all",
+                         "partitioner": "murmur2_random"})  # a key lands where the sync's own records of it are
     with psycopg.connect(**settings.store.conninfo()) as conn:
         state = store.lock_state(conn, row["entity"], row["global_id"])
         fs = state.fields.get(row["field"])

@@ -70,3 +70,14 @@ def test_a_batch_that_cannot_be_read_stays_whole_and_a_transient_failure_is_rais
     assert batching.expand([bad], decoded) == [bad]  # the stage dead-letters it with its reason
     with pytest.raises(TransientError):
         batching.expand([Message("t", 0, 4, None, b"transient", [(batching.HEADER, b"1")])], decoded)
+
+
+def test_runs_handed_to_a_stage_never_split_the_items_of_one_record() -> None:
+    from streams.agents.loop import chunks
+
+    items = [batching.Item("t", 0, 7, b"k", b"v", n) for n in range(5)]  # one record of 5
+    plain = [Message("t", 0, o, b"k", b"v") for o in (8, 9, 10)]
+    runs = chunks([plain[0], *items, *plain[1:]], 3)
+    assert [len(r) for r in runs] == [6, 2]  # the run that reached 3 inside the record takes all of it
+    assert [m for r in runs for m in r] == [plain[0], *items, *plain[1:]]
+    assert chunks([], 3) == []
