@@ -2,14 +2,16 @@
 
 Faust's consumer machinery costs a fixed amount per Kafka record (the conductor, the stream, the
 event, its acknowledgement): in a backlog drain it was a third of the worker's time, and every
-captured change crossed it three times. On a *batched* topic (``sync.changes.<entity>``) one send
-of a stage becomes one Kafka record per partition it touches: a ``RecordBatch`` whose items are
+captured change crossed it three times. On a *batched* topic (``sync.changes.<entity>``,
+``sync.commands.*``) one send of a stage becomes one Kafka record per partition it touches: a ``RecordBatch`` whose items are
 the records it would have written one by one — each item's key and value exactly those bytes
 (Confluent-framed Avro) — marked by the header :data:`HEADER`. Each item goes to the partition its
 own key picks with the Java client's hash (:func:`partition_of`), so an entity's changes stay on
 one partition, in order, across the records written one by one before this format and the batches
 after it. The consumer expands a batch back into its items (:func:`expand`); a record without the
-header is an item by itself (one written before, or a dead letter replayed).
+header is an item by itself (one written before, by ``conflicts resolve``, or a dead letter
+replayed). An applier applies all items of a record in one transaction (its progress is the
+record's offset): ``agents.loop.chunks`` never splits them.
 
 An item's position is its batch's topic, partition and offset plus its index in the batch
 (:class:`Item`): dead letters name it so.
