@@ -3,9 +3,9 @@
 Faust's consumer machinery costs a fixed amount per Kafka record (the conductor, the stream, the
 event, its acknowledgement): in a backlog drain it was a third of the worker's time, and every
 captured change crossed it three times. On a *batched* topic (``sync.changes.<entity>``,
-``sync.commands.*``) one send of a stage becomes one Kafka record per partition it touches: a ``RecordBatch`` whose items are
-the records it would have written one by one — each item's key and value exactly those bytes
-(Confluent-framed Avro) — marked by the header :data:`HEADER`. Each item goes to the partition its
+``sync.commands.*``) one send of a stage becomes one Kafka record per partition it touches: a
+``RecordBatch`` whose items are the records it would have written one by one — each item's key
+and value exactly those bytes (Confluent-framed Avro) — marked by the header :data:`HEADER`. Each item goes to the partition its
 own key picks with the Java client's hash (:func:`partition_of`), so an entity's changes stay on
 one partition, in order, across the records written one by one before this format and the batches
 after it. The consumer expands a batch back into its items (:func:`expand`); a record without the
@@ -87,10 +87,9 @@ class Item:
     item: int  # its index in the batch record at ``offset``
 
 
-def is_batch(message: Any) -> bool:
-    """Whether a consumed message is a batch record (by its header)."""
-    headers = message.headers or ()
-    pairs = headers.items() if isinstance(headers, dict) else headers
+def is_batch(headers: Any) -> bool:
+    """Whether a consumed record with these headers (pairs, or a dict) is a batch record."""
+    pairs = headers.items() if isinstance(headers, dict) else headers or ()
     return any(name == HEADER for name, _ in pairs)
 
 
@@ -101,11 +100,9 @@ def expand(messages: Sequence[Any], decode: Callable[[bytes], Any]) -> list[Any]
     raised, to be retried; a record that cannot be read as a batch stays as it is, and the stage
     dead-letters it as any record it cannot read.
     """
-    if not any(is_batch(m) for m in messages):
-        return list(messages)
     out: list[Any] = []
     for m in messages:
-        if not is_batch(m):
+        if not is_batch(m.headers):
             out.append(m)
             continue
         try:

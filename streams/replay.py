@@ -10,6 +10,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 
 from streams.errors import SyncError
+from streams.produce import producer_config
 from streams.settings import Settings
 from streams.store import Store
 from streams.topics import DLQ
@@ -46,8 +47,7 @@ def replay(settings: Settings, store: Store, ids: Sequence[int] | None) -> int:
                             hint="crm-erp-sync dlq list")
         index = [r for r in index if r["id"] in ids]
     wanted = {(r["stage"], r["topic"], r["partition"], r["offset"], r["item"]): r["id"] for r in index}
-    producer = Producer({**settings.kafka.client_config(), "enable.idempotence": True, "acks": "all",
-                         "partitioner": "murmur2_random"})  # a key lands where the sync's own records of it are
+    producer = Producer(producer_config(settings))  # a key lands where the sync's own records of it are
     failures: list[str] = []
 
     def delivered(err: Any, _msg: Any) -> None:

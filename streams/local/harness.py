@@ -512,9 +512,9 @@ class TopicReader:
 
     def _items(self, msg: Any) -> list[tuple[bytes | None, bytes | None, int]]:
         """``(key, value, item)`` of each record ``msg`` carries."""
-        from streams.batching import HEADER
+        from streams.batching import is_batch
 
-        if not any(name == HEADER for name, _ in msg.headers() or ()):
+        if not is_batch(msg.headers()):
             return [(msg.key(), msg.value(), 0)]
         batch = self.deserializer(msg.value(), None)  # the envelope, even when the items stay bytes
         return [(k, v, n) for n, (k, v) in enumerate(zip(batch["keys"], batch["values"], strict=True))]

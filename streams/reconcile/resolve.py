@@ -14,6 +14,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from streams.codecs import schema_text
 from streams.errors import SyncError
+from streams.produce import producer_config
 from streams.reconcile.core import resolve_manual
 from streams.reconcile.records import cause_at, command_record
 from streams.settings import Settings
@@ -41,8 +42,7 @@ def resolve(settings: Settings, store: Store, conflict_id: int, take: str | None
     if row["status"] != "open":
         raise SyncError(f"conflict {conflict_id} is already {row['status']} ({row['resolution']})")
     client = SchemaRegistryClient(settings.registry.client_config())
-    producer = Producer({**settings.kafka.client_config(), "enable.idempotence": True, "acks": "all",
-                         "partitioner": "murmur2_random"})  # a key lands where the sync's own records of it are
+    producer = Producer(producer_config(settings))  # a key lands where the sync's own records of it are
     with psycopg.connect(**settings.store.conninfo()) as conn:
         state = store.lock_state(conn, row["entity"], row["global_id"])
         fs = state.fields.get(row["field"])
