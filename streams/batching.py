@@ -5,10 +5,10 @@ event, its acknowledgement): in a backlog drain it was a third of the worker's t
 captured change crossed it three times. On a *batched* topic (``sync.changes.<entity>``,
 ``sync.commands.*``) one send of a stage becomes one Kafka record per partition it touches: a
 ``RecordBatch`` whose items are the records it would have written one by one — each item's key
-and value exactly those bytes (Confluent-framed Avro) — marked by the header :data:`HEADER`. Each item goes to the partition its
-own key picks with the Java client's hash (:func:`partition_of`), so an entity's changes stay on
-one partition, in order, across the records written one by one before this format and the batches
-after it. The consumer expands a batch back into its items (:func:`expand`); a record without the
+and value exactly those bytes (Confluent-framed Avro) — marked by the header :data:`HEADER`.
+Each item goes to the partition its own key picks with the Java client's hash
+(:func:`partition_of`), so an entity's changes stay on one partition, in order, across the
+records written one by one before this format and the batches after it. The consumer expands a batch back into its items (:func:`expand`); a record without the
 header is an item by itself (one written before, by ``conflicts resolve``, or a dead letter
 replayed). An applier applies all items of a record in one transaction (its progress is the
 record's offset): ``agents.loop.chunks`` never splits them.
