@@ -8,7 +8,8 @@ captured change crossed it three times. On a *batched* topic (``sync.changes.<en
 and value exactly those bytes (Confluent-framed Avro) — marked by the header :data:`HEADER`.
 Each item goes to the partition its own key picks with the Java client's hash
 (:func:`partition_of`), so an entity's changes stay on one partition, in order, across the
-records written one by one before this format and the batches after it. The consumer expands a batch back into its items (:func:`expand`); a record without the
+records written one by one before this format and the batches after it.
+The consumer expands a batch back into its items (:func:`expand`); a record without the
 header is an item by itself (one written before, by ``conflicts resolve``, or a dead letter
 replayed). An applier applies all items of a record in one transaction (its progress is the
 record's offset): ``agents.loop.chunks`` never splits them.
