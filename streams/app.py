@@ -145,7 +145,7 @@ class Processors:
         self.stages = ["normalize", "reconcile", "apply-crm", "apply-erp"]
         self.admin = admin_client(settings.kafka)
         self.incarnations: dict[str, str] = topic_ids(self.admin, self.read_topics)  # topic -> its id at start
-        raw = self.app.topic(*raw_topics, key_serializer="raw", value_serializer="raw")
+        raw = transport.raw_topic(self.app, *raw_topics)
         self.normalize = Normalize(self)
         self.document_stage = DocumentStage(self)
         self.reconcile = Reconcile(self)
@@ -154,7 +154,7 @@ class Processors:
         self.creates = Creates(self)
         self.audit = AuditTrail(self)
         self.app.agent(raw, name="normalize")(self._agent("normalize", self.normalize.normalize, BATCH))
-        changes = self.app.topic(*self.by_changes, key_serializer="raw", value_serializer="raw")
+        changes = transport.raw_topic(self.app, *self.by_changes)
         self.app.agent(changes, name="reconcile")(self._agent("reconcile", self.reconcile.reconcile, BATCH))
         self.app.timer(5.0, name="health")(self.health.tick)
         self.app.timer(1.0, name="creates-due")(self.creates.tick)
@@ -174,7 +174,7 @@ class Processors:
             self.app.timer(min(settings.compare.interval_s, 30.0), name="compare")(self.drift.tick)
         for system in ("crm", "erp"):
             applier = Applier(profiles, system, settings.database(system).conninfo(), self.document_profile)
-            source = self.app.topic(commands_topic(system), key_serializer="raw", value_serializer="raw")
+            source = transport.raw_topic(self.app, commands_topic(system))
             self.app.agent(source, name=f"apply-{system}")(
                 self._agent(f"apply-{system}", functools.partial(self.apply.apply, applier), 500))
 

@@ -39,7 +39,7 @@ def _consume(bootstrap: str, events: int, datadir: str) -> None:
     transport.install(app, 50)
     seen = {"events": 0, "batches": 0, "first": 0.0}
 
-    @app.agent(app.topic(TOPIC, key_serializer="raw", value_serializer="raw"))
+    @app.agent(transport.raw_topic(app, TOPIC))
     async def take(stream: Any) -> Any:
         async for batch in stream.take_events(BATCH, within=WITHIN):
             seen["first"] = seen["first"] or time.monotonic()
@@ -65,7 +65,12 @@ def run(events: int = 50_000, out: Path | None = None, progress: bool = True) ->
         admin.create_topics([NewTopic(TOPIC, 1, 1)])[TOPIC].result(30)
         producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
         for i in range(events):
-            producer.produce(TOPIC, b"x" * 600, str(i).encode())
+            while True:
+                try:
+                    producer.produce(TOPIC, b"x" * 600, str(i).encode())
+                    break
+                except BufferError:  # the client's queue is full: let the broker take some first
+                    producer.poll(0.5)
             if i % 10_000 == 0:
                 producer.poll(0)
         if producer.flush(60):
