@@ -80,6 +80,8 @@ def cmd_capture(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     """Run the Faust processors (several workers may share the load)."""
+    import gc
+
     import faust
 
     from streams.app import Processors
@@ -100,6 +102,11 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         for kind, n in counts.items():
             metrics.IDENTITY.labels(profile.entity, "single" if kind == "none" else kind).inc(n)
         log.info("identity of %s: %s", profile.entity, dict(counts))
+    # Each change allocates many small objects (decoded rows, records, states); with Python's default
+    # thresholds the cyclic collector ran after every 700 and often rescanned all the worker set up.
+    # What exists now is frozen out of its scans, and it runs ~30x less often (drain +10-15 %, README).
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 100)
     worker = faust.Worker(processors.app, loglevel=settings.log_level.lower(), quiet=True)
     worker.execute_from_commandline()
     return 0
