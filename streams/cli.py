@@ -282,14 +282,16 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     rates = tuple(float(r) for r in args.rates.split(","))
     runs: dict[str, tuple[Any, Callable[[], dict[str, Any]]]] = {
         "all": (full, lambda: full.run(rates=rates, seconds=args.seconds, edits=args.edits,
-                                       accounts=args.accounts, out=out)),
-        "compare": (compare_bench, lambda: compare_bench.run(accounts=args.accounts, out=out, link=args.link)),
+                                       accounts=args.accounts or 100_000, out=out)),
+        "compare": (compare_bench, lambda: compare_bench.run(accounts=args.accounts or 100_000, out=out,
+                                                             link=args.link)),
         "capture": (capture, lambda: capture.run(updates=args.updates, out=out,
                                                  modes=(args.capture_mode,) if args.capture_mode else capture.MODES)),
         "faust": (faust_ceiling, lambda: faust_ceiling.run(events=args.events, out=out)),
         "faults": (faults, lambda: faults.run(out=out)),
         "orders": (orders, lambda: orders.run(deals=args.deals, out=out)),
-        "steady": (steady, lambda: steady.run(rates=rates, seconds=args.seconds, out=out)),
+        "steady": (steady, lambda: steady.run(rates=rates, seconds=args.seconds, out=out,
+                                              accounts=args.accounts or 300)),
         "sync": (sync, lambda: sync.run(rate=args.rate or 5.0, seconds=args.seconds, out=out)),
         "cost": (cost, lambda: cost.run(rate=args.rate or 200.0, seconds=args.seconds, out=out)),
         "drain": (drain, lambda: drain.run(edits=args.edits, workers=args.workers, out=out)),
@@ -569,8 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sync, steady: duration of the load (per rate) (default 60)")
     bench.add_argument("--edits", type=int, default=100_000,
                        help="all, drain, peer: backlog edits, and the anchor's burst (default 100000)")
-    bench.add_argument("--accounts", type=int, default=100_000,
-                       help="all: initial-sync accounts; compare: seeded accounts (default 100000)")
+    bench.add_argument("--accounts", type=int, default=None,
+                       help="all: initial-sync accounts; compare: seeded accounts (default 100000); steady: demo"
+                            " accounts the edits go round (default 300: most edits at 1,000/s are superseded)")
     bench.add_argument("--link", choices=["tax_id", "bootstrap"], default="tax_id",
                        help="compare: fill the cross-reference by equal tax ids (default) or the identity bootstrap")
     bench.add_argument("--events", type=int, default=50_000, help="faust: records to take (default 50000)")

@@ -135,9 +135,13 @@ def _target_key(source_key: str) -> str:
 
 
 def run(rates: tuple[float, ...] = (200, 1000, 2000), seconds: float = 60.0, drain_s: float = 60.0,
-        out: Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run one steady-state step per rate on one freshly started stack; the figures."""
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-bench-", dir="/tmp")), seed_accounts=300).start()
+        out: Path | None = None, progress: bool = True, accounts: int = 300) -> dict[str, Any]:
+    """Run one steady-state step per rate on one freshly started stack of ``accounts`` demo accounts; the figures.
+
+    The edits go round the linked pairs: with few of them, a row is edited again before the sync
+    wrote its last value, and most edits are superseded (the sync writes only the newest).
+    """
+    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-bench-", dir="/tmp")), seed_accounts=accounts).start()
     port = free_port()
     h.write_config(processors={"metrics_port": port})
     steps: list[dict[str, Any]] = []
