@@ -295,6 +295,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         "sync": (sync, lambda: sync.run(rate=args.rate or 5.0, seconds=args.seconds, out=out)),
         "cost": (cost, lambda: cost.run(rate=args.rate or 200.0, seconds=args.seconds, out=out)),
         "drain": (drain, lambda: drain.run(edits=args.edits, workers=args.workers, out=out)),
+        "initial": (drain, lambda: drain.run_initial(accounts=args.accounts or 100_000, out=out)),
         "peer": (peer, lambda: peer.run(rates=rates, seconds=args.seconds, edits=args.edits, out=out)),
     }
     module, run = runs[args.which]
@@ -549,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks on freshly started local services (not the running stack)")
     bench.add_argument("which", nargs="?", default="all",
                        choices=["all", "capture", "sync", "steady", "orders", "faust", "faults", "compare", "cost",
-                                "drain", "peer"],
+                                "drain", "initial", "peer"],
                        help="all (default): steady state, native logical replication, backlog drain and initial"
                             " sync in one run, as one table; capture: N single-row CRM updates -> broker;"
                             " sync: CRM edit -> ERP commit latency;"
@@ -560,6 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
                             " compare: the reconciliation report on N linked accounts;"
                             " cost: CPU microseconds and broker bytes per edit, per process and worker stage;"
                             " drain: a backlog of N CRM edits drained by --workers workers;"
+                            " initial: N CRM accounts, none in the ERP, until all are created there;"
                             " peer: the sync side by side with Debezium's JDBC sink (steady rates and a backlog)")
     bench.add_argument("--updates", type=int, default=100_000, help="capture: single-row updates (default 100000)")
     bench.add_argument("--capture-mode", choices=["connect", "embedded"], default=None,
@@ -572,8 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--edits", type=int, default=100_000,
                        help="all, drain, peer: backlog edits, and the anchor's burst (default 100000)")
     bench.add_argument("--accounts", type=int, default=None,
-                       help="all: initial-sync accounts; compare: seeded accounts (default 100000); steady: demo"
-                            " accounts the edits go round (default 300: most edits at 1,000/s are superseded)")
+                       help="all, initial: initial-sync accounts; compare: seeded accounts (default 100000);"
+                            " steady: demo accounts the edits go round (default 300: most edits at 1,000/s are"
+                            " superseded)")
     bench.add_argument("--link", choices=["tax_id", "bootstrap"], default="tax_id",
                        help="compare: fill the cross-reference by equal tax ids (default) or the identity bootstrap")
     bench.add_argument("--events", type=int, default=50_000, help="faust: records to take (default 50000)")

@@ -1,4 +1,4 @@
-"""Backlog drain and initial sync: how fast the sync works through a pile of changes.
+"""Backlog drain and initial sync (``bench drain``, ``bench initial``): how fast the sync works through a pile.
 
 - backlog: N customer edits committed on the CRM while the worker is stopped (capture running, so
   they wait in the broker), then the worker started: changes per second until every linked ERP
@@ -130,8 +130,16 @@ def run(edits: int, workers: int = 1, out: Path | None = None) -> dict[str, Any]
     return write(backlog(edits, workers=workers), out)
 
 
+def run_initial(accounts: int, out: Path | None = None) -> dict[str, Any]:
+    """``bench initial``: the initial sync alone."""
+    return write(initial(accounts), out)
+
+
 def format_result(result: dict[str, Any]) -> str:
     """One line."""
+    if result["benchmark"] == "initial-sync":
+        return (f"initial sync of {result['accounts']} CRM accounts into the ERP: {result['seconds']} s"
+                f" ({result['accounts_per_s']} accounts/s; worker peak RSS {result['peak_rss_mb']['worker']} MiB)")
     return (f"backlog of {result['edits']} CRM edits, {result['workers']} worker(s): {result['changes_per_s']}"
             f" changes/s ({result['drain_s']} s; worker peak RSS {result['peak_rss_mb']['worker']} MiB)")
 
