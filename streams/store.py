@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,6 +235,34 @@ class Store:
         found = self.link_of(entity, "crm", crm_id) if crm_id else self.link_of(entity, "erp", erp_id or "")
         assert found is not None
         return found
+
+    def add_links(self, entity: str, rows: Sequence[tuple[str | None, str | None, str, float | None]]) -> None:
+        """:meth:`add_link` for each ``(crm id, erp id, linked_by, score)``, in one statement."""
+        if rows:
+            crm, erp, by, score = map(list, zip(*rows, strict=True))
+            self.conn.execute(
+                "INSERT INTO sync.xref (entity, global_id, crm_id, erp_id, linked_by, score) SELECT %s, g, c, e, b, s"
+                " FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[], %b::real[]) AS r(g, c, e, b, s)"
+                " ON CONFLICT DO NOTHING", (entity, [uuid.uuid4() for _ in rows], crm, erp, by, score))
+
+    def add_alone(self, entity: str, system: str, source_ids: Sequence[str]) -> dict[str, Link]:
+        """A cross-reference row of its own (``single``) for each of ``system``'s records; an existing one wins."""
+        self.add_links(entity, [(i, None, "single", None) if system == "crm" else (None, i, "single", None)
+                                for i in source_ids])
+        return self.links_of(entity, system, list(source_ids)) if source_ids else {}
+
+    def attach_all(self, entity: str, system: str, global_ids: Mapping[str, str], linked_by: str) -> dict[str, Link]:
+        """:meth:`attach` for each ``source id -> global id`` in one statement: the links given a record."""
+        if not global_ids:
+            return {}
+        column = sql.Identifier(f"{system}_id")
+        rows = self.conn.execute(sql.SQL(
+            "UPDATE sync.xref x SET {} = r.i, linked_by = %s FROM unnest(%s::text[], %s::uuid[]) AS r(i, g)"
+            " WHERE x.entity = %s AND x.global_id = r.g AND x.{} IS NULL"
+            " RETURNING x.global_id::text, x.crm_id, x.erp_id, x.linked_by").format(column, column),
+            (linked_by, list(global_ids), list(global_ids.values()), entity)).fetchall()
+        links = [Link(*r) for r in rows]
+        return {str(link.crm_id if system == "crm" else link.erp_id): link for link in links}
 
     def attach(self, entity: str, global_id: str, system: str, source_id: str, linked_by: str) -> Link | None:
         """Give an entity known on one system its record on ``system``; None if it already has one."""

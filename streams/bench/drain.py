@@ -3,8 +3,9 @@
 - backlog: N customer edits committed on the CRM while the worker is stopped (capture running, so
   they wait in the broker), then the worker started: changes per second until every linked ERP
   customer holds its account's last e-mail.
-- initial: N active tier-A accounts on the CRM only (none in the ERP), then capture and worker
-  started: time until all N exist in the ERP.
+- initial: N active tier-A accounts on the CRM only (none in the ERP), each with a legal name and a
+  tax id (identity keys to index and match), then capture and worker started: time until all N
+  exist in the ERP.
 
 Each on its own freshly started local services; peak memory (VmHWM) of both processes.
 """
@@ -149,9 +150,10 @@ def initial(accounts: int, progress: bool = True) -> dict[str, Any]:
     h = _harness(0)[0]
     try:
         with h.connect("crm", autocommit=False) as crm, crm.cursor() as cur:
-            cur.executemany("INSERT INTO accounts (id, name, tier, email, status) VALUES (%s, %s, 'A', %s, 'active')",
-                            [(uuid.uuid4(), f"初始同步测试{i:06d}号公司", f"init{i}@bench.example")
-                             for i in range(accounts)])
+            cur.executemany("INSERT INTO accounts (id, name, legal_name, uscc, tier, email, status)"
+                            " VALUES (%s, %s, %s, %s, 'A', %s, 'active')",
+                            [(uuid.uuid4(), f"初始同步测试{i:06d}号", f"初始同步测试{i:06d}号有限公司",
+                              f"91BENCH{i:011d}", f"init{i}@bench.example") for i in range(accounts)])
             crm.commit()
         if progress:
             print(f"  {accounts} CRM accounts, none in the ERP; starting capture and worker ...", flush=True)

@@ -15,7 +15,7 @@ from typing import Any
 from streams import metrics
 from streams.identity.bootstrap import created_by_sync
 from streams.identity.keys import IdentityKeys
-from streams.identity.resolver import record_of, resolve_new
+from streams.identity.resolver import Decision, record_of, resolve_many
 from streams.mapping.profile import Profile
 from streams.settings import Settings
 from streams.store import Link, Store
@@ -55,13 +55,12 @@ class BatchIdentity:
             new = [k for k, row in of_entity if k not in found and row is not None]
             if not new:
                 continue
-            for key, gid in created_by_sync(profiles[entity], self.settings, system, new).items():
-                link = self.store.attach(entity, gid, system, key, "created")
-                if link is not None:
-                    found[key] = link
-                    created.setdefault(entity, []).append(("crm", link.crm_id) if system == "erp"
-                                                          else ("erp", link.erp_id))
-                    metrics.IDENTITY.labels(entity, "created").inc()
+            attached = self.store.attach_all(entity, system, created_by_sync(profiles[entity], self.settings,
+                                                                             system, new), "created")
+            found.update(attached)
+            created.setdefault(entity, []).extend(("crm", link.crm_id) if system == "erp" else ("erp", link.erp_id)
+                                                  for link in attached.values())
+            metrics.IDENTITY.labels(entity, "created").inc(len(attached))
         return known, created
 
     def _index(self, profile: Profile, items: list[Item], known: Known, created: list[tuple[str, Any]]) -> None:
@@ -71,21 +70,33 @@ class BatchIdentity:
                   for k, link in found.items() if link.crm_id is not None and link.erp_id is not None}
         keys, conn = IdentityKeys(profile.entity), self.store.conn
         with conn.transaction():
-            keys.put(conn, [record_of(profile, s, k, row) for (s, k), row in latest.items() if row is not None],
-                     paired)
+            keys.put(conn, keys.changed(conn, [record_of(profile, s, k, row) for (s, k), row in latest.items()
+                                               if row is not None]), paired)
             keys.drop_grams(conn, created)  # the records the created rows were made for: linked now
             for s, k in (sk for sk, row in latest.items() if row is None):
                 keys.remove(conn, s, k)
 
     def _decide(self, items: list[Item], known: Known) -> tuple[list[Link | None], dict[tuple[str, str], list[int]]]:
-        """Links, a new record's decided; and the positions of records still without a counterpart."""
-        hold = self.settings.processors.create_hold_s
+        """Each item's link, and the positions of records still without a counterpart.
+
+        A record new in the batch is decided on its last state in it, as the index holds it.
+        """
+        new: dict[str, dict[tuple[str, str], tuple[Profile, dict[str, Any]]]] = {}  # entity -> (system, key) -> row
+        for profile, system, key, row in items:
+            if row is not None and key not in known[(profile.entity, system)]:
+                new.setdefault(profile.entity, {})[(system, key)] = (profile, row)
+        decisions: dict[tuple[str, str, str], Decision] = {}
+        for entity, rows in new.items():
+            profile = next(iter(rows.values()))[0]
+            decided = resolve_many(profile, self.store, [(s, k, row) for (s, k), (_, row) in rows.items()],
+                                   self.settings.processors.create_hold_s)
+            decisions.update({(entity, s, k): d for (s, k), d in decided.items()})
         out: list[Link | None] = []
         alone: dict[tuple[str, str], list[int]] = {}
         for i, (profile, system, key, row) in enumerate(items):
             link = known[(profile.entity, system)].get(key)
             if link is None and row is not None:
-                decision = resolve_new(profile, self.store, system, key, row, hold)
+                decision = decisions[(profile.entity, system, key)]
                 link = known[(profile.entity, system)][key] = decision.link  # a later change of it finds it
                 metrics.IDENTITY.labels(profile.entity, "review" if decision.reviewed else decision.kind).inc()
             elif (link is not None and row is not None and link.linked_by != "merged"

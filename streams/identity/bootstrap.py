@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -59,6 +60,7 @@ def bootstrap(profile: Profile, settings: Settings, store: Store) -> Counter[str
     Records of one system sharing a tax id or name are duplicates: the group (and the other
     system's records sharing that key) goes to review, neither linked nor created.
     """
+    started = time.monotonic()
     links = store.links(profile.entity)
     linked = {("crm", x.crm_id) for x in links if x.crm_id} | {("erp", x.erp_id) for x in links if x.erp_id}
     counts: Counter[str] = Counter()
@@ -71,15 +73,12 @@ def bootstrap(profile: Profile, settings: Settings, store: Store) -> Counter[str
         keys.put(store.conn, fresh, linked={(r.system, r.source_id) for r in fresh})  # bigrams: once free
         for system, recs in everything.items():
             created = created_by_sync(profile, settings, system)
-            unlinked[system] = []
-            for r in recs:
-                if (system, r.source_id) in linked:
-                    continue
-                if r.source_id in created and store.attach(profile.entity, created[r.source_id], system,
-                                                           r.source_id, "created"):
-                    counts["created"] += 1
-                    continue
-                unlinked[system].append(r)
+            free = [r for r in recs if (system, r.source_id) not in linked]
+            attached = store.attach_all(profile.entity, system, {r.source_id: created[r.source_id] for r in free
+                                                                 if r.source_id in created}, "created")
+            if attached:
+                counts["created"] += len(attached)
+            unlinked[system] = [r for r in free if r.source_id not in attached]
         grouped: set[tuple[str, str]] = set()
         for system, recs in everything.items():
             for group in duplicate_groups(recs):
@@ -96,27 +95,28 @@ def bootstrap(profile: Profile, settings: Settings, store: Store) -> Counter[str
         _link(profile, store, unlinked["crm"], unlinked["erp"], counts)
         paired = {(s, i) for x in store.links(profile.entity) if x.crm_id and x.erp_id
                   for s, i in (("crm", x.crm_id), ("erp", x.erp_id))}
-        keys.put(store.conn, [r for r in fresh if (r.system, r.source_id) not in paired])  # free: with bigrams
+        keys.add_grams(store.conn, [r for r in fresh if (r.system, r.source_id) not in paired])  # the free ones
         keys.drop_grams(store.conn)  # records indexed before and linked now are no fuzzy candidates
-    log.info("identity bootstrap for %s: %s", profile.entity, dict(counts))
+    log.info("identity bootstrap for %s: %s (%d records indexed, %.1f s)", profile.entity, dict(counts), len(fresh),
+             time.monotonic() - started)
     return counts
 
 
 def _link(profile: Profile, store: Store, crm: list[Record], erp: list[Record], counts: Counter[str]) -> None:
     taken: set[str] = set()
+    links: list[tuple[str | None, str | None, str, float | None]] = []
     for rec, found in link_all(crm, erp, profile.identity.fuzzy_threshold, profile.identity.review_margin):
         counts[found.kind] += 1
         if found.target is not None:
-            store.add_link(profile.entity, rec.source_id, found.target.source_id, found.kind, found.score)
+            links.append((rec.source_id, found.target.source_id, found.kind, found.score))
             taken.add(found.target.source_id)
         else:
             if found.kind == "review":
                 store.add_review(profile.entity, "crm", rec.source_id,
                                  [c.source_id for c in found.candidates], found.reason)
-            store.add_link(profile.entity, rec.source_id, None, "single")
-    for rec in erp:
-        if rec.source_id not in taken:
-            store.add_link(profile.entity, None, rec.source_id, "single")
+            links.append((rec.source_id, None, "single", None))
+    links += [(None, rec.source_id, "single", None) for rec in erp if rec.source_id not in taken]
+    store.add_links(profile.entity, links)
 
 
 def as_dict(counts: Counter[str]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from streams.identity.match import Record, bigrams, fuzzy_key, normalize_name
+from streams.identity.match import Record, bigrams
 
 DDL = """
 CREATE TABLE IF NOT EXISTS sync.identity_records (
@@ -52,15 +52,16 @@ CREATE INDEX IF NOT EXISTS pending_creates_due ON sync.pending_creates (due_at);
 ALTER TABLE sync.pending_creates ADD COLUMN IF NOT EXISTS peer_ends jsonb;
 """
 FUZZY_CANDIDATES = 50  # records sharing the most bigrams of a name, scored by similarity
+CHUNK = 5_000  # records indexed per statement
 
 
 def match_keys(rec: Record) -> list[tuple[str, str]]:
     """``(kind, value)`` of a record: its exact keys, its name, its name's bigrams."""
     out = [(f"exact{i + 1}", key) for i, key in enumerate(rec.exact) if key]
-    name = normalize_name(rec.name)
+    name = rec.normal_name
     if name:
         out.append(("name", name))
-    out += [("gram", g) for g in sorted(bigrams(fuzzy_key(rec.name)))]
+    out += [("gram", g) for g in sorted(bigrams(rec.fuzzy))]
     return out
 
 
@@ -73,6 +74,17 @@ def lock_ids(entity: str, recs: Iterable[Record]) -> list[int]:
                 digest = hashlib.blake2b(f"{entity}|{kind}|{value}".encode(), digest_size=8).digest()
                 ids.add(int.from_bytes(digest, "big", signed=True))
     return sorted(ids)
+
+
+def _joined(keys: Sequence[str | None]) -> str:
+    """A record's exact keys in one text, as ``identity_records.keys`` is made from (``string_to_array``)."""
+    return chr(31).join(k or "" for k in keys)
+
+
+def _stored(keys: Sequence[str | None]) -> tuple[str, ...]:
+    """A record's exact keys as ``identity_records.keys`` holds them."""
+    joined = _joined(keys)
+    return tuple(joined.split(chr(31))) if joined else ()
 
 
 def _not_merged(system: str) -> sql.Composable:
@@ -89,12 +101,13 @@ class IdentityKeys:
 
     def lock(self, conn: psycopg.Connection[Any], recs: Iterable[Record]) -> None:
         """Serialise decisions on these records' keys until the transaction ends."""
-        for lock_id in lock_ids(self.entity, recs):
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id,))
+        ids = lock_ids(self.entity, recs)
+        if ids:  # one statement: the array's order is the locking order
+            conn.execute("SELECT pg_advisory_xact_lock(x) FROM unnest(%s::bigint[]) AS x", (ids,)).fetchall()
 
     def put(self, conn: psycopg.Connection[Any], recs: Sequence[Record],
             linked: Collection[tuple[str, str]] = ()) -> None:
-        """Index the records (their earlier keys replaced): three statements for any number of them.
+        """Index the records (their earlier keys replaced): three statements per :data:`CHUNK` of them.
 
         Records in ``linked`` (``(system, source id)`` of records with a counterpart) get no name
         bigrams: only a free record can be a fuzzy candidate, so the bigram index holds the few
@@ -102,26 +115,47 @@ class IdentityKeys:
         good part of the table).
         """
         recs = list({(r.system, r.source_id): r for r in recs}.values())  # the last of each record
+        for start in range(0, len(recs), CHUNK):  # an initial sync's 100,000 records in one go: ~1 GB of rows
+            chunk = recs[start:start + CHUNK]
+            systems, ids = [r.system for r in chunk], [r.source_id for r in chunk]
+            conn.execute("DELETE FROM sync.identity_keys k USING unnest(%b::text[], %b::text[]) AS r(s, i)"
+                         " WHERE k.entity = %s AND k.system = r.s AND k.source_id = r.i", (systems, ids, self.entity))
+            conn.execute("INSERT INTO sync.identity_records (entity, system, source_id, keys, name)"
+                         " SELECT %s, s, i, string_to_array(k, chr(31)), n"
+                         " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[]) AS r(s, i, k, n)"
+                         " ON CONFLICT (entity, system, source_id) DO UPDATE SET keys = EXCLUDED.keys,"
+                         " name = EXCLUDED.name",
+                         (self.entity, systems, ids, [_joined(r.keys) for r in chunk], [r.name for r in chunk]))
+            self._insert_keys(conn, [(kind, value, r.system, r.source_id) for r in chunk
+                                     for kind, value in match_keys(r)
+                                     if kind != "gram" or (r.system, r.source_id) not in linked])
+
+    def changed(self, conn: psycopg.Connection[Any], recs: Sequence[Record]) -> list[Record]:
+        """Those of the records the index does not hold as they are (new, or with other keys or name): one look-up.
+
+        Indexing a record again as it is would delete and insert the same rows (a dozen each).
+        """
+        recs = list({(r.system, r.source_id): r for r in recs}.values())
         if not recs:
-            return
-        systems, ids = [r.system for r in recs], [r.source_id for r in recs]
-        conn.execute("DELETE FROM sync.identity_keys k USING unnest(%s::text[], %s::text[]) AS r(s, i)"
-                     " WHERE k.entity = %s AND k.system = r.s AND k.source_id = r.i", (systems, ids, self.entity))
-        rows = [(kind, value, r.system, r.source_id) for r in recs for kind, value in match_keys(r)
-                if kind != "gram" or (r.system, r.source_id) not in linked]
-        with conn.cursor() as cur:
-            cur.execute("INSERT INTO sync.identity_records (entity, system, source_id, keys, name)"
-                        " SELECT %s, s, i, string_to_array(k, chr(31)), n"
-                        " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS r(s, i, k, n)"
-                        " ON CONFLICT (entity, system, source_id) DO UPDATE SET keys = EXCLUDED.keys,"
-                        " name = EXCLUDED.name",
-                        (self.entity, systems, ids, [chr(31).join(k or "" for k in r.keys) for r in recs],
-                         [r.name for r in recs]))
-            if rows:
-                cur.execute("INSERT INTO sync.identity_keys (entity, kind, value, system, source_id)"
-                            " SELECT %s, k, v, s, i FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[])"
-                            " AS r(k, v, s, i) ON CONFLICT DO NOTHING",
-                            (self.entity, *map(list, zip(*rows, strict=True))))
+            return []
+        rows = conn.execute("SELECT r.system, r.source_id, r.keys, r.name FROM sync.identity_records r"
+                            " JOIN unnest(%b::text[], %b::text[]) AS q(s, i) ON r.system = q.s AND r.source_id = q.i"
+                            " WHERE r.entity = %s",
+                            ([r.system for r in recs], [r.source_id for r in recs], self.entity)).fetchall()
+        held = {(s, i): (tuple(keys), name) for s, i, keys, name in rows}
+        return [r for r in recs if held.get((r.system, r.source_id)) != (_stored(r.keys), r.name)]
+
+    def add_grams(self, conn: psycopg.Connection[Any], recs: Sequence[Record]) -> None:
+        """The name bigrams of records indexed without them (:meth:`put` with ``linked``) that are free now."""
+        for start in range(0, len(recs), CHUNK):
+            self._insert_keys(conn, [("gram", value, r.system, r.source_id) for r in recs[start:start + CHUNK]
+                                     for kind, value in match_keys(r) if kind == "gram"])
+
+    def _insert_keys(self, conn: psycopg.Connection[Any], rows: Sequence[tuple[str, str, str, str]]) -> None:
+        if rows:  # binary arrays: psycopg quotes text-format ones element by element
+            conn.execute("INSERT INTO sync.identity_keys (entity, kind, value, system, source_id)"
+                         " SELECT %s, k, v, s, i FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[])"
+                         " AS r(k, v, s, i) ON CONFLICT DO NOTHING", (self.entity, *map(list, zip(*rows, strict=True))))
 
     def drop_grams(self, conn: psycopg.Connection[Any], records: Sequence[tuple[str, str]] | None = None) -> None:
         """These ``(system, source id)`` now have a counterpart: no longer fuzzy candidates (None: every linked one)."""
@@ -168,6 +202,32 @@ class IdentityKeys:
             ([k for k, _ in keys], [v for _, v in keys], self.entity, system, rec.system, rec.source_id),
         ).fetchall()
         return [str(r[0]) for r in rows]
+
+    def alone(self, conn: psycopg.Connection[Any], recs: Sequence[Record]) -> list[Record]:
+        """Of these records (of one system), those sharing nothing with any other indexed record: one statement.
+
+        Nothing means no exact key or name shared with another record of either system (a duplicate,
+        a twin) and no name bigram with a record of the other system (a fuzzy candidate): such a
+        record's decision can only be that it stands alone. A record with anything shared, even with
+        a record that cannot be its match (linked, merged), is not among them: decide it one by one.
+        """
+        if not recs:
+            return []
+        system = recs[0].system
+        peer = "erp" if system == "crm" else "crm"
+        probes = [(r.source_id, kind, value) for r in recs for kind, value in match_keys(r)]
+        if not probes:
+            return list(recs)
+        rows = conn.execute(
+            "SELECT DISTINCT q.i FROM unnest(%b::text[], %b::text[], %b::text[]) AS q(i, kind, v)"
+            " WHERE EXISTS (SELECT 1 FROM sync.identity_keys k WHERE k.entity = %s AND k.kind = q.kind"
+            " AND k.value = q.v AND k.system = %s)"
+            " OR (q.kind <> 'gram' AND EXISTS (SELECT 1 FROM sync.identity_keys k WHERE k.entity = %s"
+            " AND k.kind = q.kind AND k.value = q.v AND k.system = %s AND k.source_id <> q.i))",
+            ([i for i, _, _ in probes], [k for _, k, _ in probes], [v for _, _, v in probes],
+             self.entity, peer, self.entity, system)).fetchall()
+        shared = {str(r[0]) for r in rows}
+        return [r for r in recs if r.source_id not in shared]
 
     def candidates(self, conn: psycopg.Connection[Any], rec: Record) -> list[Record]:
         """Records of the other system not linked to a record of ``rec``'s system, sharing a key or bigrams with it.

@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
+from functools import cached_property
 from typing import Literal
 
 LEGAL_FORMS = (
@@ -83,10 +84,20 @@ class Record:
     keys: tuple[str | None, ...]
     name: str | None
 
-    @property
+    @cached_property
     def exact(self) -> tuple[str, ...]:
         """Normalised exact keys ('' where absent)."""
         return tuple(normalize_key(k) for k in self.keys)
+
+    @cached_property
+    def normal_name(self) -> str:
+        """The name for equality (:func:`normalize_name`); worked out once per record, as the others below."""
+        return normalize_name(self.name)
+
+    @cached_property
+    def fuzzy(self) -> str:
+        """The name for similarity (:func:`fuzzy_key`)."""
+        return fuzzy_key(self.name)
 
 
 @dataclass(frozen=True)
@@ -119,10 +130,10 @@ class Index:
         for i, key in enumerate(rec.exact):
             if key:
                 self.by_key[i][key].add(rec.source_id)
-        name = normalize_name(rec.name)
+        name = rec.normal_name
         if name:
             self.by_name[name].add(rec.source_id)
-        fkey = fuzzy_key(rec.name)
+        fkey = rec.fuzzy
         self.fuzzy[rec.source_id] = fkey
         for gram in bigrams(fkey):
             self.by_bigram[gram].add(rec.source_id)
@@ -134,7 +145,7 @@ class Index:
             return
         for i, key in enumerate(rec.exact):
             self.by_key[i].get(key, set()).discard(source_id)
-        self.by_name.get(normalize_name(rec.name), set()).discard(source_id)
+        self.by_name.get(rec.normal_name, set()).discard(source_id)
         for gram in bigrams(self.fuzzy.pop(source_id, "")):
             self.by_bigram.get(gram, set()).discard(source_id)
 
@@ -157,7 +168,7 @@ class Index:
                 return Match("review", None, 1.0, self._get(hits), f"{len(hits)} records share exact key #{i + 1}")
         if upto == "exact":
             return Match("none", None, 0.0, reason="no exact key shared")
-        name = normalize_name(rec.name)
+        name = rec.normal_name
         hits = self.by_name.get(name, set()) if name else set()
         if len(hits) == 1:
             return Match("name", self._get(hits)[0], 1.0, reason="same normalised name")
@@ -165,7 +176,7 @@ class Index:
             return Match("review", None, 1.0, self._get(hits), f"{len(hits)} records share the normalised name")
         if upto == "name":
             return Match("none", None, 0.0, reason="no normalised name shared")
-        fkey = fuzzy_key(rec.name)
+        fkey = rec.fuzzy
         pool = set().union(*(self.by_bigram.get(g, set()) for g in bigrams(fkey))) if fkey else set()
         scored = sorted(((similarity(fkey, self.fuzzy[i]), i) for i in pool), reverse=True)
         above = [(s, i) for s, i in scored if s >= threshold]
@@ -201,7 +212,7 @@ def duplicate_groups(records: Sequence[Record]) -> list[list[Record]]:
     first: dict[tuple[str, str], str] = {}
     for r in records:
         keys = [(f"exact{i}", k) for i, k in enumerate(r.exact) if k]
-        name = normalize_name(r.name)
+        name = r.normal_name
         keys += [("name", name)] if name else []
         for key in keys:
             if key in first:

@@ -12,7 +12,7 @@ to it instead. A twin processed by another worker waits on the same lock and the
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from streams.mapping.profile import Profile
 from streams.store import Link, Store
 
 log = logging.getLogger(__name__)
+CHUNK = 250  # records decided under one set of advisory locks (each takes a slot of the server's lock table)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,39 @@ def resolve_new(profile: Profile, store: Store, system: str, key: str, row: Mapp
         link = _alone(store, entity, system, key)
         keys.pend_creates(conn, [(link.global_id, system, key)], hold_s)
         return Decision(link, False, "single")
+
+
+def resolve_many(profile: Profile, store: Store, new: Sequence[tuple[str, str, Mapping[str, Any]]],
+                 hold_s: float) -> dict[tuple[str, str], Decision]:
+    """Decide records first seen now (``(system, key, row)``), each as :func:`resolve_new` would.
+
+    In chunks, each one locked transaction: the records are indexed; those sharing nothing with
+    any other record (``IdentityKeys.alone``: no twin, duplicate or candidate can exist) stand
+    alone, decided together in a few statements; the others are decided one by one, in order.
+    An initial sync (every record new, the other system empty) is then a few statements per chunk,
+    not a dozen per record. Returns ``(system, key) -> decision``.
+    """
+    entity, keys, conn = profile.entity, IdentityKeys(profile.entity), store.conn
+    out: dict[tuple[str, str], Decision] = {}
+    for start in range(0, len(new), CHUNK):
+        chunk = new[start:start + CHUNK]
+        recs = [record_of(profile, system, key, row) for system, key, row in chunk]
+        with conn.transaction():
+            keys.lock(conn, recs)
+            keys.put(conn, keys.changed(conn, recs))  # as the normalize stage indexed them: nothing to do
+            for system in dict.fromkeys(r.system for r in recs):
+                own = [r for r in recs if r.system == system]
+                known = store.links_of(entity, system, [r.source_id for r in own])  # decided by another worker
+                waiting = store.reviewing(entity, system, list(known)) if known else set()
+                out.update({(system, k): Decision(link, k in waiting, link.linked_by) for k, link in known.items()})
+                alone = keys.alone(conn, [r for r in own if r.source_id not in known])
+                links = store.add_alone(entity, system, [r.source_id for r in alone])
+                keys.pend_creates(conn, [(link.global_id, system, k) for k, link in links.items()], hold_s)
+                out.update({(system, k): Decision(link, False, "single") for k, link in links.items()})
+            for system, key, row in chunk:  # the rest, in order: each sees the decisions before it
+                if (system, key) not in out:
+                    out[(system, key)] = resolve_new(profile, store, system, key, row, hold_s)
+    return out
 
 
 def review_duplicates(store: Store, keys: IdentityKeys, conn: Any, rec: Record, dups: list[str]) -> None:

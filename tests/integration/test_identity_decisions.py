@@ -16,7 +16,7 @@ from psycopg import sql
 
 from streams.identity.keys import IdentityKeys
 from streams.identity.match import Record
-from streams.identity.resolver import resolve_new
+from streams.identity.resolver import resolve_many, resolve_new
 from streams.local.harness import (
     REPO,
     Harness,
@@ -197,17 +197,28 @@ class CountingConnection:
         return getattr(self.conn, name)
 
 
+def _fresh_store(h: Harness, name: str) -> Store:
+    with h.connect("postgres") as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    store = Store({**h.conninfo("sync"), "dbname": name})
+    store.migrate()
+    return store
+
+
+def _drop(h: Harness, *names: str) -> None:
+    with h.connect("postgres") as admin:
+        for name in names:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 def test_a_new_record_among_100k_linked_pairs_takes_a_bounded_number_of_indexed_queries(
         stack: tuple[Harness, list[int]]) -> None:
     """The decision for one new record reads no table whole: a fixed count of statements, none a sequential scan
     of the index or cross-reference tables."""
     h, _ = stack
-    with h.connect("postgres") as admin:
-        admin.execute("DROP DATABASE IF EXISTS identity_scale WITH (FORCE)")
-        admin.execute("CREATE DATABASE identity_scale")
-    conninfo = {**h.conninfo("sync"), "dbname": "identity_scale"}
-    store = Store(conninfo)
-    store.migrate()
+    store = _fresh_store(h, "identity_scale")
+    conninfo = store.conninfo
     n, keys, entity = 100_000, IdentityKeys(PROFILE.entity), PROFILE.entity
     started = time.monotonic()
     with store.conn.transaction():
@@ -257,5 +268,56 @@ def test_a_new_record_among_100k_linked_pairs_takes_a_bounded_number_of_indexed_
     # lock x2; index x3; own link; duplicates; candidates x3; the match's link; attach x2; its bigrams dropped
     assert counting.statements <= 14, counting.statements
     store.close()
-    with h.connect("postgres") as admin:
-        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier("identity_scale")))
+    _drop(h, "identity_scale")
+
+
+def test_records_decided_together_are_decided_as_one_by_one_in_a_few_statements_per_chunk(
+        stack: tuple[Harness, list[int]]) -> None:
+    """A batch of new records (an initial sync's) through ``resolve_many`` gets the decisions ``resolve_new`` gives
+    one by one, on the same index: twins, duplicates, fuzzy matches and records standing alone; and the records
+    standing alone cost a few statements per chunk of 250, not a dozen each."""
+    h, _ = stack
+    free_erp = [("E-twin", "91TWIN0000000000X1", "远东精密机械有限公司"),
+                ("E-fuzzy", None, "宁波甬江环保工程设备有限公司")]
+    lone = [(f"c-lone-{i}", f"91LONE{i:012d}", f"Lone Harbour Trading {i} Ltd") for i in range(600)]
+    batch = [*lone[:300],
+             ("c-twin", "91TWIN0000000000X1", "远东精密机械(中国)有限公司"),
+             ("c-dup-1", "91DUP00000000000D1", "北海食品有限公司"), ("c-dup-2", "91DUP00000000000D1", "北海食品公司"),
+             ("c-fuzzy", None, "宁波甬江环保工程设备公司"), *lone[300:]]
+    outcomes = {}
+    for db in ("identity_one_by_one", "identity_together"):
+        store = _fresh_store(h, db)
+        keys = IdentityKeys(PROFILE.entity)
+        with store.conn.transaction():
+            for erp_id, _, _ in free_erp:
+                store.add_link(PROFILE.entity, None, erp_id, "single")
+            keys.put(store.conn, [Record("erp", e, (t,), n) for e, t, n in free_erp])
+            # as the normalize stage does before deciding: the batch's records indexed
+            keys.put(store.conn, [Record("crm", c, (t,), n) for c, t, n in batch])
+        rows = [("crm", c, {"id": c, "uscc": t, "legal_name": n}) for c, t, n in batch]
+        counting = CountingConnection(store.conn)
+        store._conn = counting  # type: ignore[assignment]
+        if db == "identity_one_by_one":
+            decided = {("crm", c): resolve_new(PROFILE, store, s, c, row, 3.0) for s, c, row in rows}
+        else:
+            decided = resolve_many(PROFILE, store, rows, 3.0)
+        store._conn = counting.conn
+        indexed = [Record("crm", c, (t,), n) for c, t, n in batch]
+        assert keys.changed(store.conn, indexed) == []  # as they are: not indexed again (a tax id absent included)
+        renamed = Record("crm", "c-fuzzy", (None,), "宁波甬江环保工程公司")
+        assert keys.changed(store.conn, [*indexed[:3], renamed]) == [renamed]
+        pending = {str(r[0]) for r in store.conn.execute("SELECT source_id FROM sync.pending_creates").fetchall()}
+        outcomes[db] = ({key: (d.kind, d.reviewed, d.link.crm_id, d.link.erp_id) for key, d in decided.items()},
+                        pending, counting.statements)
+        store.close()
+    _drop(h, "identity_one_by_one", "identity_together")
+    one_by_one, together = outcomes["identity_one_by_one"], outcomes["identity_together"]
+    assert together[:2] == one_by_one[:2]
+    decisions = together[0]
+    assert decisions[("crm", "c-twin")][0] == "exact" and decisions[("crm", "c-twin")][3] == "E-twin"
+    assert {decisions[("crm", c)][:2] for c in ("c-dup-1", "c-dup-2")} == {("duplicate", True)}
+    assert decisions[("crm", "c-fuzzy")][3] == "E-fuzzy"
+    assert all(decisions[("crm", c)][:2] == ("single", False) for c, _, _ in lone)
+    assert together[1] == {c for c, _, _ in lone}  # only the records standing alone are to be created
+    # 600 records alone in 3 chunks (at most 10 statements each) and 4 decided one by one (at most 14 each)
+    assert together[2] <= 3 * 10 + 4 * 14 < one_by_one[2], (together[2], one_by_one[2])
