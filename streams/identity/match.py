@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Literal
 
 LEGAL_FORMS = (
@@ -68,11 +68,28 @@ def normalize_key(value: str | None) -> str:
 _DIGITS_RE = re.compile(r"\d+")
 
 
-def similarity(a: str, b: str) -> float:
-    """0..1 similarity of two fuzzy keys; 0 when their numbers differ (第一分店 is not 第二分店: 1 vs 2)."""
-    if not a or not b or _DIGITS_RE.findall(a) != _DIGITS_RE.findall(b):
+def similarity(a: str, b: str, at_least: float = 0.0) -> float:
+    """0..1 similarity of two fuzzy keys; 0 when their numbers differ (第一分店 is not 第二分店: 1 vs 2).
+
+    Also 0 when it cannot reach ``at_least``: difflib's cheap upper bounds of its ratio (by the
+    lengths, then by the characters shared) rule most names out before the costly ratio.
+    """
+    if not a or not b:
         return 0.0
+    (numbers_a, chars_a), (numbers_b, chars_b) = _profile(a), _profile(b)
+    if numbers_a != numbers_b:
+        return 0.0
+    if at_least:
+        total = len(a) + len(b)
+        if 2.0 * min(len(a), len(b)) / total < at_least or 2.0 * (chars_a & chars_b).total() / total < at_least:
+            return 0.0
     return SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+@lru_cache(maxsize=16_384)
+def _profile(key: str) -> tuple[tuple[str, ...], Counter[str]]:
+    """A fuzzy key's numbers and characters (a name is compared with many: worked out once)."""
+    return tuple(_DIGITS_RE.findall(key)), Counter(key)
 
 
 @dataclass(frozen=True)
@@ -119,6 +136,7 @@ class Index:
     by_key: list[dict[str, set[str]]] = field(default_factory=list)
     by_name: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     by_bigram: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    by_numbers: dict[tuple[str, ...], set[str]] = field(default_factory=lambda: defaultdict(set))
     fuzzy: dict[str, str] = field(default_factory=dict)
 
     def add(self, rec: Record) -> None:
@@ -137,6 +155,7 @@ class Index:
         self.fuzzy[rec.source_id] = fkey
         for gram in bigrams(fkey):
             self.by_bigram[gram].add(rec.source_id)
+        self.by_numbers[_profile(fkey)[0]].add(rec.source_id)
 
     def remove(self, source_id: str) -> None:
         """Forget a record (it was linked, or deleted)."""
@@ -146,8 +165,22 @@ class Index:
         for i, key in enumerate(rec.exact):
             self.by_key[i].get(key, set()).discard(source_id)
         self.by_name.get(rec.normal_name, set()).discard(source_id)
-        for gram in bigrams(self.fuzzy.pop(source_id, "")):
+        fkey = self.fuzzy.pop(source_id, "")
+        for gram in bigrams(fkey):
             self.by_bigram.get(gram, set()).discard(source_id)
+        self.by_numbers.get(_profile(fkey)[0], set()).discard(source_id)
+
+    def _sharing(self, fkey: str) -> set[str]:
+        """Records whose fuzzy key shares a bigram and every number with ``fkey`` (others' similarity is 0).
+
+        Names with numbers (branches, numbered companies) are told apart by them at once, however
+        many words they share.
+        """
+        grams = bigrams(fkey)
+        same = self.by_numbers.get(_profile(fkey)[0], set())
+        if len(same) <= 64:
+            return {i for i in same if not grams.isdisjoint(bigrams(self.fuzzy[i]))}
+        return set().union(*(self.by_bigram.get(g, set()) for g in grams)) & same
 
     def _get(self, ids: Iterable[str]) -> tuple[Record, ...]:
         return tuple(sorted((self.records[i] for i in ids), key=lambda r: r.source_id))
@@ -177,12 +210,11 @@ class Index:
         if upto == "name":
             return Match("none", None, 0.0, reason="no normalised name shared")
         fkey = rec.fuzzy
-        pool = set().union(*(self.by_bigram.get(g, set()) for g in bigrams(fkey))) if fkey else set()
-        scored = sorted(((similarity(fkey, self.fuzzy[i]), i) for i in pool), reverse=True)
-        above = [(s, i) for s, i in scored if s >= threshold]
+        pool = self._sharing(fkey) if fkey else set()
+        above = sorted(((s, i) for i in pool if (s := similarity(fkey, self.fuzzy[i], threshold)) >= threshold),
+                       reverse=True)
         if not above:
-            best = scored[0][0] if scored else 0.0
-            return Match("none", None, best, reason=f"best similarity {best:.2f} below {threshold:.2f}")
+            return Match("none", None, 0.0, reason=f"no name with a similarity of {threshold:.2f} or more")
         if len(above) > 1 and above[0][0] - above[1][0] < margin:
             close = [i for s, i in above if above[0][0] - s < margin]
             return Match("review", None, above[0][0], self._get(close),

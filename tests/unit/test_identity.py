@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from streams.identity.match import Index, Record, fuzzy_key, link_all, normalize_name
+from streams.identity.match import Index, Record, fuzzy_key, link_all, normalize_name, similarity
 from streams.local.seed import generate
 
 
@@ -104,3 +106,31 @@ def test_duplicates_are_grouped_through_any_shared_key() -> None:
             Record("crm", "c", (None,), "上海 乙贸易有限公司"),  # b's name, spaced
             Record("crm", "d", ("91310000MA1K00000D",), "北京丁物流有限公司")]
     assert [[r.source_id for r in g] for g in duplicate_groups(recs)] == [["a", "b", "c"]]
+
+
+NAMES = st.text(alphabet="华信科技精密机械上海1号分公司", max_size=12)
+
+
+@given(NAMES, NAMES, st.sampled_from([0.5, 0.8, 0.86, 0.95]))
+def test_similarity_bounded_below_a_threshold_decides_as_the_full_ratio(a: str, b: str, threshold: float) -> None:
+    """The cheap bounds only rule out names the full ratio puts below the threshold; at or above it, the ratio."""
+    full, bounded = similarity(a, b), similarity(a, b, threshold)
+    if full >= threshold:
+        assert bounded == full
+    else:
+        assert bounded < threshold
+
+
+def test_fuzzy_candidates_are_the_names_with_the_same_numbers() -> None:
+    """Among 500 branches whose names differ only by their number, the one with the same number is the match;
+    a name without numbers is still found by its words."""
+    index = Index()
+    for i in range(500):
+        index.add(Record("erp", f"E{i}", (None,), f"上海精密机械{i}号分公司"))
+    index.add(Record("erp", "plain", (None,), "华信精密机械制造"))
+    found = index.match(Record("crm", "c", (None,), "上海精密机械17号厂"), 0.8, 0.04)
+    assert (found.kind, found.target and found.target.source_id) == ("fuzzy", "E17")
+    found = index.match(Record("crm", "d", (None,), "华信精密机械制造厂"), 0.8, 0.04)
+    assert (found.kind, found.target and found.target.source_id) == ("fuzzy", "plain")
+    index.remove("E17")
+    assert index.match(Record("crm", "c", (None,), "上海精密机械17号厂"), 0.8, 0.04).kind == "none"
