@@ -226,12 +226,7 @@ class Store:
     def add_link(self, entity: str, crm_id: str | None, erp_id: str | None, linked_by: str,
                  score: float | None = None) -> Link:
         """Insert a cross-reference row (a new global id); an existing one for either id wins."""
-        gid = str(uuid.uuid4())
-        self.conn.execute(
-            "INSERT INTO sync.xref (entity, global_id, crm_id, erp_id, linked_by, score)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (entity, gid, crm_id, erp_id, linked_by, score),
-        )
+        self.add_links(entity, [(crm_id, erp_id, linked_by, score)])
         found = self.link_of(entity, "crm", crm_id) if crm_id else self.link_of(entity, "erp", erp_id or "")
         assert found is not None
         return found
@@ -266,11 +261,7 @@ class Store:
 
     def attach(self, entity: str, global_id: str, system: str, source_id: str, linked_by: str) -> Link | None:
         """Give an entity known on one system its record on ``system``; None if it already has one."""
-        query = sql.SQL("UPDATE sync.xref SET {} = %s, linked_by = %s WHERE entity = %s AND global_id = %s"
-                        " AND {} IS NULL").format(sql.Identifier(f"{system}_id"), sql.Identifier(f"{system}_id"))
-        if not self.conn.execute(query, (source_id, linked_by, entity, global_id)).rowcount:
-            return None
-        return self.link_of(entity, system, source_id)
+        return self.attach_all(entity, system, {source_id: global_id}, linked_by).get(source_id)
 
     def link_pair(self, entity: str, crm_id: str, erp_id: str, linked_by: str) -> Link:
         """The link of a CRM and an ERP record known to be the same (a document naming its counterpart)."""
