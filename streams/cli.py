@@ -295,7 +295,8 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         "sync": (sync, lambda: sync.run(rate=args.rate or 5.0, seconds=args.seconds, out=out)),
         "cost": (cost, lambda: cost.run(rate=args.rate or 200.0, seconds=args.seconds, out=out)),
         "drain": (drain, lambda: drain.run(edits=args.edits, workers=args.workers, out=out)),
-        "initial": (drain, lambda: drain.run_initial(accounts=args.accounts or 100_000, out=out)),
+        "initial": (drain, lambda: drain.run_initial(accounts=args.accounts or 100_000,
+                                                                    workers=args.workers, out=out)),
         "peer": (peer, lambda: peer.run(rates=rates, seconds=args.seconds, edits=args.edits, out=out)),
     }
     module, run = runs[args.which]
@@ -568,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="capture: only this capture mode (default: both, one after the other)")
     bench.add_argument("--rate", type=float, default=None,
                        help="sync: edits per second, fixed rate (default 5); cost: the same (default 200)")
-    bench.add_argument("--workers", type=int, default=1, help="drain: worker processes (default 1)")
+    bench.add_argument("--workers", type=int, default=1, help="drain, initial: worker processes (default 1)")
     bench.add_argument("--seconds", type=float, default=60.0,
                        help="sync, steady: duration of the load (per rate) (default 60)")
     bench.add_argument("--edits", type=int, default=100_000,

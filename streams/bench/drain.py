@@ -131,23 +131,24 @@ def run(edits: int, workers: int = 1, out: Path | None = None) -> dict[str, Any]
     return write(backlog(edits, workers=workers), out)
 
 
-def run_initial(accounts: int, out: Path | None = None) -> dict[str, Any]:
+def run_initial(accounts: int, workers: int = 1, out: Path | None = None) -> dict[str, Any]:
     """``bench initial``: the initial sync alone."""
-    return write(initial(accounts), out)
+    return write(initial(accounts, workers=workers), out)
 
 
 def format_result(result: dict[str, Any]) -> str:
     """One line."""
     if result["benchmark"] == "initial-sync":
-        return (f"initial sync of {result['accounts']} CRM accounts into the ERP: {result['seconds']} s"
-                f" ({result['accounts_per_s']} accounts/s; worker peak RSS {result['peak_rss_mb']['worker']} MiB)")
+        return (f"initial sync of {result['accounts']} CRM accounts into the ERP, {result.get('workers', 1)}"
+                f" worker(s): {result['seconds']} s ({result['accounts_per_s']} accounts/s;"
+                f" worker peak RSS {result['peak_rss_mb']['worker']} MiB)")
     return (f"backlog of {result['edits']} CRM edits, {result['workers']} worker(s): {result['changes_per_s']}"
             f" changes/s ({result['drain_s']} s; worker peak RSS {result['peak_rss_mb']['worker']} MiB)")
 
 
-def initial(accounts: int, progress: bool = True) -> dict[str, Any]:
-    """N accounts on the CRM only; time until all exist in the ERP."""
-    h = _harness(0)[0]
+def initial(accounts: int, progress: bool = True, workers: int = 1) -> dict[str, Any]:
+    """N accounts on the CRM only; time until all exist in the ERP (``workers`` worker processes)."""
+    h, port = _harness(0)
     try:
         with h.connect("crm", autocommit=False) as crm, crm.cursor() as cur:
             cur.executemany("INSERT INTO accounts (id, name, legal_name, uscc, tier, email, status)"
@@ -158,7 +159,13 @@ def initial(accounts: int, progress: bool = True) -> dict[str, Any]:
         if progress:
             print(f"  {accounts} CRM accounts, none in the ERP; starting capture and worker ...", flush=True)
         started = time.monotonic()
-        with running(h.spawn("capture")) as capture, running(h.spawn("worker", log_name="worker.log")) as worker:
+        with contextlib.ExitStack() as stack:
+            capture = stack.enter_context(running(h.spawn("capture")))
+            procs = [stack.enter_context(running(h.spawn(
+                "worker", log_name=f"worker-{n}.log",
+                env={"CRM_ERP_SYNC__PROCESSORS__METRICS_PORT": str(port if n == 0 else free_port())})))
+                for n in range(workers)]
+
             def created() -> bool:
                 with h.connect("erp") as erp:
                     n = int(scalar(erp, "SELECT count(*) FROM customers"))
@@ -168,8 +175,8 @@ def initial(accounts: int, progress: bool = True) -> dict[str, Any]:
 
             wait_for(created, 7200, 1.0, "every account in the ERP")
             end = time.monotonic()
-            rss = {"capture": peak_rss_mb(capture.pid), "worker": peak_rss_mb(worker.pid)}
+            rss = {"capture": peak_rss_mb(capture.pid), "worker": max(peak_rss_mb(p.pid) or 0 for p in procs)}
     finally:
         h.stop()
-    return {"benchmark": "initial-sync", "accounts": accounts, "seconds": round(end - started, 1),
+    return {"benchmark": "initial-sync", "accounts": accounts, "workers": workers, "seconds": round(end - started, 1),
             "accounts_per_s": round(accounts / (end - started)), "peak_rss_mb": rss}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import logging
 import time
 from collections import Counter
@@ -61,12 +63,13 @@ def bootstrap(profile: Profile, settings: Settings, store: Store) -> Counter[str
     system's records sharing that key) goes to review, neither linked nor created.
     """
     started = time.monotonic()
-    links = store.links(profile.entity)
-    linked = {("crm", x.crm_id) for x in links if x.crm_id} | {("erp", x.erp_id) for x in links if x.erp_id}
     counts: Counter[str] = Counter()
     unlinked: dict[str, list[Record]] = {}
     keys = IdentityKeys(profile.entity)
     with store.conn.transaction():  # all links or none: a crash half-way leaves nothing to clean up
+        one_at_a_time(store.conn, profile.entity)
+        links = store.links(profile.entity)
+        linked = {("crm", x.crm_id) for x in links if x.crm_id} | {("erp", x.erp_id) for x in links if x.erp_id}
         everything: dict[str, list[Record]] = {s: records(profile, settings, s) for s in ("crm", "erp")}
         indexed = keys.indexed(store.conn)  # the others follow their change events; a restart adds none
         fresh = [r for recs in everything.values() for r in recs if (r.system, r.source_id) not in indexed]
@@ -100,6 +103,28 @@ def bootstrap(profile: Profile, settings: Settings, store: Store) -> Counter[str
     log.info("identity bootstrap for %s: %s (%d records indexed, %.1f s)", profile.entity, dict(counts), len(fresh),
              time.monotonic() - started)
     return counts
+
+
+def lock_id(entity: str) -> int:
+    """The advisory lock an entity's bootstrap holds."""
+    digest = hashlib.blake2b(f"bootstrap|{entity}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def one_at_a_time(conn: psycopg.Connection[Any], entity: str) -> None:
+    """Wait until no other worker bootstraps the entity, then hold its lock until the transaction ends.
+
+    Workers started together would otherwise index the same records at once, one waiting on the
+    other's rows; an initial sync's bootstrap (a minute for 100,000 records) outlasts the store's
+    ``lock_timeout``, which ended the waiting worker. Polled, so that timeout does not apply; the
+    one that waited then finds everything indexed and linked.
+    """
+    for attempt in itertools.count():
+        if conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (lock_id(entity),)).fetchall() == [(True,)]:
+            return
+        if attempt == 0:
+            log.info("identity bootstrap for %s: waiting for another worker's to finish", entity)
+        time.sleep(0.5)
 
 
 def _link(profile: Profile, store: Store, crm: list[Record], erp: list[Record], counts: Counter[str]) -> None:

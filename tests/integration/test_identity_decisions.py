@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from streams.identity.bootstrap import bootstrap, lock_id
 from streams.identity.keys import IdentityKeys
 from streams.identity.match import Record
 from streams.identity.resolver import resolve_many, resolve_new
@@ -29,6 +30,7 @@ from streams.local.harness import (
 )
 from streams.local.ports import free_port
 from streams.mapping.profile import load_profile
+from streams.settings import load_settings
 from streams.store import Store
 
 pytestmark = pytest.mark.integration
@@ -321,3 +323,50 @@ def test_records_decided_together_are_decided_as_one_by_one_in_a_few_statements_
     assert together[1] == {c for c, _, _ in lone}  # only the records standing alone are to be created
     # 600 records alone in 3 chunks (at most 10 statements each) and 4 decided one by one (at most 14 each)
     assert together[2] <= 3 * 10 + 4 * 14 < one_by_one[2], (together[2], one_by_one[2])
+
+
+def test_a_bootstrap_waits_for_another_workers_past_the_lock_timeout_then_finds_it_done(
+        stack: tuple[Harness, list[int]]) -> None:
+    """Workers started together on a fresh store: one bootstraps, the other waits however long that takes (an
+    initial sync's outlasts the store's lock_timeout, which used to end the waiting worker), then adds nothing."""
+    h, _ = stack
+    store = _fresh_store(h, "identity_bootstrap_wait")
+    settings = load_settings(h.config_path)
+    name = "bootstrap-wait-test"
+    impatient = Store({**store.conninfo, "options": "-c lock_timeout=1000", "application_name": name})
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["counts"] = bootstrap(PROFILE, settings, impatient)
+        except Exception as exc:  # the assertion below names it
+            outcome["error"] = exc
+
+    def waited_s() -> float:
+        return float(scalar(store.conn, "SELECT coalesce(max(extract(epoch FROM now() - xact_start)), 0)"
+                                        " FROM pg_stat_activity WHERE application_name = %s"
+                                        " AND query LIKE '%%pg_try_advisory_xact_lock%%'", name))
+
+    def links() -> list[tuple[Any, ...]]:
+        return store.conn.execute("SELECT entity, crm_id, erp_id, linked_by FROM sync.xref ORDER BY 1, 2, 3").fetchall()
+
+    try:
+        with psycopg.connect(**store.conninfo, autocommit=True) as other:  # another worker's bootstrap under way
+            other.execute("SELECT pg_advisory_lock(%s)", (lock_id(PROFILE.entity),))
+            thread = threading.Thread(target=run)
+            thread.start()
+            wait_for(lambda: waited_s() > 3.0 or not thread.is_alive(), 60, 0.2, "the bootstrap to wait 3 s")
+            assert thread.is_alive(), outcome  # still waiting, three times the lock timeout later
+            assert scalar(store.conn, "SELECT count(*) FROM sync.identity_records") == 0
+        thread.join(120)  # the other connection closed: its lock went
+        assert "error" not in outcome, outcome
+        assert sum(outcome["counts"].values()) > 0
+        before = links()
+        indexed = scalar(store.conn, "SELECT count(*) FROM sync.identity_keys")
+        bootstrap(PROFILE, settings, store)  # the worker that waited, had it started after: nothing to add
+        assert links() == before
+        assert scalar(store.conn, "SELECT count(*) FROM sync.identity_keys") == indexed
+    finally:
+        impatient.conn.close()
+        store.conn.close()
+        _drop(h, "identity_bootstrap_wait")
