@@ -12,8 +12,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import sql
+from psycopg.types.json import set_json_loads
 
 from streams.ddl import locked
 from streams.reconcile.core import Conflict, EntityState
@@ -122,8 +124,29 @@ class Link:
     linked_by: str
 
 
+def _loads(data: Any) -> Any:
+    """A json/jsonb column's value (text as bytes), parsed as the standard library parses it.
+
+    orjson, unless the text has a number it would read otherwise (a run of 19 digits or more: an
+    integer beyond 64 bits becomes a float there) or refuses (one beyond a double's range). Reading
+    entity states was ~8 % of a worker's CPU in an initial sync; a 2.3 KB state: 18.6 -> 10.7 µs.
+    """
+    text = bytes(data)
+    if _LONG_DIGITS not in text.translate(_DIGITS):  # a C loop: ~10x faster than a regular expression here
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
+
+
+_DIGITS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))  # every digit "0", every other byte " "
+_LONG_DIGITS = b"0" * 19
+set_json_loads(_loads)  # every connection of the process
+
+
 def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
+    return json.dumps(value, ensure_ascii=False, default=str)  # not orjson: it writes a NaN or an infinity as null
 
 
 class StateCache:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from streams import faults
 from streams.apply.audit import entry, note
@@ -40,6 +41,7 @@ from streams.errors import TerminalError, TransientError
 from streams.mapping.profile import Profile, SourceSpec
 
 log = logging.getLogger(__name__)
+RENDERED = 4096  # statements an applier keeps rendered (one per entity, kind and column set)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,21 @@ class Applier:
         self.conninfo = {**conninfo, "application_name": f"crm-erp-sync apply {system}"}
         self.conn: psycopg.Connection[Any] | None = None
         self._pruned = time.monotonic()
+        self._rendered: dict[tuple[Any, ...], bytes] = {}
+
+    def _sql(self, shape: tuple[Any, ...], build: Callable[[], sql.Composable]) -> bytes:
+        """A statement rendered once per shape (entity, kind, columns).
+
+        psycopg renders a composed statement anew on every execute, but parses a query text once per
+        text (rendering was ~8 % of a worker's CPU in an initial sync). The rest of a statement
+        (table, key, stamps) comes from the entity's profile, fixed for the applier's life.
+        """
+        found = self._rendered.get(shape)
+        if found is None:
+            if len(self._rendered) >= RENDERED:
+                self._rendered.clear()
+            found = self._rendered[shape] = build().as_bytes(None)
+        return found
 
     def _profile(self, cmd: dict[str, Any]) -> tuple[Profile, SourceSpec]:
         profile = self.profiles.get(cmd["entity"])
@@ -113,15 +130,17 @@ class Applier:
         version = source.version.column if source.version and row is not None else None
         if version and source.version:
             params["expect_row"] = source.version.converter.backward(source.version.converter.forward(row))
-        return compare_and_set(source.table, source.key, side.written, version, source.stamp), params
+        return self._sql((cmd["entity"], "set", name, version), lambda: compare_and_set(
+            source.table, source.key, side.written, version, source.stamp)), params
 
     def _create_params(self, cmd: dict[str, Any]) -> tuple[Any, list[Any]]:
         """The statement inserting the entity's row and recording its global id, and its parameters."""
         profile, source = self._profile(cmd)
         values = json.loads(cmd["values_json"] or "{}")
         columns = {k: v for k, v in profile.to_columns(self.system, values).items() if v is not None}
-        return (insert_recorded(source.table, list(columns), source.key, source.stamp, source.new_key),
-                [*columns.values(), cmd["entity"], cmd["global_id"]])
+        return (self._sql((cmd["entity"], "create", *columns), lambda: insert_recorded(
+            source.table, list(columns), source.key, source.stamp, source.new_key)),
+            [*columns.values(), cmd["entity"], cmd["global_id"]])
 
     def _create(self, conn: psycopg.Connection[Any], d: Delivery, result: BatchResult) -> None:
         """Insert the row unless this global id was created here before."""
@@ -180,7 +199,8 @@ class Applier:
         """A rollup's values onto its row, unless it already holds them (the statement and its parameters)."""
         rule: RollupRule = self._rule(cmd, RollupRule)
         values = json.loads(cmd["values_json"])
-        return set_row(rule.target_table, rule.target_key, list(values), rule.stamp), {**values, "__key": cmd["key"]}
+        return (self._sql((rule.name, "row", *values), lambda: set_row(
+            rule.target_table, rule.target_key, list(values), rule.stamp)), {**values, "__key": cmd["key"]})
 
     def _write_params(self, cmd: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         return self._row_params(cmd) if cmd.get("op") == "row" else self._params(cmd)

@@ -1,0 +1,33 @@
+"""JSON read from the sync store (orjson, with the standard library's results): pure."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.store import _loads
+
+scalars = st.none() | st.booleans() | st.text() | st.integers() | st.floats(allow_nan=False)
+documents = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4), max_leaves=20)
+
+
+def _exactly(value: Any) -> str:
+    """A value with its types showing (1 and 1.0 differ, as do an int and the float it rounds to)."""
+    return json.dumps(value, sort_keys=True)
+
+
+@given(documents, st.booleans())
+def test_a_stored_document_reads_as_the_standard_library_reads_it(value: Any, ascii_only: bool) -> None:
+    text = json.dumps(value, ensure_ascii=ascii_only).encode()
+    assert _exactly(_loads(memoryview(text))) == _exactly(json.loads(text))
+
+
+def test_numbers_orjson_reads_otherwise_read_as_python_does() -> None:
+    for text in (b'{"n": 123456789012345678901234567890}', b"[-9223372036854775809]", b"1e400", b"-1e400"):
+        assert _exactly(_loads(text)) == _exactly(json.loads(text))
+    assert isinstance(_loads(b"[123456789012345678901234567890]")[0], int)
+
