@@ -25,7 +25,7 @@ from typing import Any
 import faust
 import psycopg
 
-from streams import batching, codecs, faults, metrics, transport
+from streams import batching, codecs, faults, memory, metrics, transport
 from streams.agents.apply import Apply
 from streams.agents.audit import AuditTrail
 from streams.agents.creates import Creates
@@ -158,12 +158,17 @@ class Processors:
         self.app.agent(changes, name="reconcile")(self._agent("reconcile", self.reconcile.reconcile, BATCH))
         self.app.timer(5.0, name="health")(self.health.tick)
         self.app.timer(1.0, name="creates-due")(self.creates.tick)
+        self.app.timer(30.0, name="memory")(self._give_back)
         if self.document_profile.creates:
             self.app.timer(5.0, name="pending-documents")(self.document_stage.retry_pending)
         for flow in self.flows:
             metrics.init_processor_series(flow.entity)
         if not dry_run:
             self._writers(profiles)
+
+    async def _give_back(self) -> None:
+        """Return the memory freed meanwhile to the system (``streams.memory``)."""
+        memory.give_back()
 
     def _writers(self, profiles: Sequence[Profile]) -> None:
         """What writes to the systems, and watches them: appliers, their audit trail, the continuous compare."""

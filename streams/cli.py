@@ -82,18 +82,16 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     """Run the Faust processors (several workers may share the load)."""
     import gc
 
-    from streams import memory
-
-    memory.limit_arenas()
-
     import faust
 
+    from streams import memory
     from streams.app import Processors
     from streams.documents.spec import load_documents
     from streams.identity.bootstrap import bootstrap
     from streams.mapping.profile import load_profiles
     from streams.topics import ensure_planned
 
+    memory.map_large_blocks()
     profiles = load_profiles(settings.processors.profiles)
     documents = load_documents(settings.processors.documents)
     ensure_planned(settings)
