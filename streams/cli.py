@@ -108,7 +108,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     # thresholds the cyclic collector ran after every 700 and often rescanned all the worker set up.
     # What exists now is frozen out of its scans, and it runs ~30x less often (drain +10-15 %, README).
     gc.collect()  # nothing the bootstrap left in cycles is frozen below
-    memory.give_back()  # what the bootstrap freed (an initial sync's: ~90 MiB of 100,000 records)
+    memory.give_back()  # what the bootstrap freed (an initial sync's 100,000 records: ~50 MiB)
     gc.freeze()
     gc.set_threshold(20_000, 20, 100)
     worker = faust.Worker(processors.app, loglevel=settings.log_level.lower(), quiet=True)
@@ -299,8 +299,8 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         "sync": (sync, lambda: sync.run(rate=args.rate or 5.0, seconds=args.seconds, out=out)),
         "cost": (cost, lambda: cost.run(rate=args.rate or 200.0, seconds=args.seconds, out=out)),
         "drain": (drain, lambda: drain.run(edits=args.edits, workers=args.workers, out=out)),
-        "initial": (drain, lambda: drain.run_initial(accounts=args.accounts or 100_000,
-                                                                    workers=args.workers, out=out)),
+        "initial": (drain, lambda: drain.run_initial(accounts=args.accounts or 100_000, workers=args.workers,
+                                                     out=out)),
         "peer": (peer, lambda: peer.run(rates=rates, seconds=args.seconds, edits=args.edits, out=out)),
     }
     module, run = runs[args.which]

@@ -157,7 +157,8 @@ def initial(accounts: int, progress: bool = True, workers: int = 1) -> dict[str,
                               f"91BENCH{i:011d}", f"init{i}@bench.example") for i in range(accounts)])
             crm.commit()
         if progress:
-            print(f"  {accounts} CRM accounts, none in the ERP; starting capture and worker ...", flush=True)
+            print(f"  {accounts} CRM accounts, none in the ERP; starting capture and {workers} worker(s) ...",
+                  flush=True)
         started = time.monotonic()
         with contextlib.ExitStack() as stack:
             capture = stack.enter_context(running(h.spawn("capture")))
