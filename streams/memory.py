@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 from typing import Any
 
 M_MMAP_THRESHOLD = -3  # mallopt's parameter (malloc.h)
 MAPPED_FROM = 128 * 1024  # glibc's initial threshold, kept
 
 
+@functools.cache  # find_library runs ldconfig: once, not every 30 s
 def _libc() -> Any:
     name = ctypes.util.find_library("c")
     try:
