@@ -302,7 +302,9 @@ class Applier:
             with conn.transaction():
                 done: dict[tuple[str, int], tuple[int, str]] = {}
                 for topic in {d.topic for d in batch}:
-                    for partition, offset, incarnation in conn.execute(progress_select(), (topic,)).fetchall():
+                    partitions = sorted({d.partition for d in batch if d.topic == topic})
+                    for partition, offset, incarnation in conn.execute(progress_select(),
+                                                                       (topic, partitions)).fetchall():
                         done[(topic, partition)] = (offset, incarnation)
                 last: dict[tuple[str, int], tuple[int, str]] = {}
                 todo: list[Delivery] = []

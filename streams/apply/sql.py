@@ -164,9 +164,13 @@ def compare_and_set(table: str, key_column: str, column: str, version_column: st
 
 
 def progress_select() -> sql.Composed:
-    """The last applied offset of each partition of a topic, and the topic id then; locked for this transaction."""
+    """The last applied offset of some partitions of a topic, and the topic id then; locked for this transaction.
+
+    Parameters: topic, partitions. Only those rows are locked: workers applying other partitions of
+    the topic do not wait for each other.
+    """
     return sql.SQL('SELECT partition, "offset", incarnation FROM sync_meta.applier_progress WHERE topic = %s'
-                   " FOR UPDATE").format()
+                   " AND partition = ANY(%s) FOR UPDATE").format()
 
 
 def progress_upsert() -> sql.Composed:

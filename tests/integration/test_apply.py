@@ -81,6 +81,36 @@ def test_a_topic_created_again_is_a_new_incarnation_not_a_replay(harness: Harnes
             "new-topic@example.com",)
 
 
+
+def test_two_workers_apply_other_partitions_of_a_topic_without_waiting_for_each_other(harness: Harness) -> None:
+    """An applier locks the progress rows of its batch's partitions, not the topic's (two workers share it)."""
+    topic = f"test.apply.{uuid.uuid4().hex[:8]}"
+    with harness.connect("erp") as erp:
+        (a, a_email), (b, b_email) = erp.execute("SELECT cust_no, email FROM customers ORDER BY cust_no LIMIT 2"
+                                                 ).fetchall()
+    profiles = load_profiles([REPO / "schemas" / "mappings" / "demo.yaml"])
+    first = Applier(profiles, "erp", harness.conninfo("erp"))
+    # The other worker would wait 2 s at most for a lock before it fails.
+    second = Applier(profiles, "erp", {**harness.conninfo("erp"), "options": "-c lock_timeout=2000"})
+    holder = harness.connect("erp", autocommit=False)
+    try:
+        applied = first.apply([Delivery(topic, 0, 1, _command(a, "email", "partition-0@example.com", a_email))])
+        assert applied.written == 1
+        # The first worker is in the middle of its next batch of partition 0: its progress row is locked.
+        assert holder.execute("SELECT 1 FROM sync_meta.applier_progress WHERE topic = %s AND partition = 0"
+                              " FOR UPDATE", (topic,)).fetchall() == [(1,)]
+        done = second.apply([Delivery(topic, 1, 1, _command(b, "email", "partition-1@example.com", b_email))])
+    finally:
+        holder.rollback()
+        holder.close()
+        for applier in (first, second):
+            if applier.conn is not None:
+                applier.conn.close()
+    assert (done.written, done.failed) == (1, [])
+    with harness.connect("erp") as erp:
+        assert erp.execute("SELECT email FROM customers WHERE cust_no = %s", (b,)).fetchone() == (
+            "partition-1@example.com",)
+
 def test_creates_are_made_once_each_and_a_bad_one_does_not_sink_the_rest(harness: Harness) -> None:
     from streams.reconcile.records import cause_at, create_record
 
