@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from streams import metrics
+from streams.reconcile.core import other
 from streams.reconcile.records import create_request
 from streams.store import Link
 
@@ -52,10 +53,6 @@ class Due:
     link: Link | None
     reviewed: bool
 
-    @property
-    def peer(self) -> str:
-        return "erp" if self.system == "crm" else "crm"
-
     def still_alone(self) -> bool:
         """Not linked to a twin meanwhile, not waiting for a person, not merged into another record, not gone."""
         if self.link is None or self.link.global_id != self.global_id or self.reviewed:
@@ -77,16 +74,19 @@ class Creates:
         self.conn: psycopg.Connection[Any] | None = None
         self.offsets: Any = None  # a consumer of the workers' group that never joins it: offsets only
 
-    def _take(self) -> list[Due]:
-        """The creations due, row-locked (the transaction stays open): each with its link and review status."""
+    def _take(self) -> list[tuple[str, str, str, str, dict[str, int] | None]]:
+        """The creations due, row-locked (the transaction stays open)."""
         if self.conn is None or self.conn.closed:
             self.conn = psycopg.connect(**self.ctx.settings.store.conninfo())
-        rows = self.conn.execute(DUE).fetchall()
+        return self.conn.execute(DUE).fetchall()
+
+    def _look_up(self, rows: list[tuple[str, str, str, str, dict[str, int] | None]]) -> list[Due]:
+        """Each creation with its link and review status: two look-ups per entity and system."""
         store = self.ctx.store
         keys: dict[tuple[str, str], list[str]] = {}
         for entity, _, system, key, _ in rows:
             keys.setdefault((entity, system), []).append(key)
-        links = {(e, s): store.links_of(e, s, k) for (e, s), k in keys.items()}  # two look-ups per entity, system
+        links = {(e, s): store.links_of(e, s, k) for (e, s), k in keys.items()}
         waiting = {(e, s): store.reviewing(e, s, k) for (e, s), k in keys.items()}
         return [Due(entity, gid, system, key, ends, links[(entity, system)].get(key), key in waiting[(entity, system)])
                 for entity, gid, system, key, ends in rows]
@@ -136,13 +136,15 @@ class Creates:
 
     async def tick(self) -> None:
         """Send the creations due to reconcile; forget the pending rows once the broker has them."""
-        due = await self.ctx.retrying("creates", self._take)
-        if not due:
+        rows = await self.ctx.retrying("creates", self._take)
+        if not rows:
             await self.ctx.retrying("creates", self._rollback)
             return
-        topics = {self._peer_topic(d) for d in due}
         try:
-            ends, committed = await self.ctx.retrying("creates", self._positions, topics)
+            ends, committed = await self.ctx.retrying(
+                "creates", self._positions, {self._peer_topic(entity, system) for entity, _, system, _, _ in rows})
+            rows = [r for r in rows if self._ready(r[0], r[2], r[4], committed)]
+            due = await self.ctx.retrying("creates", self._look_up, rows) if rows else []
         except BaseException:
             await self.ctx.retrying("creates", self._rollback)
             raise
@@ -152,10 +154,9 @@ class Creates:
             if flow is None or not d.still_alone():
                 done.append((d.entity, d.global_id))
                 continue
-            topic = self._peer_topic(d)
             if d.peer_ends is None:  # the hold passed: the other system's changes up to now are to be read first
-                noted.append((d.entity, d.global_id, json.dumps(ends[topic])))
-            elif read_up_to(committed[topic], d.peer_ends):
+                noted.append((d.entity, d.global_id, json.dumps(ends[self._peer_topic(d.entity, d.system)])))
+            else:  # read that far: every twin written before the hold passed has been seen
                 done.append((d.entity, d.global_id))
                 link = d.link
                 assert link is not None
@@ -170,7 +171,16 @@ class Creates:
         metrics.IDENTITY_CREATES_DUE.inc(len(sends))
         await self.ctx.retrying("creates", self._finish, done, noted)
 
-    def _peer_topic(self, d: Due) -> str:
-        """The other system's raw topic of the record's entity ("" for an entity no profile has any more)."""
-        flow = self.ctx.by_entity.get(d.entity)
-        return f"{d.peer}.{flow.profile.table_of(d.peer)}" if flow else ""
+    def _ready(self, entity: str, system: str, peer_ends: dict[str, int] | None,
+               committed: dict[str, dict[str, int]]) -> bool:
+        """Whether a creation due is to be decided now: not noted yet, noted and read that far, or of an entity gone.
+
+        The others wait, and are not looked up again on every tick while they do.
+        """
+        return (peer_ends is None or entity not in self.ctx.by_entity
+                or read_up_to(committed[self._peer_topic(entity, system)], peer_ends))
+
+    def _peer_topic(self, entity: str, system: str) -> str:
+        """The other system's raw topic of a record's entity ("" for an entity no profile has any more)."""
+        flow = self.ctx.by_entity.get(entity)
+        return f"{other(system)}.{flow.profile.table_of(other(system))}" if flow else ""

@@ -99,7 +99,9 @@ def bootstrap(profile: Profile, settings: Settings, store: Store) -> Counter[str
         paired = {(s, i) for x in store.links(profile.entity) if x.crm_id and x.erp_id
                   for s, i in (("crm", x.crm_id), ("erp", x.erp_id))}
         keys.add_grams(store.conn, [r for r in fresh if (r.system, r.source_id) not in paired])  # the free ones
-        keys.drop_grams(store.conn)  # records indexed before and linked now are no fuzzy candidates
+        # Records indexed before and paired now are no fuzzy candidates. Named, not found by a join
+        # of every bigram with the cross-reference: that took 5 s on 100,000 records with nothing to drop.
+        keys.drop_grams(store.conn, sorted(paired & indexed))
     log.info("identity bootstrap for %s: %s (%d records indexed, %.1f s)", profile.entity, dict(counts), len(fresh),
              time.monotonic() - started)
     return counts

@@ -157,15 +157,10 @@ class IdentityKeys:
                          " SELECT %s, k, v, s, i FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[])"
                          " AS r(k, v, s, i) ON CONFLICT DO NOTHING", (self.entity, *map(list, zip(*rows, strict=True))))
 
-    def drop_grams(self, conn: psycopg.Connection[Any], records: Sequence[tuple[str, str]] | None = None) -> None:
-        """These ``(system, source id)`` now have a counterpart: no longer fuzzy candidates (None: every linked one)."""
-        if records is None:
-            conn.execute("DELETE FROM sync.identity_keys k USING sync.xref x WHERE k.entity = %s AND k.kind = 'gram'"
-                         " AND x.entity = k.entity AND x.crm_id IS NOT NULL AND x.erp_id IS NOT NULL"
-                         " AND ((k.system = 'crm' AND x.crm_id = k.source_id)"
-                         " OR (k.system = 'erp' AND x.erp_id = k.source_id))", (self.entity,))
-        elif records:
-            conn.execute("DELETE FROM sync.identity_keys k USING unnest(%s::text[], %s::text[]) AS r(s, i)"
+    def drop_grams(self, conn: psycopg.Connection[Any], records: Sequence[tuple[str, str]]) -> None:
+        """These ``(system, source id)`` now have a counterpart: no longer fuzzy candidates."""
+        if records:
+            conn.execute("DELETE FROM sync.identity_keys k USING unnest(%b::text[], %b::text[]) AS r(s, i)"
                          " WHERE k.entity = %s AND k.kind = 'gram' AND k.system = r.s AND k.source_id = r.i",
                          ([s for s, _ in records], [i for _, i in records], self.entity))
 

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from streams.identity.bootstrap import bootstrap, lock_id
-from streams.identity.keys import IdentityKeys
+from streams.identity.bootstrap import bootstrap, lock_id, records
+from streams.identity.keys import IdentityKeys, match_keys
 from streams.identity.match import Record
 from streams.identity.resolver import resolve_many, resolve_new
 from streams.local.harness import (
@@ -370,3 +370,32 @@ def test_a_bootstrap_waits_for_another_workers_past_the_lock_timeout_then_finds_
         impatient.conn.close()
         store.conn.close()
         _drop(h, "identity_bootstrap_wait")
+
+
+def test_a_record_indexed_free_before_and_linked_by_a_bootstrap_is_no_fuzzy_candidate_after_it(
+        stack: tuple[Harness, list[int]]) -> None:
+    """A worker stopped with a CRM record indexed free (its name bigrams in the index); its ERP twin was written
+    meanwhile: the next bootstrap links them and drops that record's bigrams."""
+    h, _ = stack
+    store = _fresh_store(h, "identity_bootstrap_grams")
+    settings = load_settings(h.config_path)
+    keys = IdentityKeys(PROFILE.entity)
+    erp_keys = {v: r for r in records(PROFILE, settings, "erp") for k, v in match_keys(r) if k == "exact1"}
+    crm = next(r for r in records(PROFILE, settings, "crm") for k, v in match_keys(r)
+               if k == "exact1" and v in erp_keys)
+
+    def grams() -> int:
+        return int(scalar(store.conn, "SELECT count(*) FROM sync.identity_keys WHERE kind = 'gram'"
+                                      " AND system = 'crm' AND source_id = %s", crm.source_id))
+
+    try:
+        with store.conn.transaction():
+            keys.put(store.conn, [crm])  # free: with its bigrams
+        assert grams() > 0
+        bootstrap(PROFILE, settings, store)
+        link = store.link_of(PROFILE.entity, "crm", crm.source_id)
+        assert link is not None and link.erp_id is not None
+        assert grams() == 0
+    finally:
+        store.conn.close()
+        _drop(h, "identity_bootstrap_grams")
