@@ -6,6 +6,7 @@ Loaded and validated once at start; every error names the key in the file and th
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from functools import cached_property
@@ -369,7 +370,9 @@ class Profile(BaseModel):
             except TerminalError as exc:
                 invalid[name] = f"{where}: {exc.message}"
                 continue
-            if spec.required and value in (None, ""):
+            if isinstance(value, float) and not math.isfinite(value):
+                invalid[name] = f"{where} is {value}: only finite numbers can be synced"
+            elif spec.required and value in (None, ""):
                 invalid[name] = f"{where} is required but empty"
             elif spec.max_length and isinstance(value, str) and len(value) > spec.max_length:
                 invalid[name] = f"{where} is {len(value)} characters, over {spec.max_length}"

@@ -143,6 +143,22 @@ def test_one_bad_field_is_one_bad_field() -> None:
                        "name": "field name (crm.name) is required but empty"}
 
 
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+def test_a_number_json_cannot_hold_is_a_bad_field(tmp_path: Path, number: float) -> None:
+    """A ``double precision`` column passed through: a NaN or an infinity could be neither stored nor sent."""
+    text = DEMO.read_text(encoding="utf-8").replace("erp: {column: credit_limit_fen, convert: integer},",
+                                                    "erp: {column: credit_limit_fen, convert: identity},")
+    assert "convert: identity}" in text
+    (tmp_path / "p.yaml").write_text(text.replace("../canonical/", str(DEMO.parents[1] / "canonical") + "/"),
+                                     encoding="utf-8")
+    profile = load_profile(tmp_path / "p.yaml")
+    values, invalid = profile.read_fields("erp", {"credit_limit_fen": number, "email": "a@b.c"})
+    assert values == {"email": "a@b.c"}
+    assert invalid == {"credit_limit_fen": f"field credit_limit_fen (erp.credit_limit_fen) is {number}:"
+                                           " only finite numbers can be synced"}
+    assert profile.read_fields("erp", {"credit_limit_fen": 2.5})[0] == {"credit_limit_fen": 2.5}
+
 def test_a_pilot_scope_admits_a_record_by_the_sides_it_knows() -> None:
     scope = Scope(crm={"tier": ["A"]}, erp={"payment_terms": ["NET30"]})
     assert scope.admits({"crm": {"tier": "A"}, "erp": {"payment_terms": "NET30"}})

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import json
+import uuid
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.store import _loads
+from streams.store import _json, _loads
 
 scalars = st.none() | st.booleans() | st.text() | st.integers() | st.floats(allow_nan=False)
 documents = st.recursive(
@@ -31,3 +34,20 @@ def test_numbers_orjson_reads_otherwise_read_as_python_does() -> None:
         assert _exactly(_loads(text)) == _exactly(json.loads(text))
     assert isinstance(_loads(b"[123456789012345678901234567890]")[0], int)
 
+
+
+finite = st.none() | st.booleans() | st.text() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+stored = st.recursive(
+    finite, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4), max_leaves=20)
+
+
+@given(stored)
+def test_a_document_is_written_as_the_standard_library_writes_it(value: Any) -> None:
+    """The same document, integers beyond 64 bits included (orjson refuses them: the standard library writes those)."""
+    assert _exactly(json.loads(_json(value))) == _exactly(json.loads(json.dumps(value, ensure_ascii=False)))
+
+
+def test_values_json_cannot_hold_are_written_as_text_as_before() -> None:
+    when = datetime.datetime(2026, 12, 1, 10, 0, tzinfo=datetime.UTC)
+    for value in ({"at": when}, [decimal.Decimal("1.10")], {1: "one", None: "none"}, uuid.UUID(int=1)):
+        assert json.loads(_json(value)) == json.loads(json.dumps(value, ensure_ascii=False, default=str))
