@@ -140,10 +140,13 @@ class Creates:
         if not rows:
             await self.ctx.retrying("creates", self._rollback)
             return
+        peer_topics = {(entity, system): self._peer_topic(entity, system) for entity, _, system, _, _ in rows}
         try:
-            ends, committed = await self.ctx.retrying(
-                "creates", self._positions, {self._peer_topic(entity, system) for entity, _, system, _, _ in rows})
-            rows = [r for r in rows if self._ready(r[0], r[2], r[4], committed)]
+            ends, committed = await self.ctx.retrying("creates", self._positions, set(peer_topics.values()))
+            # Those noted earlier whose other system the workers have not read that far yet wait, and
+            # are not looked up again on every tick while they do (an entity no profile has goes now).
+            rows = [r for r in rows if r[4] is None or r[0] not in self.ctx.by_entity
+                    or read_up_to(committed[peer_topics[(r[0], r[2])]], r[4])]
             due = await self.ctx.retrying("creates", self._look_up, rows) if rows else []
         except BaseException:
             await self.ctx.retrying("creates", self._rollback)
@@ -155,7 +158,7 @@ class Creates:
                 done.append((d.entity, d.global_id))
                 continue
             if d.peer_ends is None:  # the hold passed: the other system's changes up to now are to be read first
-                noted.append((d.entity, d.global_id, json.dumps(ends[self._peer_topic(d.entity, d.system)])))
+                noted.append((d.entity, d.global_id, json.dumps(ends[peer_topics[(d.entity, d.system)]])))
             else:  # read that far: every twin written before the hold passed has been seen
                 done.append((d.entity, d.global_id))
                 link = d.link
@@ -170,15 +173,6 @@ class Creates:
             raise
         metrics.IDENTITY_CREATES_DUE.inc(len(sends))
         await self.ctx.retrying("creates", self._finish, done, noted)
-
-    def _ready(self, entity: str, system: str, peer_ends: dict[str, int] | None,
-               committed: dict[str, dict[str, int]]) -> bool:
-        """Whether a creation due is to be decided now: not noted yet, noted and read that far, or of an entity gone.
-
-        The others wait, and are not looked up again on every tick while they do.
-        """
-        return (peer_ends is None or entity not in self.ctx.by_entity
-                or read_up_to(committed[self._peer_topic(entity, system)], peer_ends))
 
     def _peer_topic(self, entity: str, system: str) -> str:
         """The other system's raw topic of a record's entity ("" for an entity no profile has any more)."""

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from streams.envelope import ChangeEvent
+from streams.jsontext import dumps as _json
 from streams.mapping.profile import Profile
 from streams.reconcile.core import Command, Conflict, EntityState
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def cause_ref(meta: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""JSON read from the sync store (orjson, with the standard library's results): pure."""
+"""JSON read and written by orjson, with the standard library's results (``streams.jsontext``): pure."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.store import _json, _loads
+from streams.jsontext import dumps as _json
+from streams.jsontext import loads as _loads
 
 scalars = st.none() | st.booleans() | st.text() | st.integers() | st.floats(allow_nan=False)
 documents = st.recursive(
