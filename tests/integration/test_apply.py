@@ -81,7 +81,6 @@ def test_a_topic_created_again_is_a_new_incarnation_not_a_replay(harness: Harnes
             "new-topic@example.com",)
 
 
-
 def test_two_workers_apply_other_partitions_of_a_topic_without_waiting_for_each_other(harness: Harness) -> None:
     """An applier locks the progress rows of its batch's partitions, not the topic's (two workers share it)."""
     topic = f"test.apply.{uuid.uuid4().hex[:8]}"
@@ -110,6 +109,7 @@ def test_two_workers_apply_other_partitions_of_a_topic_without_waiting_for_each_
     with harness.connect("erp") as erp:
         assert erp.execute("SELECT email FROM customers WHERE cust_no = %s", (b,)).fetchone() == (
             "partition-1@example.com",)
+
 
 def test_creates_are_made_once_each_and_a_bad_one_does_not_sink_the_rest(harness: Harness) -> None:
     from streams.reconcile.records import cause_at, create_record

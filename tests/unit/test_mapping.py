@@ -143,7 +143,6 @@ def test_one_bad_field_is_one_bad_field() -> None:
                        "name": "field name (crm.name) is required but empty"}
 
 
-
 @pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
 def test_a_number_json_cannot_hold_is_a_bad_field(tmp_path: Path, number: float) -> None:
     """A ``double precision`` column passed through: a NaN or an infinity could be neither stored nor sent."""
@@ -158,6 +157,7 @@ def test_a_number_json_cannot_hold_is_a_bad_field(tmp_path: Path, number: float)
     assert invalid == {"credit_limit_fen": f"field credit_limit_fen (erp.credit_limit_fen) is {number}:"
                                            " only finite numbers can be synced"}
     assert profile.read_fields("erp", {"credit_limit_fen": 2.5})[0] == {"credit_limit_fen": 2.5}
+
 
 def test_a_pilot_scope_admits_a_record_by_the_sides_it_knows() -> None:
     scope = Scope(crm={"tier": ["A"]}, erp={"payment_terms": ["NET30"]})
