@@ -4,7 +4,8 @@ Runs on its own local services (PostgreSQL, Apache Kafka, registry, capture, wor
 profiles and document profile). The deals and their lines are prepared first (stage negotiation);
 then every deal is moved to ``closed_won`` in its own transaction as fast as one connection can.
 Latency of each deal: the ERP order row written (an audit trigger's ``clock_timestamp()``, the same
-server clock) minus the deal's ``updated_at`` (the CRM commit of ``closed_won``).
+server clock) minus the server clock when the deal's ``closed_won`` update ran (its own transaction, so
+its commit; not ``updated_at``, which the sync's write-back of the order's progress moves later).
 """
 
 from __future__ import annotations
@@ -72,9 +73,13 @@ def run(deals: int = 500, out: Path | None = None, progress: bool = True) -> dic
             if progress:
                 print("  winning them", flush=True)
             started = time.monotonic()
+            won: dict[str, float] = {}
             with h.connect("crm") as crm:
                 for deal in ids:
-                    crm.execute("UPDATE opportunities SET stage = 'closed_won' WHERE id = %s", (deal,))
+                    row = crm.execute("UPDATE opportunities SET stage = 'closed_won' WHERE id = %s"
+                                      " RETURNING extract(epoch FROM clock_timestamp())", (deal,)).fetchone()
+                    assert row is not None, f"deal {deal} is gone"
+                    won[deal] = float(row[0])
             burst_s = time.monotonic() - started
 
             def created() -> int:
@@ -87,9 +92,7 @@ def run(deals: int = 500, out: Path | None = None, progress: bool = True) -> dic
 
             wait_for(lambda: created() == deals, 600, 1.0, "every won deal's order")
             total_s = time.monotonic() - started
-            with h.connect("crm") as crm, h.connect("erp") as erp, h.connect("sync") as conn:
-                won = dict(crm.execute("SELECT id::text, extract(epoch FROM updated_at) FROM opportunities"
-                                       " WHERE id = ANY(%s::uuid[])", (ids,)).fetchall())
+            with h.connect("erp") as erp, h.connect("sync") as conn:
                 gid_of = dict(conn.execute("SELECT global_id::text, crm_id FROM sync.xref WHERE entity ="
                                            " 'sales_order' AND crm_id = ANY(%s)", (ids,)).fetchall())
                 order_gid = dict(erp.execute("SELECT key, global_id FROM sync_meta.created"

@@ -47,8 +47,8 @@ def _install_audit(h: Harness) -> None:
 
 def _audit(h: Harness, system: str) -> dict[str, float]:
     with h.connect(system) as conn:
-        rows = conn.execute("SELECT value, extract(epoch FROM at) FROM bench.audit").fetchall()
-        conn.execute("TRUNCATE bench.audit")
+        # One statement: a SELECT then a TRUNCATE would drop unseen the rows committed between them.
+        rows = conn.execute("DELETE FROM bench.audit RETURNING value, extract(epoch FROM at)").fetchall()
     return {value: float(at) for value, at in rows}
 
 
