@@ -1,8 +1,9 @@
 """The identity index in the sync store: every record's match keys, looked up by index, decided under a lock.
 
 Each record of a profile's table (both systems) has rows in ``sync.identity_keys``: its normalised
-exact keys (``exact1``, ``exact2``, ...), its normalised name (``name``) and the bigrams of its
-fuzzy name key (``gram``); ``sync.identity_records`` keeps what matching needs of it. A new record
+exact keys (``exact1``, ``exact2``, ...) and its normalised name (``name``); a record still without
+a counterpart also has the bigrams of its fuzzy name key, one array in ``sync.identity_grams``
+under a GIN index; ``sync.identity_records`` keeps what matching needs of it. A new record
 is matched with a handful of index look-ups, never by reading a whole table; and its decision is
 taken under transaction-scoped advisory locks on its exact and name keys, so two records sharing a
 key (twins on both systems, duplicates on one) are decided one after the other, each seeing the
@@ -31,13 +32,27 @@ CREATE TABLE IF NOT EXISTS sync.identity_records (
 );
 CREATE TABLE IF NOT EXISTS sync.identity_keys (
   entity    text NOT NULL,
-  kind      text NOT NULL,        -- exact1, exact2, ... | name | gram
+  kind      text NOT NULL,        -- exact1, exact2, ... | name
   value     text NOT NULL,
   system    text NOT NULL,
   source_id text NOT NULL,
   PRIMARY KEY (entity, kind, value, system, source_id)
 );
 CREATE INDEX IF NOT EXISTS identity_keys_record ON sync.identity_keys (entity, system, source_id);
+-- The name bigrams of the records without a counterpart (the fuzzy candidates): one row each.
+CREATE TABLE IF NOT EXISTS sync.identity_grams (
+  entity    text NOT NULL,
+  system    text NOT NULL,
+  source_id text NOT NULL,
+  grams     text[] NOT NULL,
+  PRIMARY KEY (entity, system, source_id)
+);
+CREATE INDEX IF NOT EXISTS identity_grams_grams ON sync.identity_grams USING gin (grams) WITH (fastupdate = off);
+-- Bigrams were rows of identity_keys (kind 'gram') before 2026-12: moved here.
+INSERT INTO sync.identity_grams (entity, system, source_id, grams)
+  SELECT entity, system, source_id, array_agg(value ORDER BY value) FROM sync.identity_keys WHERE kind = 'gram'
+  GROUP BY entity, system, source_id ON CONFLICT DO NOTHING;
+DELETE FROM sync.identity_keys WHERE kind = 'gram';
 -- Records without a counterpart, to be created on the other system once no twin turned up.
 CREATE TABLE IF NOT EXISTS sync.pending_creates (
   entity    text NOT NULL,
@@ -56,13 +71,17 @@ CHUNK = 5_000  # records indexed per statement
 
 
 def match_keys(rec: Record) -> list[tuple[str, str]]:
-    """``(kind, value)`` of a record: its exact keys, its name, its name's bigrams."""
+    """``(kind, value)`` of a record: its exact keys and its name."""
     out = [(f"exact{i + 1}", key) for i, key in enumerate(rec.exact) if key]
     name = rec.normal_name
     if name:
         out.append(("name", name))
-    out += [("gram", g) for g in sorted(bigrams(rec.fuzzy))]
     return out
+
+
+def name_grams(rec: Record) -> list[str]:
+    """The bigrams of a record's fuzzy name key, sorted."""
+    return sorted(bigrams(rec.fuzzy))
 
 
 def lock_ids(entity: str, recs: Iterable[Record]) -> list[int]:
@@ -70,9 +89,8 @@ def lock_ids(entity: str, recs: Iterable[Record]) -> list[int]:
     ids = set()
     for rec in recs:
         for kind, value in match_keys(rec):
-            if kind != "gram":
-                digest = hashlib.blake2b(f"{entity}|{kind}|{value}".encode(), digest_size=8).digest()
-                ids.add(int.from_bytes(digest, "big", signed=True))
+            digest = hashlib.blake2b(f"{entity}|{kind}|{value}".encode(), digest_size=8).digest()
+            ids.add(int.from_bytes(digest, "big", signed=True))
     return sorted(ids)
 
 
@@ -85,6 +103,11 @@ def _stored(keys: Sequence[str | None]) -> tuple[str, ...]:
     """A record's exact keys as ``identity_records.keys`` holds them."""
     joined = _joined(keys)
     return tuple(joined.split(chr(31))) if joined else ()
+
+
+def _grams_columns(recs: Sequence[Record]) -> tuple[list[str], list[str], list[str]]:
+    """Systems, source ids and bigrams (joined as in :func:`_joined`) of records, for ``unnest``."""
+    return [r.system for r in recs], [r.source_id for r in recs], [chr(31).join(name_grams(r)) for r in recs]
 
 
 def _not_merged(system: str) -> sql.Composable:
@@ -118,17 +141,28 @@ class IdentityKeys:
         for start in range(0, len(recs), CHUNK):  # an initial sync's 100,000 records in one go: ~1 GB of rows
             chunk = recs[start:start + CHUNK]
             systems, ids = [r.system for r in chunk], [r.source_id for r in chunk]
-            conn.execute("DELETE FROM sync.identity_keys k USING unnest(%b::text[], %b::text[]) AS r(s, i)"
-                         " WHERE k.entity = %s AND k.system = r.s AND k.source_id = r.i", (systems, ids, self.entity))
+            conn.execute("WITH r AS (SELECT * FROM unnest(%b::text[], %b::text[]) AS r(s, i)),"
+                         " g AS (DELETE FROM sync.identity_grams g USING r"
+                         " WHERE g.entity = %s AND g.system = r.s AND g.source_id = r.i)"
+                         " DELETE FROM sync.identity_keys k USING r"
+                         " WHERE k.entity = %s AND k.system = r.s AND k.source_id = r.i",
+                         (systems, ids, self.entity, self.entity))
             conn.execute("INSERT INTO sync.identity_records (entity, system, source_id, keys, name)"
                          " SELECT %s, s, i, string_to_array(k, chr(31)), n"
                          " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[]) AS r(s, i, k, n)"
                          " ON CONFLICT (entity, system, source_id) DO UPDATE SET keys = EXCLUDED.keys,"
                          " name = EXCLUDED.name",
                          (self.entity, systems, ids, [_joined(r.keys) for r in chunk], [r.name for r in chunk]))
-            self._insert_keys(conn, [(kind, value, r.system, r.source_id) for r in chunk
-                                     for kind, value in match_keys(r)
-                                     if kind != "gram" or (r.system, r.source_id) not in linked])
+            rows = [(kind, value, r.system, r.source_id) for r in chunk for kind, value in match_keys(r)]
+            free = [r for r in chunk if (r.system, r.source_id) not in linked and r.fuzzy]
+            conn.execute("WITH g AS (INSERT INTO sync.identity_grams (entity, system, source_id, grams)"
+                         " SELECT %s, s, i, string_to_array(g, chr(31))"
+                         " FROM unnest(%b::text[], %b::text[], %b::text[]) AS r(s, i, g) ON CONFLICT DO NOTHING)"
+                         " INSERT INTO sync.identity_keys (entity, kind, value, system, source_id)"
+                         " SELECT %s, k, v, s, i FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[])"
+                         " AS r(k, v, s, i) ON CONFLICT DO NOTHING",
+                         (self.entity, *_grams_columns(free), self.entity,
+                          *(map(list, zip(*rows, strict=True)) if rows else ([], [], [], []))))
 
     def changed(self, conn: psycopg.Connection[Any], recs: Sequence[Record]) -> list[Record]:
         """Those of the records the index does not hold as they are (new, or with other keys or name): one look-up.
@@ -147,21 +181,19 @@ class IdentityKeys:
 
     def add_grams(self, conn: psycopg.Connection[Any], recs: Sequence[Record]) -> None:
         """The name bigrams of records indexed without them (:meth:`put` with ``linked``) that are free now."""
-        for start in range(0, len(recs), CHUNK):
-            self._insert_keys(conn, [("gram", value, r.system, r.source_id) for r in recs[start:start + CHUNK]
-                                     for kind, value in match_keys(r) if kind == "gram"])
-
-    def _insert_keys(self, conn: psycopg.Connection[Any], rows: Sequence[tuple[str, str, str, str]]) -> None:
-        if rows:  # binary arrays: psycopg quotes text-format ones element by element
-            conn.execute("INSERT INTO sync.identity_keys (entity, kind, value, system, source_id)"
-                         " SELECT %s, k, v, s, i FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[])"
-                         " AS r(k, v, s, i) ON CONFLICT DO NOTHING", (self.entity, *map(list, zip(*rows, strict=True))))
+        recs = [r for r in recs if r.fuzzy]
+        for start in range(0, len(recs), CHUNK):  # binary arrays: psycopg quotes text ones element by element
+            conn.execute("INSERT INTO sync.identity_grams (entity, system, source_id, grams)"
+                         " SELECT %s, s, i, string_to_array(g, chr(31))"
+                         " FROM unnest(%b::text[], %b::text[], %b::text[]) AS r(s, i, g)"
+                         " ON CONFLICT (entity, system, source_id) DO UPDATE SET grams = EXCLUDED.grams",
+                         (self.entity, *_grams_columns(recs[start:start + CHUNK])))
 
     def drop_grams(self, conn: psycopg.Connection[Any], records: Sequence[tuple[str, str]]) -> None:
         """These ``(system, source id)`` now have a counterpart: no longer fuzzy candidates."""
         if records:
-            conn.execute("DELETE FROM sync.identity_keys k USING unnest(%b::text[], %b::text[]) AS r(s, i)"
-                         " WHERE k.entity = %s AND k.kind = 'gram' AND k.system = r.s AND k.source_id = r.i",
+            conn.execute("DELETE FROM sync.identity_grams g USING unnest(%b::text[], %b::text[]) AS r(s, i)"
+                         " WHERE g.entity = %s AND g.system = r.s AND g.source_id = r.i",
                          ([s for s, _ in records], [i for _, i in records], self.entity))
 
     def reindex(self, conn: psycopg.Connection[Any], records: Sequence[tuple[str, str]]) -> None:
@@ -180,6 +212,7 @@ class IdentityKeys:
 
     def remove(self, conn: psycopg.Connection[Any], system: str, source_id: str) -> None:
         """Forget a deleted record."""
+        self.drop_grams(conn, [(system, source_id)])
         conn.execute("DELETE FROM sync.identity_keys WHERE entity = %s AND system = %s AND source_id = %s",
                      (self.entity, system, source_id))
         conn.execute("DELETE FROM sync.identity_records WHERE entity = %s AND system = %s AND source_id = %s",
@@ -187,7 +220,7 @@ class IdentityKeys:
 
     def sharing(self, conn: psycopg.Connection[Any], rec: Record, system: str) -> list[str]:
         """Records of ``system`` (other than ``rec``, not merged away) sharing one of its exact keys or its name."""
-        keys = [(k, v) for k, v in match_keys(rec) if k != "gram"]
+        keys = match_keys(rec)
         if not keys:
             return []
         rows = conn.execute(sql.SQL(
@@ -211,18 +244,23 @@ class IdentityKeys:
         system = recs[0].system
         peer = "erp" if system == "crm" else "crm"
         probes = [(r.source_id, kind, value) for r in recs for kind, value in match_keys(r)]
-        if not probes:
+        grams = {r.source_id: name_grams(r) for r in recs}
+        every_gram = sorted({g for gs in grams.values() for g in gs})
+        if not probes and not every_gram:
             return list(recs)
+        # Which of the chunk's bigrams the other system's free records have: one GIN look-up per bigram
+        # (per record, a bigram common to many would be read again for each record having it).
         rows = conn.execute(
-            "SELECT DISTINCT q.i FROM unnest(%b::text[], %b::text[], %b::text[]) AS q(i, kind, v)"
+            "SELECT q.i, NULL FROM unnest(%b::text[], %b::text[], %b::text[]) AS q(i, kind, v)"
             " WHERE EXISTS (SELECT 1 FROM sync.identity_keys k WHERE k.entity = %s AND k.kind = q.kind"
-            " AND k.value = q.v AND k.system = %s)"
-            " OR (q.kind <> 'gram' AND EXISTS (SELECT 1 FROM sync.identity_keys k WHERE k.entity = %s"
-            " AND k.kind = q.kind AND k.value = q.v AND k.system = %s AND k.source_id <> q.i))",
+            " AND k.value = q.v AND (k.system = %s OR k.source_id <> q.i))"
+            " UNION ALL SELECT NULL, u.x FROM unnest(%b::text[]) AS u(x) WHERE EXISTS (SELECT 1"
+            " FROM sync.identity_grams g WHERE g.entity = %s AND g.system = %s AND g.grams @> ARRAY[u.x])",
             ([i for i, _, _ in probes], [k for _, k, _ in probes], [v for _, _, v in probes],
-             self.entity, peer, self.entity, system)).fetchall()
-        shared = {str(r[0]) for r in rows}
-        return [r for r in recs if r.source_id not in shared]
+             self.entity, peer, every_gram, self.entity, peer)).fetchall()
+        shared = {str(i) for i, _ in rows if i is not None}
+        shared_grams = {str(g) for _, g in rows if g is not None}
+        return [r for r in recs if r.source_id not in shared and shared_grams.isdisjoint(grams[r.source_id])]
 
     def candidates(self, conn: psycopg.Connection[Any], rec: Record) -> list[Record]:
         """Records of the other system not linked to a record of ``rec``'s system, sharing a key or bigrams with it.
@@ -230,11 +268,13 @@ class IdentityKeys:
         Three index look-ups: exact and name keys; the records sharing the most name bigrams; their details.
         """
         peer = "erp" if rec.system == "crm" else "crm"
-        free = sql.SQL("NOT EXISTS (SELECT 1 FROM sync.xref x WHERE x.entity = k.entity AND x.{} = k.source_id"
-                       " AND (x.{} IS NOT NULL OR x.linked_by = 'merged'))").format(
-            sql.Identifier(f"{peer}_id"), sql.Identifier(f"{rec.system}_id"))
-        keyed = [(k, v) for k, v in match_keys(rec) if k != "gram"]
-        grams = [v for k, v in match_keys(rec) if k == "gram"]
+        # A scalar look-up of the record's one cross-reference row, not NOT EXISTS: that may be planned
+        # as an anti-join hashing the whole cross-reference when many records share a common bigram.
+        free = sql.SQL("(SELECT x.{} IS NULL AND x.linked_by <> 'merged' FROM sync.xref x"
+                       " WHERE x.entity = k.entity AND x.{} = k.source_id) IS NOT FALSE").format(
+            sql.Identifier(f"{rec.system}_id"), sql.Identifier(f"{peer}_id"))
+        keyed = match_keys(rec)
+        grams = name_grams(rec)
         found: set[str] = set()
         if keyed:
             rows = conn.execute(sql.SQL(
@@ -245,10 +285,10 @@ class IdentityKeys:
             found |= {str(r[0]) for r in rows}
         if grams:
             rows = conn.execute(sql.SQL(
-                "SELECT k.source_id FROM sync.identity_keys k WHERE k.entity = %s AND k.kind = 'gram'"
-                " AND k.value = ANY(%s) AND k.system = %s AND {} GROUP BY k.source_id"
-                " ORDER BY count(*) DESC, k.source_id LIMIT %s").format(free),
-                (self.entity, grams, peer, FUZZY_CANDIDATES)).fetchall()
+                "SELECT k.source_id FROM sync.identity_grams k WHERE k.entity = %s AND k.system = %s"
+                " AND k.grams && %s::text[] AND {} ORDER BY cardinality(ARRAY(SELECT unnest(k.grams)"
+                " INTERSECT SELECT unnest(%s::text[]))) DESC, k.source_id LIMIT %s").format(free),
+                (self.entity, peer, grams, grams, FUZZY_CANDIDATES)).fetchall()
             found |= {str(r[0]) for r in rows}
         if not found:
             return []

@@ -236,6 +236,11 @@ def test_a_new_record_among_100k_linked_pairs_takes_a_bounded_number_of_indexed_
                            " 'F' || i, 'single' FROM generate_series(0, 999) AS i", (entity,))
         keys.put(store.conn, [Record("erp", f"F{i}", (None,), f"{CITIES[3]}{TRADES[5]}{i}号有限公司")
                               for i in range(1000)])
+        # And 20,000 more with names sharing no bigram with it: the bigram index is not read whole either.
+        store.conn.execute("INSERT INTO sync.xref (entity, global_id, erp_id, linked_by) SELECT %s, gen_random_uuid(),"
+                           " 'G' || i, 'single' FROM generate_series(0, 19999) AS i", (entity,))
+        keys.put(store.conn, [Record("erp", f"G{i}", (None,), f"{CITIES[i % 10]}{TRADES[i % 5]}{i}号有限公司")
+                              for i in range(20_000)])
     store.conn.execute("ANALYZE")
     print(f"\nindexed {2 * n} records in {time.monotonic() - started:.1f} s")
 
@@ -244,7 +249,7 @@ def test_a_new_record_among_100k_linked_pairs_takes_a_bounded_number_of_indexed_
             conn.execute("SELECT pg_stat_clear_snapshot()")
             return {r[0]: (r[1], r[2] or 0) for r in conn.execute(
                 "SELECT relname, seq_scan, idx_scan FROM pg_stat_user_tables WHERE schemaname = 'sync'"
-                " AND relname IN ('xref', 'identity_keys', 'identity_records')").fetchall()}
+                " AND relname IN ('xref', 'identity_keys', 'identity_records', 'identity_grams')").fetchall()}
 
     before = scans()
     counting = CountingConnection(store.conn)
@@ -261,7 +266,7 @@ def test_a_new_record_among_100k_linked_pairs_takes_a_bounded_number_of_indexed_
     assert counting.statements <= 13, counting.statements
     after = wait_for(lambda: (s := scans()) and s != before and s, 30, 0.5, "the table statistics")
     seq = {table: after[table][0] - before[table][0] for table in after}
-    assert seq == {"xref": 0, "identity_keys": 0, "identity_records": 0}, seq
+    assert seq == {"xref": 0, "identity_keys": 0, "identity_records": 0, "identity_grams": 0}, seq
     # And a twin arriving on the ERP links to it through the same index.
     store._conn = counting = CountingConnection(store.conn)  # type: ignore[assignment]
     twin = resolve_new(PROFILE, store, "erp", "E-new", {"cust_no": "E-new", "full_name": name,
@@ -362,10 +367,11 @@ def test_a_bootstrap_waits_for_another_workers_past_the_lock_timeout_then_finds_
         assert "error" not in outcome, outcome
         assert sum(outcome["counts"].values()) > 0
         before = links()
-        indexed = scalar(store.conn, "SELECT count(*) FROM sync.identity_keys")
+        index_rows = "SELECT (SELECT count(*) FROM sync.identity_keys) + (SELECT count(*) FROM sync.identity_grams)"
+        indexed = scalar(store.conn, index_rows)
         bootstrap(PROFILE, settings, store)  # the worker that waited, had it started after: nothing to add
         assert links() == before
-        assert scalar(store.conn, "SELECT count(*) FROM sync.identity_keys") == indexed
+        assert scalar(store.conn, index_rows) == indexed
     finally:
         impatient.conn.close()
         store.conn.close()
@@ -385,8 +391,8 @@ def test_a_record_indexed_free_before_and_linked_by_a_bootstrap_is_no_fuzzy_cand
                if k == "exact1" and v in erp_keys)
 
     def grams() -> int:
-        return int(scalar(store.conn, "SELECT count(*) FROM sync.identity_keys WHERE kind = 'gram'"
-                                      " AND system = 'crm' AND source_id = %s", crm.source_id))
+        return int(scalar(store.conn, "SELECT coalesce(sum(cardinality(grams)), 0) FROM sync.identity_grams"
+                                      " WHERE system = 'crm' AND source_id = %s", crm.source_id))
 
     try:
         with store.conn.transaction():
@@ -399,3 +405,30 @@ def test_a_record_indexed_free_before_and_linked_by_a_bootstrap_is_no_fuzzy_cand
     finally:
         store.conn.close()
         _drop(h, "identity_bootstrap_grams")
+
+
+def test_bigram_rows_of_an_earlier_version_are_moved_into_one_array_per_record(
+        stack: tuple[Harness, list[int]]) -> None:
+    """A store written before bigrams had their own table (one ``identity_keys`` row of kind ``gram`` each):
+    the next start's migration makes each record's bigrams one array, and a look-up finds the record by them."""
+    h, _ = stack
+    store = _fresh_store(h, "identity_gram_rows")
+    try:
+        with store.conn.transaction():
+            store.add_link(PROFILE.entity, None, "E-old", "single")
+            IdentityKeys(PROFILE.entity).put(store.conn, [Record("erp", "E-old", (None,), "远东精密机械有限公司")])
+            grams = store.conn.execute("SELECT grams FROM sync.identity_grams").fetchall()
+            assert len(grams) == 1
+            store.conn.execute("DELETE FROM sync.identity_grams")
+            store.conn.execute("INSERT INTO sync.identity_keys (entity, kind, value, system, source_id)"
+                               " SELECT %s, 'gram', g, 'erp', 'E-old' FROM unnest(%s::text[]) AS g",
+                               (PROFILE.entity, grams[0][0]))
+        store.migrate()
+        assert store.conn.execute("SELECT system, source_id, grams FROM sync.identity_grams").fetchall() \
+            == [("erp", "E-old", grams[0][0])]
+        assert scalar(store.conn, "SELECT count(*) FROM sync.identity_keys WHERE kind = 'gram'") == 0
+        found = IdentityKeys(PROFILE.entity).candidates(store.conn, Record("crm", "c-new", (None,), "远东精密机器有限公司"))
+        assert [r.source_id for r in found] == ["E-old"]
+    finally:
+        store.conn.close()
+        _drop(h, "identity_gram_rows")
