@@ -427,7 +427,8 @@ def test_bigram_rows_of_an_earlier_version_are_moved_into_one_array_per_record(
         assert store.conn.execute("SELECT system, source_id, grams FROM sync.identity_grams").fetchall() \
             == [("erp", "E-old", grams[0][0])]
         assert scalar(store.conn, "SELECT count(*) FROM sync.identity_keys WHERE kind = 'gram'") == 0
-        found = IdentityKeys(PROFILE.entity).candidates(store.conn, Record("crm", "c-new", (None,), "远东精密机器有限公司"))
+        new = Record("crm", "c-new", (None,), "远东精密机器有限公司")
+        found = IdentityKeys(PROFILE.entity).candidates(store.conn, new)
         assert [r.source_id for r in found] == ["E-old"]
     finally:
         store.conn.close()
