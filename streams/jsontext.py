@@ -1,8 +1,7 @@
 """JSON text as the standard library reads and writes it, by orjson where that gives the same result.
 
 The sync store's jsonb columns (entity states: ~8 % of a worker reading them, ~10 % writing them
-in an initial sync), every Json / Jsonb parameter (``streams.store`` sets both for psycopg), the
-audit notes' values, and the JSON fields of the sync's own records (changes, commands, conflicts).
+in an initial sync) and the JSON fields of the sync's own records (changes, commands, conflicts).
 """
 
 from __future__ import annotations

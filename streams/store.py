@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import set_json_dumps, set_json_loads
+from psycopg.types.json import set_json_loads
 
 from streams import jsontext
 from streams.ddl import locked
@@ -126,7 +126,6 @@ class Link:
 
 
 set_json_loads(jsontext.loads)  # every connection of the process
-set_json_dumps(jsontext.dumps)  # and every Json / Jsonb parameter (the audit notes: ~2 % of a worker by json.dumps)
 
 
 class StateCache:

@@ -11,13 +11,13 @@ is created with the applier's other bookkeeping: ``streams.apply.sql.PROGRESS_DD
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from streams import jsontext
 from streams.ddl import ensure_bookkeeping
 
 OUTBOX_INSERT = "INSERT INTO sync_meta.audit_outbox (entry) SELECT value FROM jsonb_array_elements(%s)"
@@ -43,8 +43,8 @@ def entry(system: str, command: dict[str, Any], table: str, key: str, field: str
         "audit_id": f"{system}/{command['command_id']}/{nth}", "written_at": _ms(datetime.now(tz=UTC)),
         "system": system, "table": table, "key": str(key), "entity": command["entity"],
         "global_id": command["global_id"], "field": field, "column": column,
-        "old_json": None if old is None else jsontext.dumps(old),
-        "new_json": jsontext.dumps(new),
+        "old_json": None if old is None else json.dumps(old, ensure_ascii=False, default=str),
+        "new_json": json.dumps(new, ensure_ascii=False, default=str),
         "kind": kind, "decided_by": command.get("decided_by"),
         "command_id": command["command_id"], "cause_system": command.get("cause_system"),
         "cause_tx_id": command.get("cause_tx_id"), "cause_lsn": command.get("cause_lsn"),
