@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.local.harness import REPO, Harness
+from streams.local.harness import REPO, Harness, wait_for
 from streams.local.status import scrape
 from streams.mapping.profile import load_profile
 
@@ -42,3 +42,25 @@ def disagreements(h: Harness) -> list[tuple[str, str, Any, Any]]:
         out += [(str(crm_row["id"]), f, a.get(f), b.get(f)) for f in PROFILE.synced_fields()
                 if f != "tax_id" and a.get(f) != b.get(f)]
     return out
+
+
+def wait_agreed(h: Harness, timeout: float, what: str, interval: float = 0.5) -> None:
+    """Wait until every linked pair agrees; on timeout, say which fields still differ and why they might."""
+    last: list[tuple[str, str, Any, Any]] = []
+
+    def agreed() -> bool:
+        nonlocal last
+        last = disagreements(h)
+        return not last
+
+    try:
+        wait_for(agreed, timeout, interval, what)
+    except TimeoutError as e:
+        with h.connect("sync") as conn:
+            conflicts = conn.execute("SELECT count(*) FROM sync.conflicts WHERE status = 'open'").fetchone()
+            dead = conn.execute("SELECT stage, reason FROM sync.dead_letters ORDER BY id LIMIT 3").fetchall()
+            pending = conn.execute("SELECT count(*) FROM sync.pending_creates").fetchone()
+        raise TimeoutError(f"{e}: {len(last)} fields of {len({d[0] for d in last})} linked pairs differ,"
+                           f" e.g. (CRM id, field, CRM value, ERP value) {last[:5]}; open conflicts"
+                           f" {conflicts[0] if conflicts else '?'}, pending creates {pending[0] if pending else '?'},"
+                           f" dead letters {dead}; logs in {h.root}") from None

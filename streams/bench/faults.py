@@ -26,7 +26,7 @@ import psycopg
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
-from streams.bench.convergence import disagreements, metric
+from streams.bench.convergence import disagreements, metric, wait_agreed
 from streams.bench.report import write
 from streams.local.harness import REPO, Harness, running, scalar, wait_for, wait_for_capture, wait_for_identity
 from streams.local.ports import free_port
@@ -257,7 +257,7 @@ def three_brokers(progress: bool = True) -> dict[str, Any]:
             try:
                 wait_for_capture(h)
                 wait_for_identity(h)
-                wait_for(lambda: not disagreements(h), 180, 1.0, "the initial alignment")
+                wait_agreed(h, 180, "the initial alignment", 1.0)
                 burst = Burst(h)
                 threads = burst.run()
                 wait_for(lambda: burst.done >= EDITS // 4, 300, 0.2, "a quarter of the burst")
@@ -298,7 +298,7 @@ def matrix(progress: bool = True) -> list[dict[str, Any]]:
             stack = Stack(h)
             wait_for_capture(h)
             wait_for_identity(h)
-            wait_for(lambda: not disagreements(h), 180, 1.0, "the initial alignment")
+            wait_agreed(h, 180, "the initial alignment", 1.0)
             faults = {"broker restart": stack.broker_restart, "PostgreSQL restart": stack.postgresql_restart,
                       "registry away (worker restarted cold)": stack.registry_away,
                       "worker SIGKILL": stack.worker_sigkill, "capture (Kafka Connect) SIGKILL": stack.capture_sigkill}

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from streams.bench.convergence import disagreements, metric
+from streams.bench.convergence import metric, wait_agreed
 from streams.local.harness import (
     REPO,
     Harness,
@@ -218,7 +218,7 @@ def test_a_topic_deleted_and_created_again_is_read_afresh(stack: Harness) -> Non
     proc = worker(h, port=port)
     with running(proc):
         wait_for(lambda: scrape(port) is not None, 60, 0.3, "the worker to run (it knows the topics' ids)")
-        wait_for(lambda: not disagreements(h), 120, 0.5, "agreement before the fault")
+        wait_agreed(h, 120, "agreement before the fault")
         admin = AdminClient(h.client_config())
         admin.delete_topics(["sync.commands.erp"], operation_timeout=30)["sync.commands.erp"].result(60)
         wait_for(lambda: "sync.commands.erp" not in admin.list_topics(timeout=10).topics, 60, 0.5, "the deletion")
@@ -267,7 +267,7 @@ def test_a_postgresql_restart_heals_by_itself(stack: Harness) -> None:
         # supervisor to start again, which this test does not do. Its health tick has reported.
         wait_for(lambda: scrape(port) is not None and metric(port, "sync_stage_last_progress_timestamp_seconds"),
                  90, 0.3, "the worker to run")
-        wait_for(lambda: not disagreements(h), 120, 0.5, "agreement before the restart")
+        wait_agreed(h, 120, "agreement before the restart")
         h.pg.stop()
         h.pg.start()
         traffic = Traffic(h, "pgrestart", 20)

@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
 from streams.batching import partition_of
-from streams.bench.convergence import disagreements, metric
+from streams.bench.convergence import disagreements, metric, wait_agreed
 from streams.local.harness import (
     Harness,
     TopicReader,
@@ -104,7 +104,7 @@ def test_concurrent_edits_converge_without_ping_pong(stack: tuple[Harness, int])
     for t in threads:
         t.join()
     source_changes = 200  # every edit writes a value never written before
-    wait_for(lambda: not disagreements(h), 30, 0.5, "both databases to agree on every mapped field")
+    wait_agreed(h, 30, "both databases to agree on every mapped field")
     wait_quiet(h, port, "the sync to settle")
     assert disagreements(h) == []
     writes = metric(port, "sync_apply_commands_total", outcome="written") - writes_before
@@ -137,7 +137,7 @@ def test_worker_killed_mid_stream_loses_no_change(stack: tuple[Harness, int]) ->
 
     wait_for(all_there, 120, 0.5, "every edit made around the kill in the ERP")
     # The restarted worker resumes from committed offsets (its counters start at zero): wait for agreement.
-    wait_for(lambda: not disagreements(h), 60, 0.5, "both databases to agree after the restart")
+    wait_agreed(h, 60, "both databases to agree after the restart")
     with h.connect("erp") as erp:
         assert erp.execute("SELECT count(*) FROM customers").fetchone() == customers  # nothing duplicated
 
@@ -262,7 +262,7 @@ def test_workers_share_reconcile_by_global_id(stack: tuple[Harness, int]) -> Non
         reader.close()
     assert all(len(p) == 1 for p in partitions.values()), "an entity's changes on several partitions"
     assert len(set().union(*partitions.values())) > 1, "every entity on one partition"
-    wait_for(lambda: not disagreements(h), 60, 0.5, "both databases to agree with two workers")
+    wait_agreed(h, 60, "both databases to agree with two workers")
 
 
 def test_replaying_every_raw_topic_changes_neither_database(stack: tuple[Harness, int]) -> None:
