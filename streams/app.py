@@ -120,7 +120,9 @@ class Processors:
                                        {commands_topic("crm"), commands_topic("erp")}, canonical)
         self.store = Store(settings.store.conninfo(), dry_run)
         self.store.migrate()
-        self.tx = psycopg.connect(**settings.store.conninfo())
+        # One locking transaction per caller (reconcile, the creations due, refused writes): they run
+        # at once on their threads, each with the rows it locked, and commit on their own.
+        self.txs: dict[str, psycopg.Connection[Any]] = {}
         self.states = StateCache(settings.processors.state_cache)
         self.applied = AppliedTransactions(settings)
         self.documents = Documents(self.document_profile, settings, Store(settings.store.conninfo(), dry_run),
@@ -233,31 +235,34 @@ class Processors:
         return await self.retry.blocking(what, func, *args)
 
 
-    def locked(self, steps: list[tuple[str, str, Any]]) -> tuple[list[tuple[Any, list[int]]], Any, Any]:
+    def locked(self, caller: str, steps: list[tuple[str, str, Any]]
+               ) -> tuple[list[tuple[Any, list[int]]], Any, Any]:
         """Run each ``(entity, gid, step)`` on its entity's row-locked state, in order, in one transaction.
 
         ``step(state, now_ms) -> (state, conflicts, result)`` may change the state it is given (its
         own: :meth:`Store.lock_states`); returns each ``(result, conflict ids)``,
         the transaction and the states saved in it with their versions (to cache once it commits).
-        The transaction stays open: the caller commits after the broker took what it sends.
+        The transaction (the ``caller``'s own connection) stays open: the caller commits after the
+        broker took what it sends.
         """
-        if self.tx.closed:
-            self.tx = psycopg.connect(**self.settings.store.conninfo())
+        tx = self.txs.get(caller)
+        if tx is None or tx.closed:
+            tx = self.txs[caller] = psycopg.connect(**self.settings.store.conninfo())
         out: list[tuple[Any, list[int]]] = []
         try:
             keys = list(dict.fromkeys((entity, gid) for entity, gid, _ in steps))
-            states = self.store.lock_states(self.tx, keys, self.states)
+            states = self.store.lock_states(tx, keys, self.states)
             now_ms = faults.now_ms()
             for entity, gid, step in steps:  # a second change of an entity sees the first one's state
                 states[(entity, gid)], conflicts, result = step(states[(entity, gid)], now_ms)
-                ids = self.store.add_conflicts(self.tx, entity, gid, conflicts) if conflicts else []
+                ids = self.store.add_conflicts(tx, entity, gid, conflicts) if conflicts else []
                 out.append((result, ids))
-            versions = self.store.save_states(self.tx, states)
+            versions = self.store.save_states(tx, states)
         except BaseException:
-            if not self.tx.closed:
-                self.tx.rollback()
+            if not tx.closed:
+                tx.rollback()
             raise
-        return out, self.tx, {key: (version, states[key]) for key, version in versions.items()}
+        return out, tx, {key: (version, states[key]) for key, version in versions.items()}
 
     async def send_then_commit(self, tx: psycopg.Connection[Any], records: list[tuple[str, str, Any]]) -> None:
         """Send (topic, key, record)s, wait until the broker acknowledged all, then commit the state."""

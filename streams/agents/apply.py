@@ -77,7 +77,7 @@ class Apply:
                 return outcome.state, [], outcome
 
             steps.append((cmd["entity"], cmd["global_id"], step))
-        results, tx, saved = await self.ctx.retrying("apply", self.ctx.locked, steps)
+        results, tx, saved = await self.ctx.retrying("apply", self.ctx.locked, "refused", steps)
         for cmd, (outcome, _) in zip(commands, results, strict=True):
             sends += [(commands_topic(c.system), cmd["global_id"], command_record(
                 cmd["entity"], cmd["global_id"], cmd["key"], c, cause_from(cmd)))
