@@ -10,10 +10,8 @@ has been read and indexed by then, however far behind a worker or a partition wa
 a backlog on one side only).
 
 Every second, the creations due are taken (``FOR UPDATE SKIP LOCKED``: two workers share them);
-one still without a counterpart and not under review is reconciled here as a ``create`` request,
-on its entity's row-locked state like any change (``agents.reconcile``): the create rule decides,
-and the pending row goes once the command is with the broker and the state committed. (It used to
-cross the entity's ``sync.changes`` topic first: one more hop per creation for the same step.)
+one still without a counterpart and not under review becomes a ``create`` request on its entity's
+``sync.changes`` topic, and the pending row goes when the broker has it.
 """
 
 from __future__ import annotations
@@ -137,7 +135,7 @@ class Creates:
             self.conn.rollback()
 
     async def tick(self) -> None:
-        """Reconcile the creations due; forget the pending rows once their commands are with the broker."""
+        """Send the creations due to reconcile; forget the pending rows once the broker has them."""
         rows = await self.ctx.retrying("creates", self._take)
         if not rows:
             await self.ctx.retrying("creates", self._rollback)
@@ -153,7 +151,7 @@ class Creates:
         except BaseException:
             await self.ctx.retrying("creates", self._rollback)
             raise
-        planned, done, noted = [], [], []
+        sends, done, noted = [], [], []
         for d in due:
             flow = self.ctx.by_entity.get(d.entity)
             if flow is None or not d.still_alone():
@@ -165,16 +163,15 @@ class Creates:
                 done.append((d.entity, d.global_id))
                 link = d.link
                 assert link is not None
-                step, finish = self.ctx.reconcile.plan(flow, create_request(
+                sends.append((flow.changes, d.global_id, create_request(
                     d.entity, (d.global_id, link.crm_id, link.erp_id), d.system, d.source_id,
-                    flow.profile.table_of(d.system)))
-                planned.append((d.entity, d.global_id, step, finish))
+                    flow.profile.table_of(d.system))))
         try:
-            await self.ctx.reconcile.run("creates", planned)
+            await self.ctx.outputs.send(sends)
         except BaseException:
             await self.ctx.retrying("creates", self._rollback)
             raise
-        metrics.IDENTITY_CREATES_DUE.inc(len(planned))
+        metrics.IDENTITY_CREATES_DUE.inc(len(sends))
         await self.ctx.retrying("creates", self._finish, done, noted)
 
     def _peer_topic(self, entity: str, system: str) -> str:

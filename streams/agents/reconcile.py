@@ -118,14 +118,10 @@ class Reconcile:
                 await self.ctx.dead_letter("reconcile", f"{type(exc).__name__}: {exc}", message)
                 continue
             planned.append((flow.entity, rec["global_id"], step, finish))
-        await self.run("reconcile", planned)
-
-    async def run(self, caller: str, planned: list[tuple[str, str, Any, Any]]) -> None:
-        """Run planned ``(entity, global id, step, finish)`` in one locking transaction of ``caller``'s."""
         if not planned:
             return
         steps = [(entity, gid, step) for entity, gid, step, _ in planned]
-        results, tx, saved = await self.ctx.retrying(caller, self.ctx.locked, caller, steps)
+        results, tx, saved = await self.ctx.retrying("reconcile", self.ctx.locked, "reconcile", steps)
         sends = [send for (_, _, _, finish), (result, ids) in zip(planned, results, strict=True)
                  for send in finish(result, ids)]
         # A compacted canonical topic keeps an entity's latest record: one per entity and batch, its
@@ -135,4 +131,4 @@ class Reconcile:
                  if not callable(record) or last[(topic, key)] == i]
         await self.ctx.send_then_commit(tx, sends)
         self.ctx.states.put(saved)  # committed
-        metrics.STAGE_EVENTS.labels(caller, "out").inc(len(sends))
+        metrics.STAGE_EVENTS.labels("reconcile", "out").inc(len(sends))

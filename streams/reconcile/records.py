@@ -149,9 +149,9 @@ def canonical_record(profile: Profile, state: EntityState, global_id: str, crm_i
 
 def create_request(entity: str, link: tuple[str, str | None, str | None], system: str, key: str,
                    table: str) -> dict[str, Any]:
-    """A change record (``sync/change.avsc``) asking reconcile to create ``system``'s record on the other system.
+    """A ``schemas/sync/change.avsc`` record asking reconcile to create ``system``'s record on the other system.
 
-    Made once the hold passed without a twin (``agents.creates``); reconcile applies the profile's
+    Sent once the hold passed without a twin (``identity.keys``); reconcile applies the profile's
     create rule to the values it holds of the record (so a record the rule does not take stays).
     """
     global_id, crm_id, erp_id = link
