@@ -31,7 +31,7 @@ class Normalize:
 
     def __init__(self, ctx: Processors) -> None:
         self.ctx = ctx
-        self.identity = BatchIdentity(ctx.store, ctx.settings)
+        self.identity = BatchIdentity(ctx.store, ctx.settings, ctx.applied.connection)
 
     def parse(self, message: Any) -> envelope.ChangeEvent:
         position = envelope.Position(message.topic, message.partition, message.offset)

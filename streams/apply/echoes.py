@@ -19,7 +19,11 @@ from streams.settings import Settings
 
 
 class AppliedTransactions:
-    """Looks up the sync's own transactions in each source database (one connection each, re-made when lost)."""
+    """Looks up the sync's own transactions in each source database (one connection each, re-made when lost).
+
+    Normalize also finds the rows the sync created on these connections (``identity.batch``): one
+    connection per source for the worker's life, not one per batch.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.conninfo = {s: {**settings.database(s).conninfo(), "application_name": f"crm-erp-sync echoes {s}"}
@@ -37,12 +41,19 @@ class AppliedTransactions:
             out.update(c.position.event_id for c in changes if c.system == system and c.tx_id in mine)
         return out
 
-    def _lookup(self, system: str, txids: list[int]) -> set[int]:
+    def connection(self, system: str) -> psycopg.Connection[Any]:
+        """The autocommit connection to ``system`` (made again when lost; a database down is transient)."""
         conn = self.conns.get(system)
-        try:
-            if conn is None or conn.closed:
+        if conn is None or conn.closed:
+            try:
                 conn = self.conns[system] = psycopg.connect(**self.conninfo[system], autocommit=True)
-            return {int(r[0]) for r in conn.execute(APPLIED_SELECT, (txids,)).fetchall()}
+            except psycopg.OperationalError as exc:
+                raise TransientError(f"{system} database unavailable: {exc}".strip()) from exc
+        return conn
+
+    def _lookup(self, system: str, txids: list[int]) -> set[int]:
+        try:
+            return {int(r[0]) for r in self.connection(system).execute(APPLIED_SELECT, (txids,)).fetchall()}
         except psycopg.errors.UndefinedTable:
             return set()  # no applier has written there yet
         except psycopg.OperationalError as exc:

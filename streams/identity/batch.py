@@ -10,7 +10,10 @@ and not waiting for a person, its creation on the other system due after the hol
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import psycopg
 
 from streams import metrics
 from streams.identity.bootstrap import created_by_sync
@@ -27,9 +30,11 @@ Known = dict[tuple[str, str], dict[str, Link]]  # (entity, system) -> key -> lin
 class BatchIdentity:
     """Links for batches of changes, over the sync store."""
 
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings,
+                 source: Callable[[str], psycopg.Connection[Any]] | None = None) -> None:
         self.store = store
         self.settings = settings
+        self.source = source  # a system's connection for the rows the sync created (else one per look-up)
 
     def links(self, items: list[Item]) -> list[Link | None]:
         """Each item's link (None: the deletion of a record never linked)."""
@@ -55,8 +60,9 @@ class BatchIdentity:
             new = [k for k, row in of_entity if k not in found and row is not None]
             if not new:
                 continue
-            attached = self.store.attach_all(entity, system, created_by_sync(profiles[entity], self.settings,
-                                                                             system, new), "created")
+            mine = created_by_sync(profiles[entity], self.settings, system, new,
+                                   self.source(system) if self.source else None)
+            attached = self.store.attach_all(entity, system, mine, "created")
             found.update(attached)
             created.setdefault(entity, []).extend(("crm", link.crm_id) if system == "erp" else ("erp", link.erp_id)
                                                   for link in attached.values())

@@ -43,12 +43,18 @@ def records(profile: Profile, settings: Settings, system: str) -> list[Record]:
 
 
 def created_by_sync(profile: Profile, settings: Settings, system: str,
-                    keys: Sequence[str] | None = None) -> dict[str, str]:
-    """Rows the sync's applier created on ``system`` (all, or those with ``keys``): key -> global id."""
+                    keys: Sequence[str] | None = None, conn: psycopg.Connection[Any] | None = None) -> dict[str, str]:
+    """Rows the sync's applier created on ``system`` (all, or those with ``keys``): key -> global id.
+
+    On ``conn`` (an autocommit connection to ``system``) if given, else on a connection of its own.
+    """
+    params = {"entity": profile.entity, "keys": None if keys is None else list(keys)}
     try:
-        with psycopg.connect(**settings.database(system).conninfo()) as conn:
-            rows = conn.execute(CREATED_OF_ENTITY, {"entity": profile.entity,
-                                                    "keys": None if keys is None else list(keys)}).fetchall()
+        if conn is not None:
+            rows = conn.execute(CREATED_OF_ENTITY, params).fetchall()
+        else:
+            with psycopg.connect(**settings.database(system).conninfo()) as own:
+                rows = own.execute(CREATED_OF_ENTITY, params).fetchall()
     except psycopg.errors.UndefinedTable:
         return {}  # no applier has written there yet
     return {str(key): str(gid) for key, gid in rows}
