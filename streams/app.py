@@ -120,7 +120,7 @@ class Processors:
                                        {commands_topic("crm"), commands_topic("erp")}, canonical)
         self.store = Store(settings.store.conninfo(), dry_run)
         self.store.migrate()
-        # One locking transaction per caller (reconcile, the creations due, refused writes): they run
+        # One locking transaction per caller (reconcile, apply's refused writes): they run
         # at once on their threads, each with the rows it locked, and commit on their own.
         self.txs: dict[str, psycopg.Connection[Any]] = {}
         self.states = StateCache(settings.processors.state_cache)

@@ -129,7 +129,7 @@ class FieldState:
         """Inverse of :meth:`to_json` (numbers as JSON gives them: :meth:`to_json` wrote integers).
 
         Runs for every field of every state a batch reads from the store: the absent parts are
-        not built (23 -> 12 µs for a customer's 11 fields).
+        not built (23 -> 13.8 µs for a customer's 11 fields).
         """
         get = data.get
         versions, changed, inflight = get("versions"), get("changed_at"), get("inflight")
