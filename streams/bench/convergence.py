@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.local.harness import REPO, Harness, wait_for
+from streams.local.harness import REPO, Harness, scalar, wait_for
 from streams.local.status import scrape
 from streams.mapping.profile import load_profile
 
@@ -57,10 +57,9 @@ def wait_agreed(h: Harness, timeout: float, what: str, interval: float = 0.5) ->
         wait_for(agreed, timeout, interval, what)
     except TimeoutError as e:
         with h.connect("sync") as conn:
-            conflicts = conn.execute("SELECT count(*) FROM sync.conflicts WHERE status = 'open'").fetchone()
+            conflicts = scalar(conn, "SELECT count(*) FROM sync.conflicts WHERE status = 'open'")
+            pending = scalar(conn, "SELECT count(*) FROM sync.pending_creates")
             dead = conn.execute("SELECT stage, reason FROM sync.dead_letters ORDER BY id LIMIT 3").fetchall()
-            pending = conn.execute("SELECT count(*) FROM sync.pending_creates").fetchone()
         raise TimeoutError(f"{e}: {len(last)} fields of {len({d[0] for d in last})} linked pairs differ,"
-                           f" e.g. (CRM id, field, CRM value, ERP value) {last[:5]}; open conflicts"
-                           f" {conflicts[0] if conflicts else '?'}, pending creates {pending[0] if pending else '?'},"
-                           f" dead letters {dead}; logs in {h.root}") from None
+                           f" e.g. (CRM id, field, CRM value, ERP value) {last[:5]}; open conflicts {conflicts},"
+                           f" pending creates {pending}, dead letters {dead}; logs in {h.root}") from None
