@@ -35,8 +35,20 @@ def report(h: Harness) -> dict[str, Any]:
 
 
 def settled(h: Harness) -> dict[str, Any]:
-    """A report once the initial alignment is over (no linked pair drifts but those in conflict)."""
-    return wait_for(lambda: (r := report(h)) and not r["drift"] and r, 120, 2.0, "the initial alignment")
+    """A report once the initial alignment is over: no linked pair drifts (but those in conflict) and every row
+    the sync created at start has come back through capture and been linked."""
+    last: dict[str, Any] = {}
+
+    def aligned() -> dict[str, Any] | None:
+        last.update(report(h))
+        in_flight = sum(last["categories"][system]["created_unlinked"] for system in ("crm", "erp"))
+        return dict(last) if not last["drift"] and not in_flight else None
+    try:
+        found: dict[str, Any] = wait_for(aligned, 120, 2.0, "the initial alignment")
+    except TimeoutError as e:
+        raise AssertionError(f"not aligned: {len(last['drift'])} drifting fields, created and not linked yet"
+                             f" {[last['categories'][s]['created_unlinked'] for s in ('crm', 'erp')]}") from e
+    return found
 
 
 def test_the_seed_is_explained_and_adds_up(synced: Harness) -> None:
