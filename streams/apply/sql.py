@@ -49,8 +49,10 @@ APPLIED_PRUNE = "DELETE FROM sync_meta.applied_tx WHERE at < now() - interval '1
 
 CREATED_LOOKUP = "SELECT key FROM sync_meta.created WHERE entity = %s AND global_id = %s"
 CREATED_LOOKUP_NAMED = "SELECT key FROM sync_meta.created WHERE entity = %(entity)s AND global_id = %(gid)s"
-CREATED_OF_ENTITY = ("SELECT key, global_id FROM sync_meta.created"
-                     " WHERE entity = %(entity)s AND (%(keys)s::text[] IS NULL OR key = ANY(%(keys)s))")
+CREATED_OF_ENTITY = "SELECT key, global_id FROM sync_meta.created WHERE entity = %(entity)s"
+# Its own statement, not ``keys IS NULL OR key = ANY(keys)``: prepared after five runs, that one's
+# generic plan could not look keys up in ``created_by_key`` and read the entity's every row each time.
+CREATED_OF_KEYS = "SELECT key, global_id FROM sync_meta.created WHERE entity = %(entity)s AND key = ANY(%(keys)s)"
 CREATED_ANY = ("SELECT c.entity, c.global_id FROM sync_meta.created c"
                " JOIN unnest(%s::text[], %s::text[]) AS k(e, g) ON c.entity = k.e AND c.global_id = k.g")
 CREATED_INSERT = "INSERT INTO sync_meta.created (entity, global_id, key) VALUES (%s, %s, %s)"

@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from streams.apply.sql import CREATED_LOOKUP_NAMED, CREATED_OF_ENTITY
+from streams.apply.sql import CREATED_LOOKUP_NAMED, CREATED_OF_KEYS
 from streams.documents.refs import References
 from streams.documents.spec import CanonicalRule, CreateRule, DocumentProfile, RollupRule, Rule
 from streams.errors import TerminalError, TransientError
@@ -191,7 +191,7 @@ class Reader:
     def created(self, entity: str, key: str) -> str | None:
         """The global id the sync's applier created ``key`` for, if it did."""
         try:
-            rows = self.read([CREATED_OF_ENTITY], {"entity": entity, "keys": [key]})[0]
+            rows = self.read([CREATED_OF_KEYS], {"entity": entity, "keys": [key]})[0]
         except TerminalError:
             return None  # no applier has written here yet
         return str(rows[0]["global_id"]) if rows else None

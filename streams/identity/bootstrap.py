@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from streams.apply.sql import CREATED_OF_ENTITY
+from streams.apply.sql import CREATED_OF_ENTITY, CREATED_OF_KEYS
 from streams.identity.keys import IdentityKeys
 from streams.identity.match import Record, duplicate_groups, link_all
 from streams.identity.resolver import review_duplicates
@@ -48,13 +48,14 @@ def created_by_sync(profile: Profile, settings: Settings, system: str,
 
     On ``conn`` (an autocommit connection to ``system``) if given, else on a connection of its own.
     """
-    params = {"entity": profile.entity, "keys": None if keys is None else list(keys)}
+    query, params = ((CREATED_OF_ENTITY, {"entity": profile.entity}) if keys is None
+                     else (CREATED_OF_KEYS, {"entity": profile.entity, "keys": list(keys)}))
     try:
         if conn is not None:
-            rows = conn.execute(CREATED_OF_ENTITY, params).fetchall()
+            rows = conn.execute(query, params).fetchall()
         else:
             with psycopg.connect(**settings.database(system).conninfo()) as own:
-                rows = own.execute(CREATED_OF_ENTITY, params).fetchall()
+                rows = own.execute(query, params).fetchall()
     except psycopg.errors.UndefinedTable:
         return {}  # no applier has written there yet
     return {str(key): str(gid) for key, gid in rows}

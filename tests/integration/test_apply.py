@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streams.apply.executor import Applier, Delivery
+from streams.apply.executor import Applier, Delivery, ensure_bookkeeping
+from streams.apply.sql import CREATED_OF_KEYS
 from streams.local.harness import REPO, Harness
 from streams.mapping.profile import load_profiles
 from streams.reconcile.core import Command
@@ -191,3 +193,26 @@ def test_a_target_with_its_own_conventions_gets_formatted_keys_and_stamped_colum
     assert all(re.fullmatch(rf"CUST-{year}-\d{{5}}", r[0]) for r in rows), rows
     assert rows[0][1:] == ("约定一", "crm-erp-sync", True, True)  # the update stamped it again
     assert rows[1][2:] == (None, False, None)  # not written since the stamps were cleared
+
+
+def test_the_rows_the_sync_created_are_looked_up_by_key_also_once_prepared(harness: Harness) -> None:
+    """``CREATED_OF_KEYS`` (normalize's look-up of the rows the sync created, per batch): its generic plan — the
+    one a statement prepared after five runs may use — finds the keys in the ``(entity, key)`` index instead of
+    reading every row of the entity (with ``keys IS NULL OR key = ANY(keys)`` it did: 16.8 ms a batch on average
+    over a 50,000-account initial sync, growing with every row created; 0.98 ms by key)."""
+    entity = f"lookup-{uuid.uuid4().hex[:8]}"
+    params = {"entity": "$1", "keys": "$2"}
+    with harness.connect("erp") as erp:
+        ensure_bookkeeping(erp)  # as an applier's first connection makes it
+    with harness.connect("erp", autocommit=False) as erp:  # rolled back at the end: nothing stays
+        erp.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        erp.execute("INSERT INTO sync_meta.created (entity, global_id, key)"
+                    " SELECT %s, gen_random_uuid(), 'K' || n FROM generate_series(1, 20000) AS n", (entity,))
+        erp.execute("ANALYZE sync_meta.created")
+        erp.execute(f"PREPARE created_of_keys (text, text[]) AS {CREATED_OF_KEYS % params}")
+        run = f"EXECUTE created_of_keys('{entity}', ARRAY['K7', 'K42'])"
+        plan = json.dumps(erp.execute(f"EXPLAIN (FORMAT JSON) {run}").fetchone())
+        found = erp.execute(run).fetchall()
+        erp.rollback()
+    assert "created_by_key" in plan and re.search(r'"Index Cond": "[^"]*key = ANY', plan), plan
+    assert sorted(key for key, _ in found) == ["K42", "K7"]
