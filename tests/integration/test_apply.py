@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streams.apply.executor import Applier, Delivery, ensure_bookkeeping
+from streams.apply.executor import Applier, Delivery
 from streams.apply.sql import CREATED_OF_KEYS
+from streams.ddl import ensure_bookkeeping
 from streams.local.harness import REPO, Harness
 from streams.mapping.profile import load_profiles
 from streams.reconcile.core import Command
