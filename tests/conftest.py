@@ -2,27 +2,42 @@
 
 from __future__ import annotations
 
-import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from streams.local.erps import ERPS, DemoErp
-from streams.local.harness import Harness
+from streams.local.harness import Harness, scratch_harness
+from streams.local.scratch import scratch_dir
+
+
+def failed_since(request: pytest.FixtureRequest) -> Callable[[], bool]:
+    """Whether a test has failed since now: a fixture's stack folder is kept for its logs then."""
+    session, before = request.session, request.session.testsfailed
+    return lambda: session.testsfailed > before
+
+
+@pytest.fixture(scope="module")
+def failures(request: pytest.FixtureRequest) -> Callable[[], bool]:
+    """Whether a test of this module has failed (see :func:`failed_since`); for its stacks' fixtures."""
+    return failed_since(request)
+
+
+@pytest.fixture
+def scratch_root(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A fresh folder under /tmp for the test's own stack (which the postgres user can reach, unlike tmp_path)."""
+    with scratch_dir("e2e", failed_since(request)) as root:
+        yield root
 
 
 @pytest.fixture(scope="session")
-def harness() -> Iterator[Harness]:
-    # Under /tmp so the postgres user can reach the data dir when tests run as root.
-    root = Path(tempfile.mkdtemp(prefix="crm-erp-sync-test-", dir="/tmp"))
-    h = Harness(root, least_privilege=False).start()  # shared: tests that need the owner's login use it
-    try:
+def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    # shared: tests that need the owner's login use it
+    with scratch_harness("test", failed_since(request), least_privilege=False) as h:
         yield h
-    finally:
-        h.stop()
 
 
 @pytest.fixture(scope="module", params=list(ERPS))

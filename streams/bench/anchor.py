@@ -9,13 +9,11 @@ trigger's ``clock_timestamp()``, one server clock).
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from streams.bench.report import latency_summary
-from streams.local.harness import Harness, wait_for
+from streams.local.harness import Harness, reached, scratch_harness, wait_for
 
 TABLE = """
 CREATE SCHEMA IF NOT EXISTS anchor;
@@ -67,11 +65,7 @@ def _wait_applied(h: Harness, last: str, timeout: float) -> bool:
         with h.connect("erp") as erp:
             return erp.execute("SELECT 1 FROM anchor.applied WHERE email = %s", (last,)).fetchone() is not None
 
-    try:
-        wait_for(seen, timeout, 0.2, "the last edit applied by the subscription")
-    except TimeoutError:
-        return False
-    return True
+    return reached(seen, timeout, 0.2)
 
 
 def _step(h: Harness, rate: float, seconds: float, tag: str) -> dict[str, Any]:
@@ -112,8 +106,7 @@ def _burst(h: Harness, edits: int) -> dict[str, Any]:
 
 def run(rates: tuple[float, ...], seconds: float, burst: int, progress: bool = True) -> dict[str, Any]:
     """Native logical replication at each rate, then a burst; the figures."""
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-anchor-", dir="/tmp")), seed_accounts=0).start()
-    try:
+    with scratch_harness("anchor", seed_accounts=0) as h:
         _setup(h)
         steps = []
         for rate in rates:
@@ -123,7 +116,5 @@ def run(rates: tuple[float, ...], seconds: float, burst: int, progress: bool = T
         if progress:
             print(f"  anchor: burst of {burst} edits ...", flush=True)
         drain = _burst(h, burst)
-    finally:
-        h.stop()
     return {"benchmark": "anchor", "what": "native logical replication, publication + subscription",
             "steps": steps, "burst": drain}

@@ -13,13 +13,12 @@ the topic until every update is there. Reports:
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from streams.bench.report import percentile, write
-from streams.local.harness import Harness, TopicReader, running, wait_for_capture
+from streams.local.harness import TopicReader, running, scratch_harness, wait_for_capture
 
 MODES = ("connect", "embedded")
 
@@ -37,9 +36,7 @@ def run(updates: int = 100_000, rows: int = 1000, out: Path | None = None, progr
 
 
 def _run_mode(mode: str, updates: int, rows: int, progress: bool) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="crm-erp-sync-bench-", dir="/tmp"))
-    harness = Harness(root, seed_accounts=max(60, rows), capture_mode=mode).start()
-    try:
+    with scratch_harness("bench", seed_accounts=max(60, rows), capture_mode=mode) as harness:
         with running(harness.spawn("capture")):
             wait_for_capture(harness, ["crm.public.accounts"], timeout=180)
             with harness.connect("crm") as conn:
@@ -76,8 +73,6 @@ def _run_mode(mode: str, updates: int, rows: int, progress: bool) -> dict[str, A
 
             reader.wait(all_seen, 900, f"{updates} updates in the topic")
             reader.close()
-    finally:
-        harness.stop()
     elapsed = last_ts - started
     return {
         "load_seconds": round(committed - started, 2),

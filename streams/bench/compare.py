@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 from streams.bench.steady import peak_rss_mb
 from streams.identity.bootstrap import bootstrap
-from streams.local.harness import REPO, Harness
+from streams.local.harness import REPO, scratch_harness
 from streams.mapping.profile import load_profile
 from streams.settings import load_settings
 from streams.store import Store
@@ -76,8 +75,7 @@ def run(accounts: int = 100_000, out: Path | None = None, progress: bool = True,
         link: str = "tax_id") -> dict[str, Any]:
     """Run and return the figures (also written as JSON to ``out``)."""
     started = time.monotonic()
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-bench-", dir="/tmp")), seed_accounts=accounts).start()
-    try:
+    with scratch_harness("bench", seed_accounts=accounts) as h:
         seeded_s = round(time.monotonic() - started, 1)
         settings = load_settings(h.write_config())
         profile = load_profile(REPO / "schemas" / "mappings" / "demo.yaml")
@@ -115,8 +113,6 @@ def run(accounts: int = 100_000, out: Path | None = None, progress: bool = True,
                                     for s in work_after},
                   "rows_per_s": round(rows / compare_s), "peak_rss_mb": peak,
                   "categories": report["categories"], "drifted_fields": report["drifted_fields"]}
-    finally:
-        h.stop()
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2), encoding="utf-8")

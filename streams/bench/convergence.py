@@ -53,13 +53,13 @@ def wait_agreed(h: Harness, timeout: float, what: str, interval: float = 0.5) ->
         last = disagreements(h)
         return not last
 
-    try:
-        wait_for(agreed, timeout, interval, what)
-    except TimeoutError as e:
+    def why() -> str:
         with h.connect("sync") as conn:
             conflicts = scalar(conn, "SELECT count(*) FROM sync.conflicts WHERE status = 'open'")
             pending = scalar(conn, "SELECT count(*) FROM sync.pending_creates")
             dead = conn.execute("SELECT stage, reason FROM sync.dead_letters ORDER BY id LIMIT 3").fetchall()
-        raise TimeoutError(f"{e}: {len(last)} fields of {len({d[0] for d in last})} linked pairs differ,"
-                           f" e.g. (CRM id, field, CRM value, ERP value) {last[:5]}; open conflicts {conflicts},"
-                           f" pending creates {pending}, dead letters {dead}; logs in {h.root}") from None
+        return (f"{len(last)} fields of {len({d[0] for d in last})} linked pairs differ,"
+                f" e.g. (CRM id, field, CRM value, ERP value) {last[:5]}; open conflicts {conflicts},"
+                f" pending creates {pending}, dead letters {dead}; logs in {h.root}")
+
+    wait_for(agreed, timeout, interval, what, why)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import Any
 
 from streams.bench.report import write
 from streams.bench.steady import _load, aligned_pairs, worker_idle
-from streams.local.harness import Harness, running, wait_for
+from streams.local.harness import Harness, running, scratch_harness, wait_for
 from streams.local.ports import free_port
 from streams.local.status import scrape
 
@@ -180,10 +179,9 @@ def run(rate: float = 200.0, seconds: float = 60.0, out: Path | None = None, pro
     spy = str(beside) if beside.is_file() else shutil.which("py-spy")
     if spy is None:
         raise SystemExit("py-spy not found: it is a dev dependency (./run.sh installs it)")
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-bench-", dir="/tmp")), seed_accounts=300).start()
-    port = free_port()
-    h.write_config(processors={"metrics_port": port})
-    try:
+    with scratch_harness("bench", seed_accounts=300) as h:
+        port = free_port()
+        h.write_config(processors={"metrics_port": port})
         capture, worker = h.spawn("capture"), h.spawn("worker", log_name="worker.log")
         with running(capture), running(worker):
             pairs = aligned_pairs(h, port, progress)
@@ -211,8 +209,6 @@ def run(rate: float = 200.0, seconds: float = 60.0, out: Path | None = None, pro
             grew, events = topic_bytes(h) - bytes_before, stage_events(port) - events_before
             profiler.send_signal(2)  # SIGINT: py-spy writes what it sampled and ends
             profiler.wait(60)
-    finally:
-        h.stop()
     edits = len(expected)
     shares = stage_shares(raw) if raw.is_file() else Counter()
     sampled = sum(shares.values())

@@ -13,9 +13,9 @@ Each on its own freshly started local services; peak memory (VmHWM) of both proc
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from streams.local.harness import (
     TopicReader,
     running,
     scalar,
+    scratch_harness,
     wait_for,
 )
 from streams.local.ports import free_port
@@ -37,11 +38,13 @@ def _normalized(ports: list[int]) -> float:
                if labels.get("stage") == "normalize" and labels.get("io") == "in")
 
 
-def _harness(seed_accounts: int) -> tuple[Harness, int]:
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-bench-", dir="/tmp")), seed_accounts=seed_accounts).start()
-    port = free_port()
-    h.write_config(processors={"metrics_port": port})
-    return h, port
+@contextlib.contextmanager
+def _stack(seed_accounts: int) -> Iterator[tuple[Harness, int]]:
+    """A started harness whose worker serves its metrics on the port given with it."""
+    with scratch_harness("bench", seed_accounts=seed_accounts) as h:
+        port = free_port()
+        h.write_config(processors={"metrics_port": port})
+        yield h, port
 
 
 def pile(h: Harness, edits: int, progress: bool = True) -> dict[str, str]:
@@ -110,8 +113,7 @@ def align_first(h: Harness, port: int) -> None:
 
 def backlog(edits: int, progress: bool = True, workers: int = 1) -> dict[str, Any]:
     """N CRM edits piled up while the worker is stopped, then drained by ``workers`` workers; changes per second."""
-    h, port = _harness(300)
-    try:
+    with _stack(300) as (h, port):
         with running(h.spawn("capture")) as capture:
             align_first(h, port)
             pairs = linked_pairs(h)
@@ -120,8 +122,6 @@ def backlog(edits: int, progress: bool = True, workers: int = 1) -> dict[str, An
                 print(f"  backlog in the broker; starting {workers} worker(s) ...", flush=True)
             drained = drain_by_workers(h, port, workers, pairs, final)
             rss = {"capture": peak_rss_mb(capture.pid), "worker": drained.pop("worker_peak_rss_mb")}
-    finally:
-        h.stop()
     return {"benchmark": "backlog-drain", "edits": edits, "workers": workers, "linked_pairs": len(pairs), **drained,
             "changes_per_s": round(edits / max(drained["drain_s"], 1e-9)), "peak_rss_mb": rss}
 
@@ -148,8 +148,7 @@ def format_result(result: dict[str, Any]) -> str:
 
 def initial(accounts: int, progress: bool = True, workers: int = 1) -> dict[str, Any]:
     """N accounts on the CRM only; time until all exist in the ERP (``workers`` worker processes)."""
-    h, port = _harness(0)
-    try:
+    with _stack(0) as (h, port):
         with h.connect("crm", autocommit=False) as crm, crm.cursor() as cur:
             cur.executemany("INSERT INTO accounts (id, name, legal_name, uscc, tier, email, status)"
                             " VALUES (%s, %s, %s, %s, 'A', %s, 'active')",
@@ -177,7 +176,5 @@ def initial(accounts: int, progress: bool = True, workers: int = 1) -> dict[str,
             wait_for(created, 7200, 1.0, "every account in the ERP")
             end = time.monotonic()
             rss = {"capture": peak_rss_mb(capture.pid), "worker": max(peak_rss_mb(p.pid) or 0 for p in procs)}
-    finally:
-        h.stop()
     return {"benchmark": "initial-sync", "accounts": accounts, "workers": workers, "seconds": round(end - started, 1),
             "accounts_per_s": round(accounts / (end - started)), "peak_rss_mb": rss}

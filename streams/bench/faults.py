@@ -15,7 +15,6 @@ letters; the time from the end of the burst until then is the figure reported.
 from __future__ import annotations
 
 import random
-import tempfile
 import threading
 import time
 import uuid
@@ -28,7 +27,16 @@ from psycopg import sql
 
 from streams.bench.convergence import disagreements, metric, wait_agreed
 from streams.bench.report import write
-from streams.local.harness import REPO, Harness, running, scalar, wait_for, wait_for_capture, wait_for_identity
+from streams.local.harness import (
+    REPO,
+    Harness,
+    running,
+    scalar,
+    scratch_harness,
+    wait_for,
+    wait_for_capture,
+    wait_for_identity,
+)
 from streams.local.ports import free_port
 from streams.registry.server import RegistryServer
 from streams.registry.store import RegistryStore
@@ -246,11 +254,9 @@ def format_round(r: dict[str, Any]) -> str:
 
 def three_brokers(progress: bool = True) -> dict[str, Any]:
     """The production topology: a broker, Kafka Connect and a worker SIGKILLed during a 5,000-change burst."""
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-faults-", dir="/tmp")), seed_accounts=120, brokers=3,
-                capture_mode="connect").start()
-    ports = [free_port(), free_port()]
-    h.write_config(processors=SYNC_PROFILES)
-    try:
+    with scratch_harness("faults", seed_accounts=120, brokers=3, capture_mode="connect") as h:
+        ports = [free_port(), free_port()]
+        h.write_config(processors=SYNC_PROFILES)
         with running(h.spawn("capture")):
             workers = [h.spawn("worker", log_name=f"worker{i}.log",
                                env={"CRM_ERP_SYNC__PROCESSORS__METRICS_PORT": str(p)}) for i, p in enumerate(ports)]
@@ -282,43 +288,40 @@ def three_brokers(progress: bool = True) -> dict[str, Any]:
                 for proc in workers:
                     with running(proc):
                         pass
-    finally:
-        h.stop()
 
 
 def matrix(progress: bool = True) -> list[dict[str, Any]]:
     """Each fault on its own during a 2,000-change burst, then all five in one burst."""
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-matrix-", dir="/tmp")), seed_accounts=120,
-                capture_mode="connect").start()
-    h.write_config(processors={**SYNC_PROFILES, "stall_exit_s": 60})
     stack: Stack | None = None
     out = []
-    try:
-        with running(h.spawn("capture")):
-            stack = Stack(h)
-            wait_for_capture(h)
-            wait_for_identity(h)
-            wait_agreed(h, 180, "the initial alignment", 1.0)
-            faults = {"broker restart": stack.broker_restart, "PostgreSQL restart": stack.postgresql_restart,
-                      "registry away (worker restarted cold)": stack.registry_away,
-                      "worker SIGKILL": stack.worker_sigkill, "capture (Kafka Connect) SIGKILL": stack.capture_sigkill}
-            rounds = [(name, [fault]) for name, fault in faults.items()] + [("all five", list(faults.values()))]
-            for n, (name, injected) in enumerate(rounds):
-                burst = Burst(h, tag=f"矩阵{n}演练", edits=LOAD, accounts=10, deals=5)
-                threads = burst.run()
-                wait_for(lambda b=burst: b.done >= LOAD // 3, 300, 0.2, f"a third of the burst ({name})")
-                for fault in injected:
-                    fault()
-                for t in threads:
-                    t.join(600)
-                if burst.errors:
-                    raise RuntimeError(f"the load failed: {burst.errors[0]!r}")
-                out.append(converged(h, burst, time.monotonic(), name, progress))
-    finally:
-        if stack is not None:
-            with running(stack.worker):
-                pass
-        h.stop()
+    with scratch_harness("matrix", seed_accounts=120, capture_mode="connect") as h:
+        h.write_config(processors={**SYNC_PROFILES, "stall_exit_s": 60})
+        try:
+            with running(h.spawn("capture")):
+                stack = Stack(h)
+                wait_for_capture(h)
+                wait_for_identity(h)
+                wait_agreed(h, 180, "the initial alignment", 1.0)
+                faults = {"broker restart": stack.broker_restart, "PostgreSQL restart": stack.postgresql_restart,
+                          "registry away (worker restarted cold)": stack.registry_away,
+                          "worker SIGKILL": stack.worker_sigkill,
+                          "capture (Kafka Connect) SIGKILL": stack.capture_sigkill}
+                rounds = [(name, [fault]) for name, fault in faults.items()] + [("all five", list(faults.values()))]
+                for n, (name, injected) in enumerate(rounds):
+                    burst = Burst(h, tag=f"矩阵{n}演练", edits=LOAD, accounts=10, deals=5)
+                    threads = burst.run()
+                    wait_for(lambda b=burst: b.done >= LOAD // 3, 300, 0.2, f"a third of the burst ({name})")
+                    for fault in injected:
+                        fault()
+                    for t in threads:
+                        t.join(600)
+                    if burst.errors:
+                        raise RuntimeError(f"the load failed: {burst.errors[0]!r}")
+                    out.append(converged(h, burst, time.monotonic(), name, progress))
+        finally:
+            if stack is not None:
+                with running(stack.worker):
+                    pass
     return out
 
 

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from streams.bench.report import write
 from streams.local.kafka import KafkaCluster
+from streams.local.scratch import scratch_dir
 
 TOPIC = "bench.faust"
 
@@ -58,38 +58,40 @@ def _consume(bootstrap: str, events: int, datadir: str) -> None:
 
 def run(events: int = 50_000, out: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Fill the topic, run the consuming worker, return its figures (also written as JSON to ``out``)."""
-    root = Path(tempfile.mkdtemp(prefix="crm-erp-sync-bench-", dir="/tmp"))
-    broker = KafkaCluster(root / "kafka").start()
-    try:
-        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-        admin.create_topics([NewTopic(TOPIC, 1, 1)])[TOPIC].result(30)
-        producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
-        for i in range(events):
-            while True:
-                try:
-                    producer.produce(TOPIC, b"x" * 600, str(i).encode())
-                    break
-                except BufferError:  # the client's queue is full: let the broker take some first
-                    producer.poll(0.5)
-            if i % 10_000 == 0:
-                producer.poll(0)
-        if producer.flush(60):
-            raise RuntimeError("the broker did not take every record")
-        if progress:
-            print(f"  {events} records in the broker; a Faust worker takes them ...", flush=True)
-        child = subprocess.run(
-            [sys.executable, "-c", "import sys; from streams.bench.faust_ceiling import _consume;"
-             f" _consume({broker.bootstrap!r}, {events}, {str(root / 'faust')!r})"],
-            capture_output=True, text=True, timeout=600, check=False,
-        )
-        # Faust's worker sends print() to its log: the figures are the JSON object on some line.
-        found = [line[line.index('{"events"'):] for line in (child.stdout + child.stderr).splitlines()
-                 if '{"events"' in line]
-        if not found:
-            raise RuntimeError(f"the Faust worker reported nothing (exit {child.returncode}): {child.stderr[-2000:]}")
-        figures = json.loads(found[-1].strip())
-    finally:
-        broker.stop()
+    with scratch_dir("bench") as root:
+        broker = KafkaCluster(root / "kafka")
+        try:
+            broker.start()
+            admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+            admin.create_topics([NewTopic(TOPIC, 1, 1)])[TOPIC].result(30)
+            producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+            for i in range(events):
+                while True:
+                    try:
+                        producer.produce(TOPIC, b"x" * 600, str(i).encode())
+                        break
+                    except BufferError:  # the client's queue is full: let the broker take some first
+                        producer.poll(0.5)
+                if i % 10_000 == 0:
+                    producer.poll(0)
+            if producer.flush(60):
+                raise RuntimeError("the broker did not take every record")
+            if progress:
+                print(f"  {events} records in the broker; a Faust worker takes them ...", flush=True)
+            child = subprocess.run(
+                [sys.executable, "-c", "import sys; from streams.bench.faust_ceiling import _consume;"
+                 f" _consume({broker.bootstrap!r}, {events}, {str(root / 'faust')!r})"],
+                capture_output=True, text=True, timeout=600, check=False,
+            )
+            # Faust's worker sends print() to its log: the figures are the JSON object on some line.
+            found = [line[line.index('{"events"'):] for line in (child.stdout + child.stderr).splitlines()
+                     if '{"events"' in line]
+            if not found:
+                raise RuntimeError(f"the Faust worker reported nothing (exit {child.returncode}):"
+                                   f" {child.stderr[-2000:]}")
+            figures = json.loads(found[-1].strip())
+        finally:
+            broker.stop()
     return write({"benchmark": "faust-ceiling", "record_bytes": 600, **figures}, out)
 
 

@@ -10,7 +10,6 @@ its commit; not ``updated_at``, which the sync's write-back of the order's progr
 
 from __future__ import annotations
 
-import tempfile
 import time
 import uuid
 from decimal import Decimal
@@ -19,7 +18,7 @@ from typing import Any
 
 from streams.bench.report import latency_line, latency_summary, write
 from streams.bench.steady import worker_idle
-from streams.local.harness import REPO, Harness, running, wait_for, wait_for_capture, wait_for_identity
+from streams.local.harness import REPO, Harness, running, scratch_harness, wait_for, wait_for_capture, wait_for_identity
 from streams.local.ports import free_port
 
 MAPPINGS = REPO / "schemas" / "mappings"
@@ -58,11 +57,10 @@ def _prepare(h: Harness, deals: int) -> list[str]:
 
 def run(deals: int = 500, out: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Run and return the figures (also written as JSON to ``out``)."""
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-bench-", dir="/tmp")), seed_accounts=300).start()
-    port = free_port()
-    h.write_config(processors={"profiles": [str(MAPPINGS / "demo.yaml"), str(MAPPINGS / "demo-products.yaml")],
-                               "documents": [str(MAPPINGS / "demo-orders.yaml")], "metrics_port": port})
-    try:
+    with scratch_harness("bench", seed_accounts=300) as h:
+        port = free_port()
+        h.write_config(processors={"profiles": [str(MAPPINGS / "demo.yaml"), str(MAPPINGS / "demo-products.yaml")],
+                                   "documents": [str(MAPPINGS / "demo-orders.yaml")], "metrics_port": port})
         with running(h.spawn("capture")), running(h.spawn("worker", log_name="worker.log")):
             wait_for_capture(h, timeout=180)
             wait_for_identity(h)
@@ -98,8 +96,6 @@ def run(deals: int = 500, out: Path | None = None, progress: bool = True) -> dic
                 order_gid = dict(erp.execute("SELECT key, global_id FROM sync_meta.created"
                                              " WHERE entity = 'sales_order'").fetchall())
                 at = dict(erp.execute("SELECT order_no, extract(epoch FROM at) FROM bench.orders").fetchall())
-    finally:
-        h.stop()
     ms = [(float(at[o]) - float(won[gid_of[g]])) * 1000 for o, g in order_gid.items() if g in gid_of and o in at]
     result = {"benchmark": "orders", "flow": "F2 won deal -> ERP sales order (3 lines)", "deals": deals,
               "measured": len(ms), "burst_s": round(burst_s, 2), "all_created_s": round(total_s, 1),

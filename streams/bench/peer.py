@@ -20,7 +20,6 @@ or audit — so the ratio says what the sync's two-way machinery costs against t
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from streams.bench.report import latency_summary, write
 from streams.bench.steady import TRIGGERS, _audit, _install_audit, _load, _target_key, aligned_pairs, peak_rss_mb
 from streams.capture.connect import ConnectClient
 from streams.local import jars
-from streams.local.harness import Harness, running, wait_for
+from streams.local.harness import Harness, reached, running, scratch_harness, wait_for
 from streams.local.ports import free_port
 
 SINK = "peer-jdbc-sink"
@@ -106,11 +105,7 @@ def steady(h: Harness, pairs: list[tuple[Any, str]], rates: tuple[float, ...], s
         last_limit = _target_key(next(k for k in reversed(expected) if k.startswith("credit")))
         got: dict[str, dict[str, float]] = {"crm": {}, "erp": {}}
         last = {"crm": [last_limit], "erp": [emails[-1], f"copy:{emails[-1][6:]}"]}
-        done = True
-        try:
-            wait_for(lambda g=got, w=last: _arrived(h, g, w), 120, 0.5, "the last edits through the sync and the sink")
-        except TimeoutError:
-            done = False
+        done = reached(lambda g=got, w=last: _arrived(h, g, w), 120)  # the last edits through the sync and the sink
         ours, sink, back = [], [], []
         for key in emails:
             source, value = got["crm"].get(key), key[6:]
@@ -159,15 +154,12 @@ def backlog(h: Harness, port: int, client: ConnectClient, edits: int, progress: 
 def run(rates: tuple[float, ...] = (200, 1000), seconds: float = 60.0, edits: int = 20_000,
         out: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Both parts on one freshly started stack (capture through Kafka Connect, where the sink runs too)."""
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-bench-", dir="/tmp")), seed_accounts=300,
-                capture_mode="connect")
-    h.connect_plugins = (jars.DEBEZIUM_JDBC,)
-    h.start()
-    port = free_port()
-    h.write_config(processors={"metrics_port": port})
     result: dict[str, Any] = {"benchmark": "peer", "seconds_per_step": seconds,
                               "jdbc_sink": f"io.debezium:debezium-connector-jdbc:{jars.DEBEZIUM_JDBC_VERSION}"}
-    try:
+    with scratch_harness("bench", seed_accounts=300, capture_mode="connect",
+                         connect_plugins=(jars.DEBEZIUM_JDBC,)) as h:
+        port = free_port()
+        h.write_config(processors={"metrics_port": port})
         _install_audit(h)
         with running(h.spawn("capture")) as capture:
             client = ConnectClient(h.connect_url)
@@ -179,8 +171,6 @@ def run(rates: tuple[float, ...] = (200, 1000), seconds: float = 60.0, edits: in
                                          "worker": peak_rss_mb(worker.pid), "capture": peak_rss_mb(capture.pid)}
                 write(result, out)
             result["backlog"] = backlog(h, port, client, edits, progress)
-    finally:
-        h.stop()
     write(result, out)
     result["native"] = anchor.run(rates, seconds, edits, progress)  # its own services, after ours stopped
     return write(result, out)

@@ -11,13 +11,20 @@ it is "superseded" (the sync rightly writes only the newer one), not lost.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from streams.bench.report import latency_summary, write
-from streams.local.harness import Harness, running, wait_for, wait_for_capture, wait_for_identity
+from streams.local.harness import (
+    Harness,
+    reached,
+    running,
+    scratch_harness,
+    wait_for,
+    wait_for_capture,
+    wait_for_identity,
+)
 from streams.local.ports import free_port
 from streams.local.status import scrape
 
@@ -55,14 +62,6 @@ def _audit(h: Harness, system: str) -> dict[str, float]:
 def _audited(h: Harness, system: str, key: str) -> bool:
     with h.connect(system) as conn:
         return conn.execute("SELECT 1 FROM bench.audit WHERE value = %s", (key,)).fetchone() is not None
-
-
-def _wait_quietly(predicate: Any, timeout: float) -> bool:
-    try:
-        wait_for(predicate, timeout, 0.5, "the last edits on the other side")
-    except TimeoutError:
-        return False
-    return True
 
 
 def worker_idle(port: int) -> bool:
@@ -141,11 +140,10 @@ def run(rates: tuple[float, ...] = (200, 1000, 2000), seconds: float = 60.0, dra
     The edits go round the linked pairs: with few of them, a row is edited again before the sync
     wrote its last value, and most edits are superseded (the sync writes only the newest).
     """
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-bench-", dir="/tmp")), seed_accounts=accounts).start()
-    port = free_port()
-    h.write_config(processors={"metrics_port": port})
-    steps: list[dict[str, Any]] = []
-    try:
+    with scratch_harness("bench", seed_accounts=accounts) as h:
+        port = free_port()
+        h.write_config(processors={"metrics_port": port})
+        steps: list[dict[str, Any]] = []
         _install_audit(h)
         capture, worker = h.spawn("capture"), h.spawn("worker", log_name="worker.log")
         with running(capture), running(worker):
@@ -160,8 +158,8 @@ def run(rates: tuple[float, ...] = (200, 1000, 2000), seconds: float = 60.0, dra
 
                 last_email = next(k for k in reversed(expected) if k.startswith("email:"))
                 last_limit = _target_key(next(k for k in reversed(expected) if k.startswith("credit")))
-                drained = _wait_quietly(lambda e=last_email, c=last_limit: _audited(h, "erp", e)
-                                        and _audited(h, "crm", c), drain_s)
+                drained = reached(lambda e=last_email, c=last_limit: _audited(h, "erp", e)  # the last edits
+                                  and _audited(h, "crm", c), drain_s)
                 audits = {"crm": _audit(h, "crm"), "erp": _audit(h, "erp")}  # each holds sources and targets
                 latencies, missing = [], 0
                 for key, system in expected.items():
@@ -186,8 +184,6 @@ def run(rates: tuple[float, ...] = (200, 1000, 2000), seconds: float = 60.0, dra
                 if not drained:
                     break  # a higher rate cannot do better
             rss = {"capture": peak_rss_mb(capture.pid), "worker": peak_rss_mb(worker.pid)}
-    finally:
-        h.stop()
     return write({"benchmark": "steady-state", "seconds_per_step": seconds, "steps": steps,
                   "peak_rss_mb": rss}, out)
 

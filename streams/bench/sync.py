@@ -8,7 +8,6 @@ Asia/Shanghai wall time) minus the CRM row's ``updated_at`` (set when the edit c
 
 from __future__ import annotations
 
-import tempfile
 import time
 from datetime import UTC
 from pathlib import Path
@@ -16,15 +15,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from streams.bench.report import latency_line, latency_summary, write
-from streams.local.harness import Harness, running, wait_for, wait_for_capture, wait_for_identity
+from streams.local.harness import running, scratch_harness, wait_for, wait_for_capture, wait_for_identity
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
 def run(rate: float = 5.0, seconds: float = 60.0, out: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Run and return the figures (also written as JSON to ``out``)."""
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-bench-", dir="/tmp")), seed_accounts=300).start()
-    try:
+    with scratch_harness("bench", seed_accounts=300) as h:
         with running(h.spawn("capture")), running(h.spawn("worker", log_name="worker.log")):
             wait_for_capture(h, timeout=180)
             wait_for_identity(h)
@@ -66,8 +64,6 @@ def run(rate: float = 5.0, seconds: float = 60.0, out: Path | None = None, progr
                 return True
 
             wait_for(all_arrived, 300, 1.0, "every edit in the ERP")
-    finally:
-        h.stop()
     ms = [x * 1000 for x in latencies]
     result = {"benchmark": "sync-latency", "flow": "customer crm->erp", "rate_per_s": rate, "edits": n,
               "measured": len(ms), "latency_ms": latency_summary(ms)}

@@ -18,9 +18,8 @@ import os
 import secrets
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -36,6 +35,7 @@ from streams.local.java import java_binary
 from streams.local.kafka import KafkaCluster, Scram
 from streams.local.ports import free_port, http_ok
 from streams.local.postgres import LocalPostgres, find_pg_bin
+from streams.local.scratch import nothing_failed, scratch_dir
 from streams.local.supervisor import terminate
 from streams.registry.server import RegistryServer
 from streams.registry.store import RegistryStore
@@ -56,7 +56,7 @@ class Harness:
 
     def __init__(self, root: Path, seed_accounts: int = 60, brokers: int = 1, capture_mode: str | None = None,
                  scram: Scram | None = None, erp: str = "demo", least_privilege: bool | None = None,
-                 kafka_version: str = jars.KAFKA_VERSION) -> None:
+                 kafka_version: str = jars.KAFKA_VERSION, connect_plugins: tuple[jars.Bundle, ...] = ()) -> None:
         self.root = root
         self.kafka_version = kafka_version  # of the brokers and Kafka Connect (another: a deployment's)
         # Least privilege: deploy/sql's scripts, rendered for this config's profiles, are run by the
@@ -78,7 +78,7 @@ class Harness:
         self.kafka: KafkaCluster | None = None
         self.registry: RegistryServer | None = None
         self.connect_worker: ConnectWorker | None = None
-        self.connect_plugins: tuple[jars.Bundle, ...] = ()  # beyond Debezium's PostgreSQL connector and Avro
+        self.connect_plugins = connect_plugins  # beyond Debezium's PostgreSQL connector and Avro
         self.connect_proc: subprocess.Popen[bytes] | None = None
         self.db: dict[str, Any] = {}
         self.bootstrap = os.environ.get("SYNC_TEST_BOOTSTRAP", "")
@@ -360,8 +360,13 @@ def running(proc: subprocess.Popen[bytes], timeout: float = 60) -> Iterator[subp
         terminate(proc, timeout)
 
 
-def wait_for(predicate: Any, timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; raise ``TimeoutError`` naming ``what``."""
+def wait_for(predicate: Any, timeout: float, interval: float = 0.2, what: str = "condition",
+             describe: Callable[[], str] | None = None) -> Any:
+    """Poll ``predicate`` until it returns something truthy; raise ``TimeoutError`` naming ``what``.
+
+    The error ends with ``describe()`` when given (what was still missing at the last look), else
+    with the predicate's last answer.
+    """
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -369,7 +374,17 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.2, what: str = 
         if last:
             return last
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}"
+                       f" ({describe() if describe is not None else f'last: {last!r}'})")
+
+
+def reached(predicate: Any, timeout: float, interval: float = 0.5) -> bool:
+    """Whether ``predicate`` became truthy within ``timeout``: for a benchmark that reports a miss."""
+    try:
+        wait_for(predicate, timeout, interval)
+    except TimeoutError:
+        return False
+    return True
 
 
 def scalar(conn: psycopg.Connection[Any], query: str, *params: Any) -> Any:
@@ -560,18 +575,31 @@ def records_in(harness: Harness, topics: Sequence[str]) -> int:
 
 
 @contextmanager
-def live_stack(name: str, worker: bool = True, least_privilege: bool | None = None, **config: Any
-               ) -> Iterator[Harness]:
-    """A test module's own stack under /tmp, stopped on exit.
+def scratch_harness(name: str, failed: Callable[[], bool] = nothing_failed, **options: Any) -> Iterator[Harness]:
+    """A started :class:`Harness` (``options``) in its own scratch folder under /tmp.
+
+    Stopped on exit, also when starting it failed half-way; the folder is removed then unless the
+    block raised or ``failed()`` (see :mod:`streams.local.scratch`).
+    """
+    with scratch_dir(name, failed) as root:
+        h = Harness(root, **options)
+        try:
+            yield h.start()
+        finally:
+            h.stop()
+
+
+@contextmanager
+def live_stack(name: str, worker: bool = True, least_privilege: bool | None = None,
+               failed: Callable[[], bool] = nothing_failed, **config: Any) -> Iterator[Harness]:
+    """A test module's own stack (:func:`scratch_harness`).
 
     Services, capture running and (unless ``worker`` is False) a worker with the identity bootstrap
     done; ``config`` goes to :meth:`Harness.write_config`.
     """
-    h = Harness(Path(tempfile.mkdtemp(prefix=f"crm-erp-sync-{name}-", dir="/tmp")),
-                least_privilege=least_privilege).start()
-    if config:
-        h.write_config(**config)
-    try:
+    with scratch_harness(name, failed, least_privilege=least_privilege) as h:
+        if config:
+            h.write_config(**config)
         with running(h.spawn("capture")):
             wait_for_capture(h)
             if not worker:
@@ -580,5 +608,3 @@ def live_stack(name: str, worker: bool = True, least_privilege: bool | None = No
             with running(h.spawn("worker", log_name="worker.log")):
                 wait_for_identity(h)
                 yield h
-    finally:
-        h.stop()

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from upstack import cli, db, new_root, one_error_line, start_up, stop_up, wait_up, write_config
+from upstack import cli, db, one_error_line, start_up, stop_up, wait_up, write_config
 
 from streams.local.harness import Harness, TopicReader, end_offsets, wait_for
 from streams.local.ports import free_port
@@ -69,8 +69,8 @@ def _records(config: Path, topic: str) -> int:
     return end_offsets({"bootstrap.servers": f"127.0.0.1:{cfg['local']['broker_port']}"}, [topic])[topic]
 
 
-def test_up_down_up_keeps_topics_and_never_reseeds_or_resnapshots() -> None:
-    root = new_root()
+def test_up_down_up_keeps_topics_and_never_reseeds_or_resnapshots(scratch_root: Path) -> None:
+    root = scratch_root
     config = write_config(root)
     log = root / "up.log"
     proc = start_up(config, log)
@@ -112,9 +112,9 @@ def test_up_down_up_keeps_topics_and_never_reseeds_or_resnapshots() -> None:
         proc.wait(30)
 
 
-def test_up_with_the_erpnext_like_erp_syncs_through_its_own_profiles() -> None:
+def test_up_with_the_erpnext_like_erp_syncs_through_its_own_profiles(scratch_root: Path) -> None:
     """`up --erp erpnext` with no profiles configured: its schema, seed and profiles, and an edit goes through."""
-    root = new_root()
+    root = scratch_root
     config = write_config(root)
     cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
     del cfg["processors"]  # the chosen ERP's own profiles
@@ -170,8 +170,8 @@ def test_missing_maven_is_one_clear_line(tmp_path: Path) -> None:
     assert "starting PostgreSQL" not in result.stdout
 
 
-def test_a_worker_that_cannot_start_fails_up_with_its_reason() -> None:
-    root = new_root()
+def test_a_worker_that_cannot_start_fails_up_with_its_reason(scratch_root: Path) -> None:
+    root = scratch_root
     config = write_config(root, processors={"profiles": [str(root / "missing.yaml")]})
     result = subprocess.run(cli(config, "up"), capture_output=True, text=True, timeout=300)
     line = one_error_line(result)
@@ -187,8 +187,8 @@ def test_missing_java_is_one_clear_line(tmp_path: Path) -> None:
     assert "starting PostgreSQL" not in result.stdout  # nothing was started
 
 
-def test_database_without_logical_wal_is_one_clear_line(harness: Harness) -> None:
-    root = new_root()
+def test_database_without_logical_wal_is_one_clear_line(harness: Harness, scratch_root: Path) -> None:
+    root = scratch_root
     pg = LocalPostgres(root / "data", free_port(), find_pg_bin(None), root / "pw")
     pg.initdb()
     with (root / "data" / "postgresql.auto.conf").open("a", encoding="utf-8") as conf:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from upstack import cli, db, new_root, start_up, stop_up, wait_up, write_config
+from upstack import cli, db, start_up, stop_up, wait_up, write_config
 
 from streams.local.harness import wait_for
 from streams.local.prometheus import expressions
@@ -44,8 +44,8 @@ def traffic(config: Path) -> None:
         erp.execute("UPDATE customers SET email = 'erp-side@example.com' WHERE cust_no = %s", (pairs[0][1],))
 
 
-def test_prometheus_sees_every_panel_and_alert_and_tells_stalled_from_idle() -> None:
-    root = new_root()
+def test_prometheus_sees_every_panel_and_alert_and_tells_stalled_from_idle(scratch_root: Path) -> None:
+    root = scratch_root
     config = write_config(root, compare={"interval_s": 10})  # continuous compare on: its panel has data
     base = f"http://127.0.0.1:{yaml.safe_load(config.read_text(encoding='utf-8'))['local']['prometheus_port']}"
     log = root / "up.log"

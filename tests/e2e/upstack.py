@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import psycopg
@@ -66,13 +64,6 @@ def stop_up(proc: subprocess.Popen[str]) -> None:
     """Ctrl-C, and a clean exit."""
     proc.send_signal(signal.SIGINT)
     assert proc.wait(120) == 0
-
-
-def new_root() -> Path:
-    """A fresh folder under /tmp that the postgres user can reach (when the tests run as root)."""
-    root = Path(tempfile.mkdtemp(prefix="crm-erp-sync-e2e-", dir="/tmp"))
-    os.chmod(root, 0o755)
-    return root
 
 
 def wait_up(proc: subprocess.Popen[str], log: Path, times: int = 1) -> None:

@@ -7,18 +7,16 @@ capture process.
 
 from __future__ import annotations
 
-import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from streams.local.harness import Harness, TopicReader, running, wait_for, wait_for_capture
+from streams.local.harness import Harness, TopicReader, running, scratch_harness, wait_for, wait_for_capture
 
 pytestmark = pytest.mark.integration
 
@@ -48,18 +46,17 @@ class Capture:
 
 
 @pytest.fixture(scope="module", params=["connect", "embedded"])
-def capture(request: pytest.FixtureRequest) -> Iterator[Capture]:
+def capture(request: pytest.FixtureRequest, failures: Callable[[], bool]) -> Iterator[Capture]:
     mode = request.param
-    h = Harness(Path(tempfile.mkdtemp(prefix=f"crm-erp-sync-capture-{mode}-", dir="/tmp")), capture_mode=mode).start()
-    cap = Capture(h)
-    try:
-        cap.start()
-        yield cap
-    finally:
-        if cap.proc is not None:
-            with running(cap.proc):
-                pass
-        h.stop()
+    with scratch_harness(f"capture-{mode}", failures, capture_mode=mode) as h:
+        cap = Capture(h)
+        try:
+            cap.start()
+            yield cap
+        finally:
+            if cap.proc is not None:
+                with running(cap.proc):
+                    pass
 
 
 def _events(records: list[dict[str, object]], topic: str, key_field: str, key: object) -> list[dict[str, object]]:
@@ -213,8 +210,7 @@ def test_a_schema_the_registry_refuses_is_one_line_naming_the_subject() -> None:
 
     from streams.local.harness import REPO
 
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-capture-409-", dir="/tmp")), capture_mode="connect").start()
-    try:
+    with scratch_harness("capture-409", capture_mode="connect") as h:
         # A schema already under the subject that Debezium's envelope cannot evolve from (BACKWARD).
         SchemaRegistryClient({"url": h.registry_url}).register_schema("crm.public.accounts-value", Schema(
             '{"type": "record", "name": "Other", "fields": [{"name": "x", "type": "int"}]}', "AVRO"))
@@ -232,8 +228,6 @@ def test_a_schema_the_registry_refuses_is_one_line_naming_the_subject() -> None:
             # The ERP's connector is not affected.
             status = subprocess.run(h.cli("status"), capture_output=True, text=True, timeout=60, cwd=REPO).stdout
             assert "capture erp   connector RUNNING, tasks RUNNING" in status, status
-    finally:
-        h.stop()
 
 
 def test_the_embedded_engine_stops_on_a_refused_schema_with_one_error_naming_the_subject_and_the_fix() -> None:
@@ -244,9 +238,7 @@ def test_the_embedded_engine_stops_on_a_refused_schema_with_one_error_naming_the
 
     from streams.local.harness import REPO
 
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-capture-409e-", dir="/tmp")),
-                capture_mode="embedded").start()
-    try:
+    with scratch_harness("capture-409e", capture_mode="embedded") as h:
         SchemaRegistryClient({"url": h.registry_url}).register_schema("crm.public.accounts-value", Schema(
             '{"type": "record", "name": "Other", "fields": [{"name": "x", "type": "int"}]}', "AVRO"))
         done = subprocess.run(h.cli("capture"), capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -254,5 +246,3 @@ def test_the_embedded_engine_stops_on_a_refused_schema_with_one_error_naming_the
         assert done.returncode == 1 and errors, done.stderr[-3000:]
         assert "refused a new schema for subject crm.public.accounts-value" in errors[0], errors
         assert "/config/crm.public.accounts-value" in errors[0] and "nothing is lost" in errors[0], errors
-    finally:
-        h.stop()

@@ -7,7 +7,7 @@ import io
 import json
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -21,8 +21,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def synced() -> Iterator[Harness]:
-    with live_stack("compare") as h:
+def synced(failures: Callable[[], bool]) -> Iterator[Harness]:
+    with live_stack("compare", failed=failures) as h:
         yield h
 
 
@@ -43,11 +43,12 @@ def settled(h: Harness) -> dict[str, Any]:
         last.update(report(h))
         in_flight = sum(last["categories"][system]["created_unlinked"] for system in ("crm", "erp"))
         return dict(last) if not last["drift"] and not in_flight else None
-    try:
-        found: dict[str, Any] = wait_for(aligned, 120, 2.0, "the initial alignment")
-    except TimeoutError as e:
-        raise AssertionError(f"not aligned: {len(last['drift'])} drifting fields, created and not linked yet"
-                             f" {[last['categories'][s]['created_unlinked'] for s in ('crm', 'erp')]}") from e
+
+    def still_open() -> str:
+        return (f"{len(last['drift'])} drifting fields, created and not linked yet (CRM, ERP)"
+                f" {[last['categories'][s]['created_unlinked'] for s in ('crm', 'erp')]}")
+
+    found: dict[str, Any] = wait_for(aligned, 120, 2.0, "the initial alignment", still_open)
     return found
 
 

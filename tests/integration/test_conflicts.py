@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +19,7 @@ from streams.local.harness import (
     TopicReader,
     running,
     scalar,
+    scratch_harness,
     wait_for,
     wait_for_capture,
     wait_for_identity,
@@ -32,22 +31,18 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def stack(demo_erp: DemoErp) -> Iterator[Harness]:
-    h = Harness(Path(tempfile.mkdtemp(prefix=f"crm-erp-sync-conflicts-{demo_erp.name}-", dir="/tmp")),
-                erp=demo_erp.name).start()
-    # One policy of each kind, by editing the profile only: address becomes "latest".
-    profile = yaml.safe_load(demo_erp.profiles[0].read_text(encoding="utf-8"))
-    profile["canonical_schema"] = str(REPO / "schemas" / "canonical" / "customer.avsc")
-    profile["fields"]["address"].update({"policy": "latest", "owner": None})
-    (h.root / "profile.yaml").write_text(yaml.safe_dump(profile, allow_unicode=True), encoding="utf-8")
-    h.write_config(processors={"profiles": [str(h.root / "profile.yaml")]})
-    h.demo_erp = demo_erp  # type: ignore[attr-defined]
-    try:
+def stack(demo_erp: DemoErp, failures: Callable[[], bool]) -> Iterator[Harness]:
+    with scratch_harness(f"conflicts-{demo_erp.name}", failures, erp=demo_erp.name) as h:
+        # One policy of each kind, by editing the profile only: address becomes "latest".
+        profile = yaml.safe_load(demo_erp.profiles[0].read_text(encoding="utf-8"))
+        profile["canonical_schema"] = str(REPO / "schemas" / "canonical" / "customer.avsc")
+        profile["fields"]["address"].update({"policy": "latest", "owner": None})
+        (h.root / "profile.yaml").write_text(yaml.safe_dump(profile, allow_unicode=True), encoding="utf-8")
+        h.write_config(processors={"profiles": [str(h.root / "profile.yaml")]})
+        h.demo_erp = demo_erp  # type: ignore[attr-defined]
         with running(h.spawn("capture")):
             wait_for_capture(h, ("crm.public.accounts", raw_topic("erp", demo_erp.customer_table)))
             yield h
-    finally:
-        h.stop()
 
 
 SKEWS = [0, 60, -60]

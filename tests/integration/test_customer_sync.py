@@ -5,10 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +22,7 @@ from streams.local.harness import (
     TopicReader,
     running,
     scalar,
+    scratch_harness,
     wait_for,
     wait_for_capture,
     wait_for_identity,
@@ -34,18 +33,14 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def sync(demo_erp: DemoErp) -> Iterator[Harness]:
+def sync(demo_erp: DemoErp, failures: Callable[[], bool]) -> Iterator[Harness]:
     # Its own services: the identity counts and the timing must not depend on other modules' edits.
     # The worker and the CLI log in as deploy/sql's applier role (rendered for these profiles), not the owner.
-    harness = Harness(Path(tempfile.mkdtemp(prefix=f"crm-erp-sync-sync-{demo_erp.name}-", dir="/tmp")),
-                      erp=demo_erp.name, least_privilege=True).start()
-    try:
+    with scratch_harness(f"sync-{demo_erp.name}", failures, erp=demo_erp.name, least_privilege=True) as harness:
         with running(harness.spawn("capture")), running(harness.spawn("worker", log_name="worker.log")):
             wait_for_capture(harness, ("crm.public.accounts", raw_topic("erp", demo_erp.customer_table)))
             wait_for_identity(harness)
             yield harness
-    finally:
-        harness.stop()
 
 
 def _pair(h: Harness, kind: str = "exact") -> tuple[str, str]:

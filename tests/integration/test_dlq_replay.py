@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from streams.local.harness import (
     REPO,
-    Harness,
     running,
     scalar,
+    scratch_harness,
     wait_for,
     wait_for_capture,
     wait_for_identity,
@@ -23,16 +21,15 @@ DEMO = REPO / "schemas" / "mappings" / "demo.yaml"
 
 
 def test_replay_after_fixing_the_profile() -> None:
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-dlq-", dir="/tmp"))).start()
-    fixed = DEMO.read_text(encoding="utf-8").replace(
-        "canonical_schema: ../canonical/customer.avsc",
-        f"canonical_schema: {REPO / 'schemas' / 'canonical' / 'customer.avsc'}")
-    broken = fixed.replace("{enum: {A: A, B: B, C: C}}", "{enum: {A: A, B: B}}")  # tier C unknown: a bug
-    assert broken != fixed
-    profile = h.root / "profile.yaml"
-    profile.write_text(broken, encoding="utf-8")
-    h.write_config(processors={"profiles": [str(profile)]})
-    try:
+    with scratch_harness("dlq") as h:
+        fixed = DEMO.read_text(encoding="utf-8").replace(
+            "canonical_schema: ../canonical/customer.avsc",
+            f"canonical_schema: {REPO / 'schemas' / 'canonical' / 'customer.avsc'}")
+        broken = fixed.replace("{enum: {A: A, B: B, C: C}}", "{enum: {A: A, B: B}}")  # tier C unknown: a bug
+        assert broken != fixed
+        profile = h.root / "profile.yaml"
+        profile.write_text(broken, encoding="utf-8")
+        h.write_config(processors={"profiles": [str(profile)]})
         with running(h.spawn("capture")):
             wait_for_capture(h)
             with h.connect("sync") as conn, running(h.spawn("worker", log_name="worker.log")):
@@ -58,5 +55,3 @@ def test_replay_after_fixing_the_profile() -> None:
                              == "replayed@example.com", 90, 0.5, "the replayed edit in the ERP")
                 again = subprocess.run(h.cli("dlq", "replay"), capture_output=True, text=True, check=True)
                 assert "replayed 0 dead letter" in again.stdout  # each letter goes back once
-    finally:
-        h.stop()

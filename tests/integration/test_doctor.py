@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -13,8 +13,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def deployed() -> Iterator[Harness]:
-    with live_stack("doctor", worker=False, least_privilege=False) as h:  # the faults edit the owner's config
+def deployed(failures: Callable[[], bool]) -> Iterator[Harness]:
+    # The owner's login: the faults edit the owner's config.
+    with live_stack("doctor", worker=False, least_privilege=False, failed=failures) as h:
         yield h
 
 

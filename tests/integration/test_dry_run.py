@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -30,11 +30,11 @@ TOPICS = ["crm.public.accounts", "erp.public.customers", "crm.public.opportuniti
 
 
 @pytest.fixture(scope="module")
-def services() -> Iterator[Harness]:
+def services(failures: Callable[[], bool]) -> Iterator[Harness]:
     """Databases, broker, registry and capture; no worker yet (the sync has never run)."""
     # The owner's login: the test shows the dry run creates nothing in either system, not even the
     # applier's bookkeeping (which deploy/sql's script would have made beforehand).
-    with live_stack("dry-run", worker=False, least_privilege=False,
+    with live_stack("dry-run", worker=False, least_privilege=False, failed=failures,
                     processors={"documents": [str(MAPPINGS / "demo-orders.yaml")]}) as h:
         yield h
 

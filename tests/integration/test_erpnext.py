@@ -8,11 +8,9 @@ sync's writes, and stock summed over several warehouses.
 from __future__ import annotations
 
 import re
-import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +20,7 @@ from streams.local.harness import (
     Harness,
     running,
     scalar,
+    scratch_harness,
     wait_for,
     wait_for_capture,
     wait_for_identity,
@@ -31,16 +30,13 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def sync() -> Iterator[Harness]:
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-erpnext-", dir="/tmp")), erp="erpnext").start()
-    h.write_config(processors=profile_paths(ERPS["erpnext"], documents=False))
-    try:
+def sync(failures: Callable[[], bool]) -> Iterator[Harness]:
+    with scratch_harness("erpnext", failures, erp="erpnext") as h:
+        h.write_config(processors=profile_paths(ERPS["erpnext"], documents=False))
         with running(h.spawn("capture")), running(h.spawn("worker", log_name="worker.log")):
             wait_for_capture(h, ("crm.public.accounts", "erp.public.tabCustomer"))
             wait_for_identity(h)
             yield h
-    finally:
-        h.stop()
 
 
 TAKEN: set[str] = set()

@@ -8,10 +8,8 @@ and created again, the registry away while the worker starts cold, PostgreSQL re
 from __future__ import annotations
 
 import subprocess
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +21,7 @@ from streams.local.harness import (
     Harness,
     running,
     scalar,
+    scratch_harness,
     wait_for,
     wait_for_capture,
     wait_for_identity,
@@ -40,18 +39,15 @@ CRASHED = 70  # streams.agents.loop.EXIT_STALLED
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Harness]:
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-faults-", dir="/tmp"))).start()
-    h.write_config(processors={"profiles": [str(MAPPINGS / "demo.yaml"), str(MAPPINGS / "demo-products.yaml")],
-                               "documents": [str(MAPPINGS / "demo-orders.yaml")], "stall_exit_s": 20})
-    try:
+def stack(failures: Callable[[], bool]) -> Iterator[Harness]:
+    with scratch_harness("faults", failures) as h:
+        h.write_config(processors={"profiles": [str(MAPPINGS / "demo.yaml"), str(MAPPINGS / "demo-products.yaml")],
+                                   "documents": [str(MAPPINGS / "demo-orders.yaml")], "stall_exit_s": 20})
         with running(h.spawn("capture")):
             wait_for_capture(h)
             with running(h.spawn("worker", log_name="worker.log")):
                 wait_for_identity(h)  # the sync store and the links exist for every test
             yield h
-    finally:
-        h.stop()
 
 
 def worker(h: Harness, faults: str = "", port: int | None = None) -> subprocess.Popen[bytes]:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -24,6 +22,7 @@ from streams.local.harness import (
     group_lag,
     running,
     scalar,
+    scratch_harness,
     wait_for,
     wait_for_capture,
     wait_for_identity,
@@ -46,20 +45,17 @@ def company(i: int, kind: str = "") -> str:
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[tuple[Harness, list[int]]]:
+def stack(failures: Callable[[], bool]) -> Iterator[tuple[Harness, list[int]]]:
     """Capture and two workers in one consumer group (each with its metrics port)."""
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-identity-", dir="/tmp"))).start()
-    ports = [free_port(), free_port()]
-    h.write_config(processors={"metrics_port": ports[0]})
-    try:
+    with scratch_harness("identity", failures) as h:
+        ports = [free_port(), free_port()]
+        h.write_config(processors={"metrics_port": ports[0]})
         with running(h.spawn("capture")):
             wait_for_capture(h)
             with running(h.spawn("worker", log_name="worker.log")), running(h.spawn(
                     "worker", log_name="worker2.log", env={"CRM_ERP_SYNC__PROCESSORS__METRICS_PORT": str(ports[1])})):
                 wait_for_identity(h)
                 yield h, ports
-    finally:
-        h.stop()
 
 
 def wait_settled(h: Harness) -> None:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from confluent_kafka.admin import (
 
 from streams.local.harness import REPO, Harness, running, scalar, wait_for, wait_for_capture, wait_for_identity
 from streams.local.kafka import Scram
+from streams.local.scratch import scratch_dir
 
 pytestmark = pytest.mark.integration
 SYNC_USER = "crm-erp-sync"
@@ -65,16 +65,16 @@ def grant_sync_principal(h: Harness) -> None:
 
 
 @pytest.fixture(scope="module")
-def secured() -> Iterator[Harness]:
-    root = Path(tempfile.mkdtemp(prefix="crm-erp-sync-sasl-", dir="/tmp"))
-    keystore, ca = make_tls(root / "tls")
-    scram = Scram("admin", secrets.token_urlsafe(12), {SYNC_USER: secrets.token_urlsafe(12)}, keystore, ca)
-    h = Harness(root, scram=scram, capture_mode="embedded").start()
-    try:
-        grant_sync_principal(h)
-        yield h
-    finally:
-        h.stop()
+def secured(failures: Callable[[], bool]) -> Iterator[Harness]:
+    with scratch_dir("sasl", failures) as root:
+        keystore, ca = make_tls(root / "tls")
+        scram = Scram("admin", secrets.token_urlsafe(12), {SYNC_USER: secrets.token_urlsafe(12)}, keystore, ca)
+        h = Harness(root, scram=scram, capture_mode="embedded")
+        try:
+            grant_sync_principal(h.start())
+            yield h
+        finally:
+            h.stop()
 
 
 def _one_line_error(done: subprocess.CompletedProcess[str]) -> str:

@@ -3,15 +3,21 @@ and Kafka Connect of that release, with the same Debezium plugin, carry the sync
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import pytest
 import yaml
 
 from streams.local import jars
-from streams.local.harness import REPO, Harness, edits_sync_both_ways, running, wait_for_capture, wait_for_identity
+from streams.local.harness import (
+    REPO,
+    Harness,
+    edits_sync_both_ways,
+    running,
+    scratch_harness,
+    wait_for_capture,
+    wait_for_identity,
+)
 
 pytestmark = pytest.mark.integration
 KUBE = REPO / "deploy" / "kubernetes"
@@ -31,13 +37,9 @@ def manifest_version() -> str:
 
 
 @pytest.fixture(scope="module")
-def deployed() -> Iterator[Harness]:
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-kube-kafka-", dir="/tmp")), capture_mode="connect",
-                kafka_version=manifest_version()).start()
-    try:
+def deployed(failures: Callable[[], bool]) -> Iterator[Harness]:
+    with scratch_harness("kube-kafka", failures, capture_mode="connect", kafka_version=manifest_version()) as h:
         yield h
-    finally:
-        h.stop()
 
 
 def test_the_sync_runs_both_ways_on_the_kafka_release_kubernetes_deploys(deployed: Harness) -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -18,6 +17,7 @@ from streams.local.harness import (
     edits_sync_both_ways,
     running,
     scalar,
+    scratch_harness,
     wait_for,
     wait_for_capture,
     wait_for_identity,
@@ -30,18 +30,15 @@ PASSWORD = "least-privilege-test"
 
 
 @pytest.fixture(scope="module")
-def restricted() -> Iterator[Harness]:
+def restricted(failures: Callable[[], bool]) -> Iterator[Harness]:
     """The demo databases with deploy/sql/ applied by their owner; a config whose CRM and ERP login is the applier."""
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-roles-", dir="/tmp")), least_privilege=False).start()
-    try:
+    with scratch_harness("roles", failures, least_privilege=False) as h:
         for system in ("crm", "erp"):
             with h.connect(system) as owner:
                 owner.execute((REPO / "deploy" / "sql" / f"{system}.sql").read_text(encoding="utf-8"))
                 owner.execute(f"ALTER ROLE crm_erp_sync_apply PASSWORD '{PASSWORD}'")
                 owner.execute(f"ALTER ROLE crm_erp_sync_capture PASSWORD '{PASSWORD}'")
         yield h
-    finally:
-        h.stop()
 
 
 def role_config(h: Harness, role: str, **sections: dict[str, object]) -> Path:

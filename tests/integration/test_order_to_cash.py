@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +19,7 @@ from streams.local.harness import (
     records_in,
     running,
     scalar,
+    scratch_harness,
     wait_for,
     wait_for_capture,
     wait_for_identity,
@@ -35,19 +34,15 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def sync(demo_erp: DemoErp) -> Iterator[Harness]:
+def sync(demo_erp: DemoErp, failures: Callable[[], bool]) -> Iterator[Harness]:
     # The worker and the CLI log in as deploy/sql's applier role (rendered for these profiles), not the owner.
-    h = Harness(Path(tempfile.mkdtemp(prefix=f"crm-erp-sync-orders-{demo_erp.name}-", dir="/tmp")),
-                erp=demo_erp.name, least_privilege=True).start()
-    h.write_config(processors=profile_paths(demo_erp))
-    h.demo_erp = demo_erp  # type: ignore[attr-defined]  # the helpers below act on it
-    try:
+    with scratch_harness(f"orders-{demo_erp.name}", failures, erp=demo_erp.name, least_privilege=True) as h:
+        h.write_config(processors=profile_paths(demo_erp))
+        h.demo_erp = demo_erp  # type: ignore[attr-defined]  # the helpers below act on it
         with running(h.spawn("capture")), running(h.spawn("worker", log_name="worker.log")):
             wait_for_capture(h, ("crm.public.accounts", raw_topic("erp", demo_erp.customer_table)))
             wait_for_identity(h)
             yield h
-    finally:
-        h.stop()
 
 
 TAKEN: set[str] = set()  # customers a test already used

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from streams.local.harness import REPO, Harness, group_lag, live_stack, scalar, wait_for, win_deal
+from streams.local.scratch import scratch_dir
 
 pytestmark = pytest.mark.integration
 MAPPINGS = REPO / "schemas" / "mappings"
@@ -20,17 +19,17 @@ TOPICS = ["crm.public.accounts", "erp.public.customers", "crm.public.opportuniti
 
 
 @pytest.fixture(scope="module")
-def pilot() -> Iterator[Harness]:
-    folder = Path(tempfile.mkdtemp(prefix="crm-erp-sync-pilot-profile-", dir="/tmp"))
+def pilot(failures: Callable[[], bool]) -> Iterator[Harness]:
     profile = ((MAPPINGS / "demo.yaml").read_text(encoding="utf-8")
                .replace("canonical_schema: ../canonical/customer.avsc",
                         f"canonical_schema: {REPO / 'schemas' / 'canonical' / 'customer.avsc'}")
                .replace("\nfields:", "\nscope: {crm: {tier: [A]}}   # the pilot: tier-A accounts only\nfields:", 1))
     assert "scope:" in profile
-    (folder / "customer.yaml").write_text(profile, encoding="utf-8")
-    with live_stack("pilot", processors={"profiles": [str(folder / "customer.yaml")],
-                                         "documents": [str(MAPPINGS / "demo-orders.yaml")]}) as h:
-        yield h
+    with scratch_dir("pilot-profile", failures) as folder:
+        (folder / "customer.yaml").write_text(profile, encoding="utf-8")
+        with live_stack("pilot", failed=failures, processors={"profiles": [str(folder / "customer.yaml")],
+                                                              "documents": [str(MAPPINGS / "demo-orders.yaml")]}) as h:
+            yield h
 
 
 def pair_of_tier(h: Harness, tier: str) -> tuple[str, str]:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
@@ -15,6 +13,7 @@ from streams.local.harness import (
     TopicReader,
     running,
     scalar,
+    scratch_harness,
     wait_for,
     wait_for_capture,
     wait_for_identity,
@@ -26,11 +25,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def sync(demo_erp: DemoErp) -> Iterator[Harness]:
-    h = Harness(Path(tempfile.mkdtemp(prefix=f"crm-erp-sync-products-{demo_erp.name}-", dir="/tmp")),
-                erp=demo_erp.name).start()
-    h.write_config(processors={"profiles": [str(p) for p in demo_erp.profiles]})
-    try:
+def sync(demo_erp: DemoErp, failures: Callable[[], bool]) -> Iterator[Harness]:
+    with scratch_harness(f"products-{demo_erp.name}", failures, erp=demo_erp.name) as h:
+        h.write_config(processors={"profiles": [str(p) for p in demo_erp.profiles]})
         with running(h.spawn("capture")), running(h.spawn("worker", log_name="worker.log")):
             wait_for_capture(h, [raw_topic("erp", demo_erp.item_table)])
             wait_for_identity(h)
@@ -40,8 +37,6 @@ def sync(demo_erp: DemoErp) -> Iterator[Harness]:
                                               " AND linked_by = 'exact'") == items, 120, 0.5,
                          "every item linked to its product by code")
             yield h
-    finally:
-        h.stop()
 
 
 def _crm_product(h: Harness, code: str) -> tuple[Decimal, Decimal]:

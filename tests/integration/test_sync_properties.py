@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import random
 import signal
-import tempfile
 import threading
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -23,6 +21,7 @@ from streams.local.harness import (
     records_in,
     running,
     scalar,
+    scratch_harness,
     wait_for,
     wait_for_capture,
     wait_for_identity,
@@ -49,23 +48,22 @@ def wait_quiet(h: Harness, port: int, what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[tuple[Harness, int]]:
-    h = Harness(Path(tempfile.mkdtemp(prefix="crm-erp-sync-props-", dir="/tmp"))).start()
-    port = free_port()
-    h.write_config(processors={"metrics_port": port})
-    try:
-        with running(h.spawn("capture")):
-            worker = h.spawn("worker", log_name="worker.log")
-            WORKERS.append(worker)
-            wait_for_capture(h)
-            wait_for_identity(h)
-            wait_quiet(h, port, "the initial alignment")
-            yield h, port
-    finally:
-        for proc in WORKERS:
-            with running(proc):
-                pass
-        h.stop()
+def stack(failures: Callable[[], bool]) -> Iterator[tuple[Harness, int]]:
+    with scratch_harness("props", failures) as h:
+        port = free_port()
+        h.write_config(processors={"metrics_port": port})
+        try:
+            with running(h.spawn("capture")):
+                worker = h.spawn("worker", log_name="worker.log")
+                WORKERS.append(worker)
+                wait_for_capture(h)
+                wait_for_identity(h)
+                wait_quiet(h, port, "the initial alignment")
+                yield h, port
+        finally:
+            for proc in WORKERS:
+                with running(proc):
+                    pass
 
 
 WORKERS: list[Any] = []  # the module's main worker (replaced when a test kills it)
