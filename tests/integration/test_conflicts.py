@@ -70,7 +70,7 @@ def test_one_conflict_per_policy_kind_and_manual_resolve(stack: Harness, skew: i
                 fields = (state or {}).get("fields", {})
                 synced = [f for f in profile_fields if f in fields]
                 return len(synced) == len(profile_fields) and all(
-                    "synced" in fields[f] and not fields[f]["inflight"] and not fields[f]["deferred"]
+                    "synced" in fields[f] and not fields[f].get("inflight") and not fields[f].get("deferred")
                     for f in synced)
 
             wait_for(settled, 90, 0.3, "the pair's initial alignment to settle")

@@ -3,13 +3,15 @@ batch that changed what it was served and rolled back leaves it out of the cache
 
 from __future__ import annotations
 
+import json
 import uuid
+from typing import Any
 
 import psycopg
 import pytest
 
 from streams.local.harness import Harness
-from streams.reconcile.core import EntityState
+from streams.reconcile.core import EntityState, FieldState
 from streams.store import StateCache, Store
 
 pytestmark = pytest.mark.integration
@@ -43,3 +45,28 @@ def test_the_cache_serves_its_own_writes_and_rereads_anyone_elses(harness: Harne
         assert seen is not mine and seen.rows == {"crm": "v2"}
         worker.rollback()
     store.close()
+
+
+def test_a_store_of_an_earlier_version_keeps_its_states_as_json(empty_database: dict[str, Any]) -> None:
+    """States were jsonb before: the store's migration turns the column into json, every state as it was."""
+    key = ("customer", str(uuid.uuid4()))
+    state = EntityState(rows={"crm": "v1"}, values={"crm": {"name": "迁移前的客户", "credit_limit": 12_000_000}})
+    state.fields["name"] = FieldState(synced="迁移前的客户", seen={"crm": "迁移前的客户"}, versions={"crm": (7, 0)},
+                                      inflight={"erp": ("迁移前的客户", 1_700_000_000_000)})
+    with psycopg.connect(**empty_database, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA sync")
+        conn.execute("CREATE TABLE sync.entity_state (entity text NOT NULL, global_id uuid NOT NULL,"
+                     " state jsonb NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(),"
+                     " PRIMARY KEY (entity, global_id))")
+        conn.execute("INSERT INTO sync.entity_state (entity, global_id, state) VALUES (%s, %s, %s::jsonb)",
+                     (*key, json.dumps(state.to_json())))
+    store = Store(empty_database)
+    try:
+        store.migrate()
+        with psycopg.connect(**empty_database) as conn:
+            assert conn.execute("SELECT atttypid::regtype::text FROM pg_attribute WHERE attname = 'state'"
+                                " AND attrelid = 'sync.entity_state'::regclass").fetchone() == ("json",)
+            assert store.lock_states(conn, [key], None)[key].to_json() == state.to_json()
+        store.migrate()  # again: nothing left to change
+    finally:
+        store.close()
