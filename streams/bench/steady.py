@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streams.bench import hops
 from streams.bench.report import latency_summary, write
 from streams.local.harness import (
     Harness,
@@ -161,14 +162,15 @@ def run(rates: tuple[float, ...] = (200, 1000, 2000), seconds: float = 60.0, dra
                 drained = reached(lambda e=last_email, c=last_limit: _audited(h, "erp", e)  # the last edits
                                   and _audited(h, "crm", c), drain_s)
                 audits = {"crm": _audit(h, "crm"), "erp": _audit(h, "erp")}  # each holds sources and targets
-                latencies, missing = [], 0
+                timed, missing = {}, 0
                 for key, system in expected.items():
                     source = audits["crm" if system == "erp" else "erp"].get(key)
                     applied = audits[system].get(_target_key(key))
                     if applied is None or source is None:
                         missing += 1
                         continue
-                    latencies.append((applied - source) * 1000)
+                    timed[key] = (source, applied)
+                latencies = [(applied - source) * 1000 for source, applied in timed.values()]
                 targets = [audits["erp"][k] for k in audits["erp"] if k.startswith("email:")]
                 targets += [audits["crm"][k] for k in audits["crm"] if k.startswith("credit_limit:")]
                 applied_by = max(targets, default=load_end)
@@ -180,6 +182,7 @@ def run(rates: tuple[float, ...] = (200, 1000, 2000), seconds: float = 60.0, dra
                     "kept_up": drained and achieved >= 0.95 * rate and bool(latencies)
                     and max(latencies) <= KEPT_UP_MAX_S * 1000,
                     "latency_ms": latency_summary(latencies),
+                    "hops_ms": hops.breakdown(h, timed),
                 })
                 if not drained:
                     break  # a higher rate cannot do better
@@ -197,6 +200,12 @@ def format_result(result: dict[str, Any]) -> str:
         lines.append(f"  {s['target_rate_per_s']:>6g}  {s['achieved_load_rate_per_s']:>8g}  {s['edits']:>5}  "
                      f"{s['applied']:>7}  {s['superseded_or_missing']:>10}  {'yes' if s['kept_up'] else 'NO':>7}  "
                      + "  ".join(f"{lat[q] if lat[q] is not None else '-':>6}" for q in ("p50", "p95", "p99", "max")))
+    for s in result["steps"]:
+        hop = s["hops_ms"]
+        lines.append(f"  {s['target_rate_per_s']:g}/s, where the time goes ({hop['traced']} edits traced;"
+                     " ms p50 / p95 / p99 per hop):")
+        lines.append("    " + "   ".join(f"{name} " + " / ".join(str(hop[name][q]) for q in ("p50", "p95", "p99"))
+                                        for name in hops.HOPS))
     rss = result["peak_rss_mb"]
     lines.append(f"  peak RSS: capture {rss['capture']} MiB (JVM included), worker {rss['worker']} MiB")
     return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""The steady benchmark's split of an edit's latency into its hops (capture, normalize, reconcile, apply)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from streams.bench.hops import first_times, split
+
+
+def _raw(topic: str, column: str, value: Any, ms: int) -> dict[str, Any]:
+    return {"topic": topic, "value": {"after": {column: value}}, "timestamp": ms}
+
+
+def _change(field: str, value: Any, ms: int) -> dict[str, Any]:
+    return {"topic": "sync.changes.customer", "value": {"values_json": json.dumps({field: value})}, "timestamp": ms}
+
+
+def _command(field: str, value: Any, ms: int, op: str = "set") -> dict[str, Any]:
+    return {"topic": "sync.commands.erp", "timestamp": ms,
+            "value": {"op": op, "field": field, "value_json": json.dumps(value)}}
+
+
+def test_each_hop_ends_at_the_first_record_carrying_the_value() -> None:
+    records = [
+        _raw("crm.public.accounts", "email", "a@x.example", 1_000_030),
+        _raw("crm.public.accounts", "email", "a@x.example", 1_000_900),  # read again later: not the edit's
+        _change("email", "a@x.example", 1_000_130),
+        _command("email", "a@x.example", 1_000_190),
+        _command("email", "a@x.example", 1_000_100, op="create"),  # a creation is not the edit's write
+        _raw("erp.public.customers", "credit_limit_fen", 500, 1_000_010),
+        _change("credit_limit_fen", 500, 1_000_020),
+        _command("credit_limit_fen", 500, 1_000_040),
+        {"topic": "crm.public.accounts", "value": None, "timestamp": 1_000_000},  # a tombstone
+    ]
+    first = first_times(records)
+    assert first[("raw", "email", "a@x.example")] == 1000.03
+    assert first[("command", "email", "a@x.example")] == 1000.19
+    out = split(first, {"email:a@x.example": (1000.0, 1000.25), "credit_limit_fen:500": (1000.0, 1000.05),
+                        "email:never@x.example": (1000.0, 1000.5)})
+    assert out["traced"] == 2  # the third never reached the raw topic: not split
+    assert out["capture"]["max"] == 30 and out["normalize"]["max"] == 100
+    assert out["reconcile"]["max"] == 60 and out["apply"]["max"] == 60
+    limit = split(first, {"credit_limit_fen:500": (1000.0, 1000.05)})
+    assert [limit[hop]["max"] for hop in ("capture", "normalize", "reconcile", "apply")] == [10, 10, 20, 10]
