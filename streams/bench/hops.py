@@ -76,18 +76,22 @@ def breakdown(h: Harness, edits: Mapping[str, tuple[float, float]], entity: str 
 
 
 def split(first: Mapping[tuple[str, str, Any], float], edits: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
-    """Per hop, the latency summary of the ``edits`` traced through every hop's ``first`` record."""
-    hops: dict[str, list[float]] = {hop: [] for hop in HOPS}
-    traced = 0
+    """Per hop, the latency summary of the ``edits`` traced through every hop's ``first`` record.
+
+    ``all`` of them, and apart by the system they were made on (``crm``: e-mails to the ERP, ``erp``:
+    credit limits to the CRM).
+    """
+    hops: dict[str, dict[str, list[float]]] = {side: {hop: [] for hop in HOPS} for side in ("all", "crm", "erp")}
     for key, (source_at, target_at) in edits.items():
         column, text = key.split(":", 1)
-        _, _, raw_column, field = EDITS[column]
+        source, _, raw_column, field = EDITS[column]
         value: Any = text if column == "email" else int(text)
         times = [source_at, first.get(("raw", raw_column, value)), first.get(("change", field, value)),
                  first.get(("command", field, value)), target_at]
         if any(t is None for t in times):
             continue
-        traced += 1
         for hop, start, end in zip(HOPS, times, times[1:], strict=False):
-            hops[hop].append((end - start) * 1000)  # type: ignore[operator]
-    return {"traced": traced, **{hop: latency_summary(ms) for hop, ms in hops.items()}}
+            for side in ("all", source):
+                hops[side][hop].append((end - start) * 1000)  # type: ignore[operator]
+    return {"traced": len(hops["all"]["apply"]),
+            **{side: {hop: latency_summary(ms) for hop, ms in by_hop.items()} for side, by_hop in hops.items()}}

@@ -204,8 +204,9 @@ def format_result(result: dict[str, Any]) -> str:
         hop = s["hops_ms"]
         lines.append(f"  {s['target_rate_per_s']:g}/s, where the time goes ({hop['traced']} edits traced;"
                      " ms p50 / p95 / p99 per hop):")
-        lines.append("    " + "   ".join(f"{name} " + " / ".join(str(hop[name][q]) for q in ("p50", "p95", "p99"))
-                                        for name in hops.HOPS))
+        for side, label in (("all", "all"), ("crm", "CRM -> ERP"), ("erp", "ERP -> CRM")):
+            lines.append(f"    {label:<10} " + "   ".join(
+                f"{name} " + " / ".join(str(hop[side][name][q]) for q in ("p50", "p95", "p99")) for name in hops.HOPS))
     rss = result["peak_rss_mb"]
     lines.append(f"  peak RSS: capture {rss['capture']} MiB (JVM included), worker {rss['worker']} MiB")
     return "\n".join(lines)
