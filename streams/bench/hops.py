@@ -10,7 +10,8 @@ triggers), all from this machine's one clock:
 - reconcile: change record -> the command it decided on ``sync.commands.<target>``;
 - apply: command -> the write committed on the target.
 
-The first record of each hop carrying the value is the edit's (a value is never written twice).
+The earliest record of each hop carrying the value from its system is the edit's (a value is
+written once; what carries it later is an echo or a change of another field of the row).
 """
 
 from __future__ import annotations
@@ -31,12 +32,17 @@ EDITS = {
 }
 
 
-def first_times(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, Any], float]:
-    """(topic kind, field, value) -> the first record's time (s) that carried it."""
-    first: dict[tuple[str, str, Any], float] = {}
+def first_times(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str, Any], float]:
+    """(hop's record kind, system, field, value) -> the earliest time (s) a record of that kind carried it.
 
-    def note(kind: str, field: str, value: Any, ms: int) -> None:
-        first.setdefault((kind, field, value), ms / 1000)
+    The system is the one a raw or change record comes from, or a command's target: the sync's own
+    write of an e-mail comes back in the ERP's raw topic with the same value, later.
+    """
+    first: dict[tuple[str, str, str, Any], float] = {}
+
+    def note(kind: str, system: str, field: str, value: Any, ms: int) -> None:
+        key = (kind, system, field, value)
+        first[key] = min(first.get(key, ms / 1000), ms / 1000)
 
     for r in records:
         value, topic, ms = r["value"], r["topic"], r["timestamp"]
@@ -46,15 +52,15 @@ def first_times(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, An
             canonical = json.loads(value.get("values_json") or "{}")
             for _, _, _, field in EDITS.values():
                 if field in canonical:
-                    note("change", field, canonical[field], ms)
+                    note("change", value["system"], field, canonical[field], ms)
         elif topic.startswith("sync.commands."):
             if value.get("op") == "set":
-                note("command", value["field"], json.loads(value["value_json"]), ms)
+                note("command", value["system"], value["field"], json.loads(value["value_json"]), ms)
         else:
             after = value.get("after") or {}
             for _, _, column, _ in EDITS.values():
                 if column in after:
-                    note("raw", column, after[column], ms)
+                    note("raw", topic.split(".", 1)[0], column, after[column], ms)
     return first
 
 
@@ -75,7 +81,7 @@ def breakdown(h: Harness, edits: Mapping[str, tuple[float, float]], entity: str 
     return split(first, edits)
 
 
-def split(first: Mapping[tuple[str, str, Any], float], edits: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
+def split(first: Mapping[tuple[str, str, str, Any], float], edits: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
     """Per hop, the latency summary of the ``edits`` traced through every hop's ``first`` record.
 
     ``all`` of them, and apart by the system they were made on (``crm``: e-mails to the ERP, ``erp``:
@@ -86,8 +92,9 @@ def split(first: Mapping[tuple[str, str, Any], float], edits: Mapping[str, tuple
         column, text = key.split(":", 1)
         source, _, raw_column, field = EDITS[column]
         value: Any = text if column == "email" else int(text)
-        times = [source_at, first.get(("raw", raw_column, value)), first.get(("change", field, value)),
-                 first.get(("command", field, value)), target_at]
+        target = "erp" if source == "crm" else "crm"
+        times = [source_at, first.get(("raw", source, raw_column, value)), first.get(("change", source, field, value)),
+                 first.get(("command", target, field, value)), target_at]
         if any(t is None for t in times):
             continue
         for hop, start, end in zip(HOPS, times, times[1:], strict=False):
