@@ -182,6 +182,7 @@ class Processors:
         """What writes to the systems, and watches them: appliers, their audit trail, the continuous compare."""
         settings = self.settings
         self.app.timer(5.0, name="audit")(self.audit.tick)
+        self.app.task(self.audit.run)
         if settings.compare.interval_s:
             self.drift = DriftWatch(self)
             self.app.timer(min(settings.compare.interval_s, 30.0), name="compare")(self.drift.tick)

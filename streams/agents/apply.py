@@ -44,7 +44,7 @@ class Apply:
                 bad.append((m, f"{type(exc).__name__}: {exc}"))
         result = await self.ctx.retrying(f"apply {applier.system}", applier.apply, batch)
         if result.audit:
-            await self.ctx.audit.move(applier.system)
+            self.ctx.audit.soon(applier.system)
         metrics.STAGE_EVENTS.labels(stage, "out").inc(result.written + result.created)
         for outcome, n in (("written", result.written), ("created", result.created), ("skipped", result.skipped),
                            ("replayed", result.replayed), ("failed", len(result.failed))):

@@ -1,7 +1,9 @@
 """Moving the appliers' audit notes to the audit trail: the sync store and the topic ``sync.audit``.
 
-Runs after every batch that wrote something, and every few seconds for notes a worker left when it
-died between its write and the move. Each round takes a target's notes row-locked (two workers
+Runs in the background after every batch that wrote something (the notes are in the target's
+database, written with the changes: the applier goes on with its next batch meanwhile, and several
+batches' notes move in one round), and every few seconds for notes a worker left when it died
+between its write and the move. Each round takes a target's notes row-locked (two workers
 never move the same ones), records them in the store (once each), sends them to the topic, and
 only then deletes them; a failure in between leaves them for the next round.
 """
@@ -12,6 +14,8 @@ import asyncio
 import functools
 import time
 from typing import TYPE_CHECKING, Any
+
+import psycopg
 
 from streams import audit, faults, metrics
 from streams.apply.audit import TAKE, Outbox, avro
@@ -30,7 +34,35 @@ class AuditTrail:
         self.ctx = ctx
         self.outboxes = {s: Outbox(s, ctx.settings.database(s).conninfo()) for s in ("crm", "erp")}
         self.locks = {s: asyncio.Lock() for s in self.outboxes}  # one round at a time per target (one connection)
+        self.wanted = {s: asyncio.Event() for s in self.outboxes}  # a batch wrote notes since the last round
+        self._conn: psycopg.Connection[Any] | None = None
         self.pruned = 0.0
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The trail's own connection to the sync store, made again when lost.
+
+        Not the store's shared one: the movers run beside the stages, and a statement of theirs on a
+        connection shared across threads could land in a stage's transaction and be rolled back with it.
+        """
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(**self.ctx.store.conninfo, autocommit=True)
+        return self._conn
+
+    def soon(self, system: str) -> None:
+        """Have ``system``'s notes moved by :meth:`run`, once the current round (if any) ended."""
+        self.wanted[system].set()
+
+    async def run(self) -> None:
+        """Move each target's notes whenever a batch wrote some (a Faust task, for the worker's life)."""
+        await asyncio.gather(*(self._mover(system) for system in self.outboxes))
+
+    async def _mover(self, system: str) -> None:
+        wanted = self.wanted[system]
+        while True:
+            await wanted.wait()
+            wanted.clear()
+            await self.move(system)
 
     async def move(self, system: str) -> None:
         """Move ``system``'s waiting notes, round after round until none wait."""
@@ -55,7 +87,7 @@ class AuditTrail:
                     return
 
     def _record(self, entries: list[dict[str, Any]]) -> None:
-        audit.record(self.ctx.store.conn, entries)
+        audit.record(self.conn, entries)
         faults.point("audit.move")  # in the store, still in the outbox: moved again, recorded once
 
     async def tick(self) -> None:
@@ -64,5 +96,5 @@ class AuditTrail:
             await self.move(system)
         if time.monotonic() - self.pruned > PRUNE_EVERY_S:
             days = self.ctx.settings.audit.retention_days
-            await self.ctx.retrying("audit", lambda: audit.prune(self.ctx.store.conn, days))
+            await self.ctx.retrying("audit", lambda: audit.prune(self.conn, days))
             self.pruned = time.monotonic()
