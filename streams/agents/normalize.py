@@ -7,6 +7,7 @@ on one partition. A change that cannot be decoded or mapped is a dead letter.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -79,10 +80,11 @@ class Normalize:
         if not mapped:
             await self._send(sends)
             return
-        links = await self.ctx.retrying("identity", self.identity.links, [
-            (flow.profile, change.system, key, None if values is None else dict(change.row))
-            for flow, change, key, values in mapped])
-        by_sync = await self.ctx.retrying("echoes", self.ctx.applied.of, [change for _, change, _, _ in mapped])
+        links, by_sync = await asyncio.gather(  # two databases: the store, and the sources' own transactions
+            self.ctx.retrying("identity", self.identity.links, [
+                (flow.profile, change.system, key, None if values is None else dict(change.row))
+                for flow, change, key, values in mapped]),
+            self.ctx.retrying("echoes", self.ctx.applied.of, [change for _, change, _, _ in mapped]))
         for (flow, change, key, values), link in zip(mapped, links, strict=True):
             if link is None:  # a deletion of a record never linked
                 metrics.RECONCILE_EVENTS.labels(flow.entity, change.system, "ignored").inc()

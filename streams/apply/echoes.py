@@ -7,6 +7,7 @@ Normalize asks each source, once per batch, which of its changes' transaction id
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ class AppliedTransactions:
         self.conninfo = {s: {**settings.database(s).conninfo(), "application_name": f"crm-erp-sync echoes {s}"}
                          for s in ("crm", "erp")}
         self.conns: dict[str, psycopg.Connection[Any]] = {}
+        self.lock = threading.Lock()  # normalize's identity and echo look-ups run in two threads at once
 
     def of(self, changes: Sequence[ChangeEvent]) -> set[str]:
         """The event ids of the ``changes`` made by the sync's applier."""
@@ -43,13 +45,14 @@ class AppliedTransactions:
 
     def connection(self, system: str) -> psycopg.Connection[Any]:
         """The autocommit connection to ``system`` (made again when lost; a database down is transient)."""
-        conn = self.conns.get(system)
-        if conn is None or conn.closed:
-            try:
-                conn = self.conns[system] = psycopg.connect(**self.conninfo[system], autocommit=True)
-            except psycopg.OperationalError as exc:
-                raise TransientError(f"{system} database unavailable: {exc}".strip()) from exc
-        return conn
+        with self.lock:
+            conn = self.conns.get(system)
+            if conn is None or conn.closed:
+                try:
+                    conn = self.conns[system] = psycopg.connect(**self.conninfo[system], autocommit=True)
+                except psycopg.OperationalError as exc:
+                    raise TransientError(f"{system} database unavailable: {exc}".strip()) from exc
+            return conn
 
     def _lookup(self, system: str, txids: list[int]) -> set[int]:
         try:
