@@ -295,7 +295,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         "faults": (faults, lambda: faults.run(out=out)),
         "orders": (orders, lambda: orders.run(deals=args.deals, out=out)),
         "steady": (steady, lambda: steady.run(rates=rates, seconds=args.seconds, out=out,
-                                              accounts=args.accounts or 300)),
+                                              accounts=args.accounts or 300, workers=args.workers)),
         "sync": (sync, lambda: sync.run(rate=args.rate or 5.0, seconds=args.seconds, out=out)),
         "cost": (cost, lambda: cost.run(rate=args.rate or 200.0, seconds=args.seconds, out=out)),
         "drain": (drain, lambda: drain.run(edits=args.edits, workers=args.workers, out=out)),
@@ -573,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="capture: only this capture mode (default: both, one after the other)")
     bench.add_argument("--rate", type=float, default=None,
                        help="sync: edits per second, fixed rate (default 5); cost: the same (default 200)")
-    bench.add_argument("--workers", type=int, default=1, help="drain, initial: worker processes (default 1)")
+    bench.add_argument("--workers", type=int, default=1, help="drain, initial, steady: worker processes (default 1)")
     bench.add_argument("--seconds", type=float, default=60.0,
                        help="sync, steady: duration of the load (per rate) (default 60)")
     bench.add_argument("--edits", type=int, default=100_000,

@@ -11,7 +11,9 @@ it is "superseded" (the sync rightly writes only the newer one), not lost.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,15 +90,17 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-def aligned_pairs(h: Harness, port: int, progress: bool) -> list[tuple[Any, str]]:
-    """With capture and a worker running: wait until the seed's first alignment is done; the exact pairs."""
+def aligned_pairs(h: Harness, port: int | Sequence[int], progress: bool) -> list[tuple[Any, str]]:
+    """With capture and the workers (metrics on ``port``) running: the exact pairs, once first aligned."""
+    ports = [port] if isinstance(port, int) else list(port)
     wait_for_capture(h, timeout=180)
     wait_for_identity(h)
     with h.connect("sync") as conn:
         pairs = conn.execute("SELECT crm_id, erp_id FROM sync.xref WHERE linked_by = 'exact'").fetchall()
     if progress:
         print("  waiting for the first alignment to finish ...", flush=True)
-    wait_for(lambda: worker_idle(port) and worker_idle(port), 600, 5.0, "the worker to finish the first alignment")
+    wait_for(lambda: all(worker_idle(p) and worker_idle(p) for p in ports), 600, 5.0,
+             "the worker to finish the first alignment")
     return [(c, e) for c, e in pairs]
 
 
@@ -135,8 +139,8 @@ def _target_key(source_key: str) -> str:
 
 
 def run(rates: tuple[float, ...] = (200, 1000, 2000), seconds: float = 60.0, drain_s: float = 60.0,
-        out: Path | None = None, progress: bool = True, accounts: int = 300) -> dict[str, Any]:
-    """Run one steady-state step per rate on one freshly started stack of ``accounts`` demo accounts; the figures.
+        out: Path | None = None, progress: bool = True, accounts: int = 300, workers: int = 1) -> dict[str, Any]:
+    """Run one steady-state step per rate on one fresh stack of ``accounts`` demo accounts and ``workers`` workers.
 
     The edits go round the linked pairs: with few of them, a row is edited again before the sync
     wrote its last value, and most edits are superseded (the sync writes only the newest).
@@ -146,9 +150,14 @@ def run(rates: tuple[float, ...] = (200, 1000, 2000), seconds: float = 60.0, dra
         h.write_config(processors={"metrics_port": port})
         steps: list[dict[str, Any]] = []
         _install_audit(h)
-        capture, worker = h.spawn("capture"), h.spawn("worker", log_name="worker.log")
-        with running(capture), running(worker):
-            pairs = aligned_pairs(h, port, progress)
+        ports = [port] + [free_port() for _ in range(workers - 1)]
+        capture = h.spawn("capture")
+        procs = [h.spawn("worker", log_name=f"worker-{n}.log" if n else "worker.log",
+                         env={"CRM_ERP_SYNC__PROCESSORS__METRICS_PORT": str(p)}) for n, p in enumerate(ports)]
+        with contextlib.ExitStack() as stack:
+            for proc in [capture, *procs]:
+                stack.enter_context(running(proc))
+            pairs = aligned_pairs(h, ports, progress)
             for system in TRIGGERS:
                 _audit(h, system)
             for rate in rates:
@@ -186,14 +195,15 @@ def run(rates: tuple[float, ...] = (200, 1000, 2000), seconds: float = 60.0, dra
                 })
                 if not drained:
                     break  # a higher rate cannot do better
-            rss = {"capture": peak_rss_mb(capture.pid), "worker": peak_rss_mb(worker.pid)}
-    return write({"benchmark": "steady-state", "seconds_per_step": seconds, "steps": steps,
+            rss = {"capture": peak_rss_mb(capture.pid), "worker": max(peak_rss_mb(p.pid) or 0 for p in procs)}
+    return write({"benchmark": "steady-state", "seconds_per_step": seconds, "workers": workers, "steps": steps,
                   "peak_rss_mb": rss}, out)
 
 
 def format_result(result: dict[str, Any]) -> str:
     """A table."""
-    lines = ["steady state, customer edits half CRM (e-mail -> ERP) half ERP (credit limit -> CRM):",
+    lines = [f"steady state, customer edits half CRM (e-mail -> ERP) half ERP (credit limit -> CRM),"
+             f" {result.get('workers', 1)} worker(s):",
              "  rate/s  achieved  edits  applied  superseded  kept up  p50 ms  p95 ms  p99 ms  max ms"]
     for s in result["steps"]:
         lat = s["latency_ms"]
