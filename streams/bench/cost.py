@@ -198,7 +198,7 @@ def run(rate: float = 200.0, seconds: float = 60.0, out: Path | None = None, pro
             raw = h.root / "worker.pyspy"
             profiler = subprocess.Popen([spy, "record", "--pid", str(worker.pid), "--format", "raw", "--gil",
                                          "--rate", str(SAMPLES_PER_S), "--nonblocking", "--output", str(raw)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             if progress:
                 print(f"  {rate:g} edits/s for {seconds:g} s, measuring ...", flush=True)
             started = time.monotonic()
@@ -208,10 +208,15 @@ def run(rate: float = 200.0, seconds: float = 60.0, out: Path | None = None, pro
             cpu = Meter.used(before, meter.read())
             grew, events = topic_bytes(h) - bytes_before, stage_events(port) - events_before
             profiler.send_signal(2)  # SIGINT: py-spy writes what it sampled and ends
-            profiler.wait(60)
+            _, spy_said = profiler.communicate(timeout=60)
+            shares = stage_shares(raw) if raw.is_file() else Counter()  # read before the harness's folder goes
+            if out is not None and raw.is_file():  # the samples themselves, for a closer look (flamegraph.pl)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(raw, out.with_suffix(".pyspy.txt"))
     edits = len(expected)
-    shares = stage_shares(raw) if raw.is_file() else Counter()
     sampled = sum(shares.values())
+    if not sampled:
+        print(f"  py-spy sampled nothing (status {profiler.returncode}): {spy_said.strip()[-500:]}", flush=True)
     held = sampled / SAMPLES_PER_S  # seconds the GIL was held; more than the CPU used when the cores are
     scale = min(1.0, cpu["worker"] / held) if held else 0.0  # saturated (a holder waits for a core)
     stages = {stage: n / SAMPLES_PER_S * scale for stage, n in shares.most_common()}
