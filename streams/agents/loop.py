@@ -1,7 +1,8 @@
 """The batch loop every agent runs, written once: take a batch, handle it until done, then acknowledge.
 
-Faust acknowledges a batch taken with ``take_events`` when the agent's loop moves on or raises,
-so an exception escaping a handler would commit events whose effects never happened. Here a
+A batch taken (``agents.take``, Faust's ``take_events`` without its idle wake-ups) is acknowledged
+when the agent's loop moves on or raises, so an exception escaping a handler would commit events
+whose effects never happened. Here a
 handler's batch is retried until it succeeds: transient failures (a database, the broker or the
 registry unreachable) with capped, jittered backoff, each counted; a batch that cannot succeed
 within ``stall_exit_s`` — or fails in a way no retry can fix — ends the process *before* anything
@@ -26,6 +27,7 @@ import psycopg
 from confluent_kafka import KafkaException
 
 from streams import metrics
+from streams.agents.take import take_events
 from streams.errors import TransientError
 
 log = logging.getLogger(__name__)
@@ -109,7 +111,7 @@ async def batches(stream: Any, stage: str, handler: Callable[[list[Any]], Awaita
     ``expand`` replaces batch records by their items (``streams.batching``); the handler gets at
     most ``size`` of them at a time, and the batch is acknowledged once it handled them all.
     """
-    async for events in stream.take_events(size, within=within):
+    async for events in take_events(stream, size, within):
         taken = [e.message for e in events]
         started = time.monotonic()
         try:
