@@ -3,10 +3,10 @@
 Faust's ``Stream.take_events(max_, within)`` wakes every ``within`` seconds whether or not an
 event came, each time with three new tasks and an ``asyncio.wait``: with reconcile and the
 appliers at 5 ms that was ~600 wake-ups a second, most of an idle worker's ~9 % of a core.
-Here the taker sleeps until a batch's first event arrives, then closes the batch when ``max_``
-events are in or at its deadline: ``within`` after the previous batch was handled (so a backlog
-fills batches exactly as Faust's did), but never sooner than ``within / 2`` after the first
-event (after an idle spell, the same mean wait as Faust's free-running tick). Acknowledgement is
+Here a batch closes as Faust's do, when ``max_`` events are in or ``within`` after the previous
+batch was handled (so under load the batches are Faust's), but a window that passed without an
+event is not followed by another: the taker sleeps until an event comes, then gives it
+``within / 2`` for company (the mean wait of Faust's free-running tick). Acknowledgement is
 Faust's: a batch's events are acknowledged when the caller asks for the next one, so a batch
 whose handling raised or was cancelled is not.
 """
@@ -58,18 +58,21 @@ async def _take(stream: Any, max_: int, within: float) -> AsyncGenerator[list[An
     stream.enable_acks = False  # acknowledged here, after the caller handled the batch
     stream.add_processor(add)
     stream._enable_passive(aiter(stream.channel))
-    handled = loop.time()
+    window = within
     try:
         while not stream.should_stop:
-            if not events and (await stream.wait(first)).stopped:  # idle: sleep until an event comes
-                break
-            deadline = max(handled + within, loop.time() + within / 2)
-            if not full.is_set() and deadline > loop.time():
+            if not full.is_set():  # Faust's tick: a window from the last batch's end, or until max_ are in
                 try:
-                    async with asyncio.timeout_at(deadline):
+                    async with asyncio.timeout(window):
                         await full.wait()
                 except TimeoutError:
                     pass
+            if not events:  # a window without an event: sleep until one comes, then give it half a window
+                if (await stream.wait(first)).stopped:
+                    break
+                window = within / 2
+                continue
+            window = within
             gate: asyncio.Future[None] = loop.create_future()
             consuming, batch = gate, list(events)
             try:
@@ -82,7 +85,6 @@ async def _take(stream: Any, max_: int, within: float) -> AsyncGenerator[list[An
                 first.clear()
                 full.clear()
                 consumed.set()
-                handled = loop.time()
     finally:
         stream.enable_acks = acks
         stream._processors.remove(add)

@@ -98,9 +98,9 @@ def test_after_an_idle_spell_the_first_event_waits_half_a_window_for_company() -
         stream = Stream()
         batches = take_events(stream, 100, 0.4)
         first = asyncio.ensure_future(_next(batches))
-        await asyncio.sleep(0.39)  # a full window after the taker started, the deadline it would have had
+        await asyncio.sleep(0.6)  # past the first window: the taker sleeps until an event comes
         stream.queue.put_nowait(1)
-        await asyncio.sleep(0.03)  # well inside the 0.2 s the first event waits
+        await asyncio.sleep(0.03)  # well inside the 0.2 s the first event waits for company
         stream.queue.put_nowait(2)
         assert await first == [1, 2]
         stream.drainer.cancel()
