@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.bench.report import write
-from streams.bench.steady import aligned_pairs, peak_rss_mb
+from streams.bench.steady import aligned_pairs, peak_rss_mb, spawn_workers
 from streams.local.harness import (
     Harness,
     TopicReader,
@@ -86,8 +86,7 @@ def drain_by_workers(h: Harness, port: int, workers: int, pairs: dict[str, str],
     """Start ``workers`` workers on the backlog; seconds from their first event until every pair is aligned."""
     ports = [port] + [free_port() for _ in range(workers - 1)]
     started = time.monotonic()
-    procs = [h.spawn("worker", log_name=f"worker-{n}.log", env={"CRM_ERP_SYNC__PROCESSORS__METRICS_PORT": str(p)})
-             for n, p in enumerate(ports)]
+    procs = spawn_workers(h, ports)
     with contextlib.ExitStack() as stack:
         for proc in procs:
             stack.enter_context(running(proc))
@@ -161,10 +160,8 @@ def initial(accounts: int, progress: bool = True, workers: int = 1) -> dict[str,
         started = time.monotonic()
         with contextlib.ExitStack() as stack:
             capture = stack.enter_context(running(h.spawn("capture")))
-            procs = [stack.enter_context(running(h.spawn(
-                "worker", log_name=f"worker-{n}.log",
-                env={"CRM_ERP_SYNC__PROCESSORS__METRICS_PORT": str(port if n == 0 else free_port())})))
-                for n in range(workers)]
+            procs = [stack.enter_context(running(p))
+                     for p in spawn_workers(h, [port] + [free_port() for _ in range(workers - 1)])]
 
             def created() -> bool:
                 with h.connect("erp") as erp:

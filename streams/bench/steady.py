@@ -12,6 +12,7 @@ it is "superseded" (the sync rightly writes only the newer one), not lost.
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,6 +91,12 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def spawn_workers(h: Harness, ports: Sequence[int]) -> list[subprocess.Popen[bytes]]:
+    """One worker per metrics port, each logging to ``worker-<n>.log``."""
+    return [h.spawn("worker", log_name=f"worker-{n}.log", env={"CRM_ERP_SYNC__PROCESSORS__METRICS_PORT": str(p)})
+            for n, p in enumerate(ports)]
+
+
 def aligned_pairs(h: Harness, port: int | Sequence[int], progress: bool) -> list[tuple[Any, str]]:
     """With capture and the workers (metrics on ``port``) running: the exact pairs, once first aligned."""
     ports = [port] if isinstance(port, int) else list(port)
@@ -152,8 +159,7 @@ def run(rates: tuple[float, ...] = (200, 1000, 2000), seconds: float = 60.0, dra
         _install_audit(h)
         ports = [port] + [free_port() for _ in range(workers - 1)]
         capture = h.spawn("capture")
-        procs = [h.spawn("worker", log_name=f"worker-{n}.log" if n else "worker.log",
-                         env={"CRM_ERP_SYNC__PROCESSORS__METRICS_PORT": str(p)}) for n, p in enumerate(ports)]
+        procs = spawn_workers(h, ports)
         with contextlib.ExitStack() as stack:
             for proc in [capture, *procs]:
                 stack.enter_context(running(proc))
