@@ -35,18 +35,24 @@ def report(h: Harness) -> dict[str, Any]:
 
 
 def settled(h: Harness) -> dict[str, Any]:
-    """A report once the initial alignment is over: no linked pair drifts (but those in conflict) and every row
-    the sync created at start has come back through capture and been linked."""
+    """A report once the initial alignment is over: no linked pair drifts (but those in conflict), no creation
+    waits for its hold, every row the sync created at start has come back through capture and been linked, and
+    two reports in a row count the same (a creation between its hold and its write is in neither count)."""
     last: dict[str, Any] = {}
+    pending = [0]
 
     def aligned() -> dict[str, Any] | None:
+        previous = last.get("categories")
         last.update(report(h))
+        with h.connect("sync") as conn:
+            pending[0] = int(scalar(conn, "SELECT count(*) FROM sync.pending_creates"))
         in_flight = sum(last["categories"][system]["created_unlinked"] for system in ("crm", "erp"))
-        return dict(last) if not last["drift"] and not in_flight else None
+        done = not last["drift"] and not in_flight and not pending[0] and last["categories"] == previous
+        return dict(last) if done else None
 
     def still_open() -> str:
-        return (f"{len(last['drift'])} drifting fields, created and not linked yet (CRM, ERP)"
-                f" {[last['categories'][s]['created_unlinked'] for s in ('crm', 'erp')]}")
+        return (f"{len(last['drift'])} drifting fields, {pending[0]} creations on hold, created and not linked yet"
+                f" (CRM, ERP) {[last['categories'][s]['created_unlinked'] for s in ('crm', 'erp')]}")
 
     found: dict[str, Any] = wait_for(aligned, 120, 2.0, "the initial alignment", still_open)
     return found
