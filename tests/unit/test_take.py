@@ -7,6 +7,7 @@ for each value read from a queue (as Faust's passive drainer runs them), and it 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -59,9 +60,21 @@ async def _next(batches: Any) -> list[int]:
     return [e.value for e in await asyncio.wait_for(batches.__anext__(), 5)]
 
 
-def test_a_burst_comes_in_batches_of_at_most_max_each_acknowledged_when_the_next_is_asked_for() -> None:
+def _with_stream(body: Callable[[Stream], Awaitable[None]]) -> None:
+    """Run ``body`` on a new stream; its drainer (started by the taker) stopped afterwards."""
     async def run() -> None:
         stream = Stream()
+        try:
+            await body(stream)
+        finally:
+            if hasattr(stream, "drainer"):
+                stream.drainer.cancel()
+
+    asyncio.run(run())
+
+
+def test_a_burst_comes_in_batches_of_at_most_max_each_acknowledged_when_the_next_is_asked_for() -> None:
+    async def body(stream: Stream) -> None:
         batches = take_events(stream, 3, 0.05)
         for value in range(7):
             stream.queue.put_nowait(value)
@@ -74,35 +87,28 @@ def test_a_burst_comes_in_batches_of_at_most_max_each_acknowledged_when_the_next
         assert batches in stream._active_agens  # the stream closes it when it stops
         await batches.aclose()
         assert stream._processors == [] and stream.enable_acks  # the stream as it was
-        stream.drainer.cancel()
 
-    asyncio.run(run())
+    _with_stream(body)
 
 
 def test_an_idle_stream_is_not_polled() -> None:
-    async def run() -> None:
-        stream = Stream()
-        batches = take_events(stream, 100, 0.005)
-        first = asyncio.ensure_future(_next(batches))
+    async def body(stream: Stream) -> None:
+        first = asyncio.ensure_future(_next(take_events(stream, 100, 0.005)))
         await asyncio.sleep(0.3)  # 60 windows of 5 ms: Faust's taker would have woken 60 times
         assert stream.waits == 1 and not first.done()
         stream.queue.put_nowait(1)
         assert await first == [1]
-        stream.drainer.cancel()
 
-    asyncio.run(run())
+    _with_stream(body)
 
 
 def test_after_an_idle_spell_the_first_event_waits_half_a_window_for_company() -> None:
-    async def run() -> None:
-        stream = Stream()
-        batches = take_events(stream, 100, 0.4)
-        first = asyncio.ensure_future(_next(batches))
+    async def body(stream: Stream) -> None:
+        first = asyncio.ensure_future(_next(take_events(stream, 100, 0.4)))
         await asyncio.sleep(0.6)  # past the first window: the taker sleeps until an event comes
         stream.queue.put_nowait(1)
         await asyncio.sleep(0.03)  # well inside the 0.2 s the first event waits for company
         stream.queue.put_nowait(2)
         assert await first == [1, 2]
-        stream.drainer.cancel()
 
-    asyncio.run(run())
+    _with_stream(body)
