@@ -286,7 +286,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     rates = tuple(float(r) for r in args.rates.split(","))
     runs: dict[str, tuple[Any, Callable[[], dict[str, Any]]]] = {
         "all": (full, lambda: full.run(rates=rates, seconds=args.seconds, edits=args.edits,
-                                       accounts=args.accounts or 100_000, out=out)),
+                                       accounts=args.accounts or 100_000, out=out, warmup_s=args.warmup)),
         "compare": (compare_bench, lambda: compare_bench.run(accounts=args.accounts or 100_000, out=out,
                                                              link=args.link)),
         "capture": (capture, lambda: capture.run(updates=args.updates, out=out,
@@ -295,13 +295,16 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         "faults": (faults, lambda: faults.run(out=out)),
         "orders": (orders, lambda: orders.run(deals=args.deals, out=out)),
         "steady": (steady, lambda: steady.run(rates=rates, seconds=args.seconds, out=out,
-                                              accounts=args.accounts or 300, workers=args.workers)),
+                                              accounts=args.accounts or 300, workers=args.workers,
+                                              warmup_s=args.warmup)),
         "sync": (sync, lambda: sync.run(rate=args.rate or 5.0, seconds=args.seconds, out=out)),
-        "cost": (cost, lambda: cost.run(rate=args.rate or 200.0, seconds=args.seconds, out=out)),
+        "cost": (cost, lambda: cost.run(rate=args.rate or 200.0, seconds=args.seconds, out=out,
+                                        warmup_s=args.warmup)),
         "drain": (drain, lambda: drain.run(edits=args.edits, workers=args.workers, out=out)),
         "initial": (drain, lambda: drain.run_initial(accounts=args.accounts or 100_000, workers=args.workers,
                                                      out=out)),
-        "peer": (peer, lambda: peer.run(rates=rates, seconds=args.seconds, edits=args.edits, out=out)),
+        "peer": (peer, lambda: peer.run(rates=rates, seconds=args.seconds, edits=args.edits, out=out,
+                                        warmup_s=args.warmup)),
     }
     module, run = runs[args.which]
     print(module.format_result(run()))
@@ -576,6 +579,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--workers", type=int, default=1, help="drain, initial, steady: worker processes (default 1)")
     bench.add_argument("--seconds", type=float, default=60.0,
                        help="sync, steady: duration of the load (per rate) (default 60)")
+    bench.add_argument("--warmup", type=float, default=120.0,
+                       help="steady, cost, peer, all: seconds of the load at the first rate before measuring, so that"
+                            " Kafka's and Kafka Connect's JVMs have compiled their hot code, as a deployment's have"
+                            " (default 120; 0: measure a cold stack)")
     bench.add_argument("--edits", type=int, default=100_000,
                        help="all, drain, peer: backlog edits, and the anchor's burst (default 100000)")
     bench.add_argument("--accounts", type=int, default=None,

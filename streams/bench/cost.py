@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.bench.report import write
-from streams.bench.steady import _load, aligned_pairs, worker_idle
+from streams.bench.steady import _load, aligned_pairs, warm_up, worker_idle
 from streams.local.harness import Harness, running, scratch_harness, wait_for
 from streams.local.ports import free_port
 from streams.local.status import scrape
@@ -55,6 +55,7 @@ STAGE_FILES = {  # the first of these on a sample's stack names its stage
 LIBRARIES = (("streams/produce.py", "sends (librdkafka producer)"), ("streams/codecs.py", "codecs"),
              ("faust/", "faust"), ("mode/", "faust"), ("aiokafka/", "aiokafka (fetch, protocol)"),
              ("psycopg/", "psycopg"))
+JVMS = ("capture: Kafka Connect", "Kafka node")  # the parts that are JVMs, whose JIT compiler is told apart
 NATIVE = "outside the GIL: librdkafka's and libpq's threads, system calls"
 APP_FUNCTIONS = {"locked": "reconcile", "send_then_commit": "reconcile"}  # streams/app.py's shared helpers
 
@@ -66,6 +67,21 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14 and 15)
+
+
+def jit_seconds(pid: int, proc: Path = Path("/proc")) -> float:
+    """CPU of a JVM's JIT compiler threads (``C1 CompilerThre…``, ``C2 CompilerThre…``), in seconds."""
+    total = 0.0
+    for task in (proc / str(pid) / "task").glob("*/stat"):
+        try:
+            text = task.read_text(encoding="utf-8")
+        except OSError:
+            continue  # a thread that ended
+        name, _, rest = text.partition("(")[2].rpartition(")")
+        if "CompilerThre" in name:
+            fields = rest.split()
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
 
 
 def pg_role(backend_type: str, application: str, database: str | None) -> str | None:
@@ -173,8 +189,8 @@ class Meter:
 
 
 def run(rate: float = 200.0, seconds: float = 60.0, out: Path | None = None, progress: bool = True,
-        idle_s: float = 30.0) -> dict[str, Any]:
-    """Measure the idle stack for ``idle_s``, then one fixed-rate step; the figures per edit."""
+        idle_s: float = 30.0, warmup_s: float = 0.0) -> dict[str, Any]:
+    """After ``warmup_s`` of the load (not measured), the idle stack for ``idle_s``, then one fixed-rate step."""
     beside = Path(sys.executable).parent / "py-spy"  # the venv's, when run as .venv/bin/crm-erp-sync
     spy = str(beside) if beside.is_file() else shutil.which("py-spy")
     if spy is None:
@@ -185,6 +201,7 @@ def run(rate: float = 200.0, seconds: float = 60.0, out: Path | None = None, pro
         capture, worker = h.spawn("capture"), h.spawn("worker", log_name="worker.log")
         with running(capture), running(worker):
             pairs = aligned_pairs(h, port, progress)
+            warm_up(h, pairs, [port], rate, warmup_s, progress)
             assert h.kafka is not None and h.connect_proc is not None
             procs = {"capture: Kafka Connect (Debezium)": h.connect_proc.pid,
                      "capture: the capture process": capture.pid, "worker": worker.pid}
@@ -194,6 +211,8 @@ def run(rate: float = 200.0, seconds: float = 60.0, out: Path | None = None, pro
             idle_from = meter.read()
             time.sleep(idle_s)  # the measurement itself: what the stack uses doing nothing
             idle = {name: used / idle_s for name, used in Meter.used(idle_from, meter.read()).items()}
+            jvms = {name: pid for name, pid in meter.procs.items() if name.startswith(JVMS)}
+            jit_before = {name: jit_seconds(pid) for name, pid in jvms.items()}
             before, bytes_before, events_before = meter.read(), topic_bytes(h), stage_events(port)
             raw = h.root / "worker.pyspy"
             profiler = subprocess.Popen([spy, "record", "--pid", str(worker.pid), "--format", "raw", "--gil",
@@ -206,6 +225,7 @@ def run(rate: float = 200.0, seconds: float = 60.0, out: Path | None = None, pro
             wait_for(lambda: worker_idle(port), 600, 1.0, "the worker to finish the load")
             window = time.monotonic() - started
             cpu = Meter.used(before, meter.read())
+            jit = {name: jit_seconds(pid) - jit_before[name] for name, pid in jvms.items()}
             grew, events = topic_bytes(h) - bytes_before, stage_events(port) - events_before
             profiler.send_signal(2)  # SIGINT: py-spy writes what it sampled and ends
             _, spy_said = profiler.communicate(timeout=60)
@@ -225,12 +245,13 @@ def run(rate: float = 200.0, seconds: float = 60.0, out: Path | None = None, pro
     marginal = {name: round((used - idle.get(name, 0.0) * window) * 1e6 / edits) for name, used in cpu.items()}
     return write({
         "benchmark": "cost-per-change", "rate_per_s": rate, "achieved_rate_per_s": round(achieved, 1),
-        "edits": edits, "window_s": round(window, 1),
+        "warmup_s": warmup_s, "edits": edits, "window_s": round(window, 1),
         "cpu_us_per_edit": dict(sorted(gross.items(), key=lambda kv: -kv[1])),
         "cpu_us_per_edit_total": sum(gross.values()),
         "idle_cpu_percent_of_a_core": {name: round(v * 100, 1) for name, v in idle.items()},
         "marginal_cpu_us_per_edit": dict(sorted(marginal.items(), key=lambda kv: -kv[1])),
         "marginal_cpu_us_per_edit_total": sum(marginal.values()),
+        "jit_cpu_us_per_edit": {name: round(used * 1e6 / edits) for name, used in jit.items()},
         "worker_cpu_us_per_edit_by_stage": {s: round(v * 1e6 / edits) for s, v in stages.items()},
         "worker_samples": sampled,
         "bytes_per_edit_by_topic": {f: round(b / edits) for f, b in grew.most_common()},
@@ -242,11 +263,13 @@ def run(rate: float = 200.0, seconds: float = 60.0, out: Path | None = None, pro
 def format_result(result: dict[str, Any]) -> str:
     """The tables."""
     lines = [f"cost per edit at {result['rate_per_s']:g} edits/s ({result['edits']} edits, half CRM, half ERP;"
-             f" window {result['window_s']} s, until the worker was idle again):",
+             f" window {result['window_s']} s, until the worker was idle again;"
+             f" after {result.get('warmup_s', 0):g} s of warm-up):",
              "  CPU, microseconds per edit: all used in the window / less what the part uses idle"
              " (idle: % of a core)"]
-    idle = result["idle_cpu_percent_of_a_core"]
-    lines += [f"    {us:>7} / {result['marginal_cpu_us_per_edit'][name]:>7}  {name} (idle {idle.get(name, 0)} %)"
+    idle, jit = result["idle_cpu_percent_of_a_core"], result.get("jit_cpu_us_per_edit", {})
+    lines += [f"    {us:>7} / {result['marginal_cpu_us_per_edit'][name]:>7}  {name} (idle {idle.get(name, 0)} %"
+              + (f"; its JIT compiler {jit[name]} per edit)" if name in jit else ")")
               for name, us in result["cpu_us_per_edit"].items()]
     lines.append(f"    {result['cpu_us_per_edit_total']:>7} / {result['marginal_cpu_us_per_edit_total']:>7}  total")
     lines.append(f"  the worker's CPU by stage ({result['worker_samples']} py-spy samples of the thread holding"

@@ -17,11 +17,12 @@ TARGETS = {"p99_ms_at_1000_per_s": 1000, "drain_changes_per_s": 10_000, "initial
 
 
 def run(rates: tuple[float, ...], seconds: float, edits: int, accounts: int, out: Path | None,
-        progress: bool = True) -> dict[str, Any]:
+        progress: bool = True, warmup_s: float = 0.0) -> dict[str, Any]:
     """Run them all; the figures, written as JSON to ``out`` after each part (a stopped run keeps its figures)."""
     result: dict[str, Any] = {"benchmark": "all", "seconds_per_step": seconds, "targets": TARGETS}
     parts: list[tuple[str, str, Any]] = [
-        ("steady", "steady state", lambda: steady.run(rates=rates, seconds=seconds, out=None, progress=progress)),
+        ("steady", "steady state", lambda: steady.run(rates=rates, seconds=seconds, out=None, progress=progress,
+                                                      warmup_s=warmup_s)),
         ("anchor", "native logical replication (the anchor)", lambda: anchor.run(rates, seconds, edits, progress)),
         ("backlog", f"backlog drain of {edits} edits", lambda: drain.backlog(edits, progress)),
         ("initial", f"initial sync of {accounts} accounts", lambda: drain.initial(accounts, progress)),

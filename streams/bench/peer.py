@@ -26,7 +26,16 @@ from typing import Any
 
 from streams.bench import anchor, drain
 from streams.bench.report import latency_summary, write
-from streams.bench.steady import TRIGGERS, _audit, _install_audit, _load, _target_key, aligned_pairs, peak_rss_mb
+from streams.bench.steady import (
+    TRIGGERS,
+    _audit,
+    _install_audit,
+    _load,
+    _target_key,
+    aligned_pairs,
+    peak_rss_mb,
+    warm_up,
+)
 from streams.capture.connect import ConnectClient
 from streams.local import jars
 from streams.local.harness import Harness, reached, running, scratch_harness, wait_for
@@ -152,9 +161,12 @@ def backlog(h: Harness, port: int, client: ConnectClient, edits: int, progress: 
 
 
 def run(rates: tuple[float, ...] = (200, 1000), seconds: float = 60.0, edits: int = 20_000,
-        out: Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Both parts on one freshly started stack (capture through Kafka Connect, where the sink runs too)."""
-    result: dict[str, Any] = {"benchmark": "peer", "seconds_per_step": seconds,
+        out: Path | None = None, progress: bool = True, warmup_s: float = 0.0) -> dict[str, Any]:
+    """Both parts on one freshly started stack (capture through Kafka Connect, where the sink runs too).
+
+    ``warmup_s`` of load at the first rate, both running, comes first, not measured (``steady.warm_up``).
+    """
+    result: dict[str, Any] = {"benchmark": "peer", "seconds_per_step": seconds, "warmup_s": warmup_s,
                               "jdbc_sink": f"io.debezium:debezium-connector-jdbc:{jars.DEBEZIUM_JDBC_VERSION}"}
     with scratch_harness("bench", seed_accounts=300, capture_mode="connect",
                          connect_plugins=(jars.DEBEZIUM_JDBC,)) as h:
@@ -166,6 +178,7 @@ def run(rates: tuple[float, ...] = (200, 1000), seconds: float = 60.0, edits: in
             with running(h.spawn("worker", log_name="worker.log")) as worker:
                 pairs = aligned_pairs(h, port, progress)
                 _start_sink(h, client)
+                warm_up(h, pairs, [port], rates[0], warmup_s, progress)
                 result["steady"] = steady(h, pairs, rates, seconds, progress)
                 result["peak_rss_mb"] = {"kafka_connect": peak_rss_mb(h.connect_proc.pid) if h.connect_proc else None,
                                          "worker": peak_rss_mb(worker.pid), "capture": peak_rss_mb(capture.pid)}
@@ -192,7 +205,7 @@ def format_result(result: dict[str, Any]) -> str:
     native = {s["rate_per_s"]: s for s in result.get("native", {}).get("steps", [])}
     lines = [f"the sync next to Debezium's JDBC sink ({result['jdbc_sink']}) on the same Kafka Connect, and native"
              " logical replication (publication + subscription, its own services):",
-             "  steady, p50/p95/p99/max (edits that arrived):"]
+             f"  steady, p50/p95/p99/max (edits that arrived; after {result.get('warmup_s', 0):g} s of warm-up):"]
     for s in result.get("steady", []):
         ours, sink = s["sync_crm_to_erp"]["latency_ms"], s["jdbc_sink"]["latency_ms"]
         theirs = native.get(s["rate_per_s"])

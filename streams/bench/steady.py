@@ -12,6 +12,7 @@ it is "superseded" (the sync rightly writes only the newer one), not lost.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import subprocess
 import time
 from collections.abc import Sequence
@@ -39,6 +40,9 @@ CREATE OR REPLACE FUNCTION bench.note() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN INSERT INTO bench.audit (value) VALUES (TG_ARGV[0] || ':' || (to_jsonb(NEW) ->> TG_ARGV[0])); RETURN NEW; END $$;
 """
 KEPT_UP_MAX_S = 5.0
+# The credit limits the loads write, one serial for all of a process's loads: a value repeated by a later
+# load (a rate step, after the warm-up) would be traced (``hops``) to the earlier load's records.
+CREDIT_SERIALS = itertools.count()
 TRIGGERS = {
     "crm": ("accounts", ["email", "credit_limit"]),
     "erp": ("customers", ["email", "credit_limit_fen"]),
@@ -129,12 +133,28 @@ def _load(h: Harness, pairs: list[tuple[str, str]], rate: float, seconds: float,
                 crm.execute("UPDATE accounts SET email = %s WHERE id = %s", (email, crm_id))
                 expected[f"email:{email}"] = "erp"
             else:
-                fen = 10_000_000 + i * 100  # whole yuan, a value never used before in this run
+                fen = 10_000_000 + next(CREDIT_SERIALS) * 100  # whole yuan, a value not used before in this process
                 erp.execute("UPDATE customers SET credit_limit_fen = %s WHERE cust_no = %s", (fen, erp_id))
                 expected[f"credit_limit_fen:{fen}"] = "crm"
             if progress and i and i % max(1, int(rate * 10)) == 0:
                 print(f"    {i}/{n} edits", flush=True)
     return expected, n / max(1e-9, time.monotonic() - start)
+
+
+def warm_up(h: Harness, pairs: list[tuple[str, str]], ports: Sequence[int], rate: float, seconds: float,
+            progress: bool) -> None:
+    """The same load for ``seconds``, not measured, then the workers idle again.
+
+    Kafka's and Kafka Connect's JVMs compile their hot code (the JIT) during the first ~90 s of a
+    load on a freshly started stack: their compiler threads then use as much CPU as their work,
+    CPU the worker shares on a small machine. A deployment's JVMs run warm; so do the figures.
+    """
+    if seconds <= 0:
+        return
+    if progress:
+        print(f"  warming up: {rate:g} edits/s for {seconds:g} s, not measured ...", flush=True)
+    _load(h, pairs, rate, seconds, "warm", False)
+    wait_for(lambda: all(worker_idle(p) for p in ports), 600, 1.0, "the worker to finish the warm-up")
 
 
 def _target_key(source_key: str) -> str:
@@ -146,8 +166,11 @@ def _target_key(source_key: str) -> str:
 
 
 def run(rates: tuple[float, ...] = (200, 1000, 2000), seconds: float = 60.0, drain_s: float = 60.0,
-        out: Path | None = None, progress: bool = True, accounts: int = 300, workers: int = 1) -> dict[str, Any]:
+        out: Path | None = None, progress: bool = True, accounts: int = 300, workers: int = 1,
+        warmup_s: float = 0.0) -> dict[str, Any]:
     """Run one steady-state step per rate on one fresh stack of ``accounts`` demo accounts and ``workers`` workers.
+
+    ``warmup_s`` of load at the first rate comes first, not measured (:func:`warm_up`).
 
     The edits go round the linked pairs: with few of them, a row is edited again before the sync
     wrote its last value, and most edits are superseded (the sync writes only the newest).
@@ -164,8 +187,9 @@ def run(rates: tuple[float, ...] = (200, 1000, 2000), seconds: float = 60.0, dra
             for proc in [capture, *procs]:
                 stack.enter_context(running(proc))
             pairs = aligned_pairs(h, ports, progress)
+            warm_up(h, pairs, ports, rates[0], warmup_s, progress)
             for system in TRIGGERS:
-                _audit(h, system)
+                _audit(h, system)  # the alignment's and the warm-up's rows are not the measured edits'
             for rate in rates:
                 if progress:
                     print(f"  {rate:g} edits/s for {seconds:g} s ...", flush=True)
@@ -202,14 +226,14 @@ def run(rates: tuple[float, ...] = (200, 1000, 2000), seconds: float = 60.0, dra
                 if not drained:
                     break  # a higher rate cannot do better
             rss = {"capture": peak_rss_mb(capture.pid), "worker": max(peak_rss_mb(p.pid) or 0 for p in procs)}
-    return write({"benchmark": "steady-state", "seconds_per_step": seconds, "workers": workers, "steps": steps,
-                  "peak_rss_mb": rss}, out)
+    return write({"benchmark": "steady-state", "seconds_per_step": seconds, "warmup_s": warmup_s, "workers": workers,
+                  "steps": steps, "peak_rss_mb": rss}, out)
 
 
 def format_result(result: dict[str, Any]) -> str:
     """A table."""
     lines = [f"steady state, customer edits half CRM (e-mail -> ERP) half ERP (credit limit -> CRM),"
-             f" {result.get('workers', 1)} worker(s):",
+             f" {result.get('workers', 1)} worker(s), after {result.get('warmup_s', 0):g} s of warm-up:",
              "  rate/s  achieved  edits  applied  superseded  kept up  p50 ms  p95 ms  p99 ms  max ms"]
     for s in result["steps"]:
         lat = s["latency_ms"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from streams.bench.cost import pg_role, stage_of, stage_shares, topic_family
+from streams.bench.cost import jit_seconds, pg_role, stage_of, stage_shares, topic_family
 
 LOOP = "batches (streams/agents/loop.py:88)"
 
@@ -51,3 +51,18 @@ def test_topics_are_counted_by_family() -> None:
     assert topic_family("sync.commands.erp") == "sync.commands.*"
     assert topic_family("canonical.customer.v1") == "canonical.*"
     assert topic_family("__consumer_offsets") == "Kafka's and Connect's own (offsets, status)"
+
+
+def test_a_jvms_jit_compiler_is_its_compiler_threads_cpu(tmp_path: Path) -> None:
+    def thread(tid: int, name: str, utime: int, stime: int) -> None:
+        folder = tmp_path / "4242" / "task" / str(tid)
+        folder.mkdir(parents=True)
+        fields = ["S", "1"] + ["0"] * 9 + [str(utime), str(stime)] + ["0"] * 30  # utime, stime: fields 14, 15
+        (folder / "stat").write_text(f"{tid} ({name}) {' '.join(fields)}\n", encoding="utf-8")
+
+    thread(1, "java", 500, 100)
+    thread(2, "C2 CompilerThre", 300, 20)
+    thread(3, "C1 CompilerThre", 40, 10)
+    thread(4, "task-thread-crm", 900, 0)  # a ")" or a space in a name must not shift the fields
+    thread(5, "odd) name (x", 7, 0)
+    assert jit_seconds(4242, tmp_path) == (300 + 20 + 40 + 10) / 100
