@@ -1,8 +1,9 @@
 """Cost per change, per stage: CPU microseconds and bytes on the wire for each source edit, at a fixed rate.
 
 The steady load (``bench steady``: half CRM e-mails, half ERP credit limits) runs at one rate the
-sync keeps up with, on freshly started local services. Around it (load start → the worker idle
-again) this reads:
+sync keeps up with, on freshly started local services, after ``warmup_s`` of the same load (Kafka's
+and Kafka Connect's JIT compilers busy in the first ~2 minutes of a load, as they are only once in a
+deployment's life). Around it (load start → the worker idle again) this reads:
 
 - the CPU time (user + system, every thread) from ``/proc/<pid>/stat`` over the load and, before
   it, over 30 s of the idle stack (what each part uses doing nothing: polls, heartbeats, timers),
@@ -10,7 +11,8 @@ again) this reads:
   node — and of the sync's
   PostgreSQL backends by role (``pg_stat_activity``: the walsenders decoding for Debezium, the
   appliers, the sync store, the document readers; the load's own backends are not the sync's cost);
-  "marginal" is what a part used less what it uses idle over the same time;
+  "marginal" is what a part used less what it uses idle over the same time; of a JVM, also what its
+  JIT compiler threads used (``/proc/<pid>/task/*/stat``);
 - how the worker's CPU divides between its stages: py-spy samples (100/s) the worker's thread that
   holds the GIL, i.e. runs Python, and each sample goes to the stage whose code is on its stack
   (normalize, reconcile, the appliers, documents) or else to the library running (Faust, aiokafka,
