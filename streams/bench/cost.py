@@ -62,28 +62,27 @@ NATIVE = "outside the GIL: librdkafka's and libpq's threads, system calls"
 APP_FUNCTIONS = {"locked": "reconcile", "send_then_commit": "reconcile"}  # streams/app.py's shared helpers
 
 
+def _stat(path: Path) -> tuple[str, float] | None:
+    """(name, user + system CPU seconds) from a ``/proc`` ``stat`` file (None if the process or thread is gone)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    name, _, rest = text.partition("(")[2].rpartition(")")  # the name may hold ")" or spaces
+    fields = rest.split()
+    return name, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14 and 15)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process, every thread, in seconds (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14 and 15)
+    read = _stat(Path(f"/proc/{pid}/stat"))
+    return read[1] if read else 0.0
 
 
 def jit_seconds(pid: int, proc: Path = Path("/proc")) -> float:
     """CPU of a JVM's JIT compiler threads (``C1 CompilerThre…``, ``C2 CompilerThre…``), in seconds."""
-    total = 0.0
-    for task in (proc / str(pid) / "task").glob("*/stat"):
-        try:
-            text = task.read_text(encoding="utf-8")
-        except OSError:
-            continue  # a thread that ended
-        name, _, rest = text.partition("(")[2].rpartition(")")
-        if "CompilerThre" in name:
-            fields = rest.split()
-            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return total
+    reads = (_stat(task) for task in (proc / str(pid) / "task").glob("*/stat"))
+    return sum(seconds for name, seconds in filter(None, reads) if "CompilerThre" in name)
 
 
 def pg_role(backend_type: str, application: str, database: str | None) -> str | None:

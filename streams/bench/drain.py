@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.bench.report import write
-from streams.bench.steady import aligned_pairs, peak_rss_mb, spawn_workers
+from streams.bench.steady import aligned_pairs, peak_rss_mb, spawn_workers, worker_ports
 from streams.local.harness import (
     Harness,
     TopicReader,
@@ -84,7 +84,7 @@ def linked_pairs(h: Harness) -> dict[str, str]:
 def drain_by_workers(h: Harness, port: int, workers: int, pairs: dict[str, str], final: dict[str, str]
                      ) -> dict[str, Any]:
     """Start ``workers`` workers on the backlog; seconds from their first event until every pair is aligned."""
-    ports = [port] + [free_port() for _ in range(workers - 1)]
+    ports = worker_ports(port, workers)
     started = time.monotonic()
     procs = spawn_workers(h, ports)
     with contextlib.ExitStack() as stack:
@@ -161,7 +161,7 @@ def initial(accounts: int, progress: bool = True, workers: int = 1) -> dict[str,
         with contextlib.ExitStack() as stack:
             capture = stack.enter_context(running(h.spawn("capture")))
             procs = [stack.enter_context(running(p))
-                     for p in spawn_workers(h, [port] + [free_port() for _ in range(workers - 1)])]
+                     for p in spawn_workers(h, worker_ports(port, workers))]
 
             def created() -> bool:
                 with h.connect("erp") as erp:

@@ -95,6 +95,11 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def worker_ports(first: int, workers: int) -> list[int]:
+    """Metrics ports for ``workers`` workers: ``first``, then free ones."""
+    return [first] + [free_port() for _ in range(workers - 1)]
+
+
 def spawn_workers(h: Harness, ports: Sequence[int]) -> list[subprocess.Popen[bytes]]:
     """One worker per metrics port, each logging to ``worker-<n>.log``."""
     return [h.spawn("worker", log_name=f"worker-{n}.log", env={"CRM_ERP_SYNC__PROCESSORS__METRICS_PORT": str(p)})
@@ -180,7 +185,7 @@ def run(rates: tuple[float, ...] = (200, 1000, 2000), seconds: float = 60.0, dra
         h.write_config(processors={"metrics_port": port})
         steps: list[dict[str, Any]] = []
         _install_audit(h)
-        ports = [port] + [free_port() for _ in range(workers - 1)]
+        ports = worker_ports(port, workers)
         capture = h.spawn("capture")
         procs = spawn_workers(h, ports)
         with contextlib.ExitStack() as stack:
